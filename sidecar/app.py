@@ -1,0 +1,164 @@
+"""Wiring: builds every part from the config and owns start-up and shutdown.
+
+One event loop runs the grpc.aio server, the aiohttp edge and the admin
+listener. Shutdown (SIGTERM/SIGINT): health goes NOT_SERVING, listeners stop
+accepting, in-flight work drains within the grace period, storage closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Sequence
+
+from sidecar import __version__
+from sidecar.admin import Readiness, build_admin_app
+from sidecar.config import Config
+from sidecar.edge.app import build_edge_app
+from sidecar.errors import SidecarError
+from sidecar.http_listener import HttpListener
+from sidecar.metrics import Metrics
+from sidecar.rpc.server import GrpcServer, ServiceRegistrar
+from sidecar.rpc.servicer import SidecarServicer
+from sidecar.storage import Storage, make_storage
+
+log = logging.getLogger("sidecar")
+
+#: How often readiness re-checks its dependencies; kubelet probes every 10 s
+#: by default, so a change shows up by the next probe.
+READINESS_INTERVAL = 5.0
+#: A dependency check slower than this counts as failed.
+CHECK_TIMEOUT = 2.0
+
+
+class Sidecar:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        storage: Storage | None = None,
+        metrics: Metrics | None = None,
+        extra_services: Sequence[ServiceRegistrar] = (),
+    ) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.storage = storage or make_storage(config.storage)
+        grace = config.server.shutdown_grace
+        self.grpc = GrpcServer(config.server.grpc, SidecarServicer(), self.metrics,
+                               extra_services)
+        self.edge = HttpListener(build_edge_app(config.server.edge, self.metrics),
+                                 config.server.edge.host, config.server.edge.port,
+                                 name="edge", shutdown_timeout=grace)
+        self.admin = HttpListener(build_admin_app(self.metrics, self.readiness),
+                                  config.server.admin.host, config.server.admin.port,
+                                  name="admin", shutdown_timeout=1.0)
+        self._stopping = False
+        self._started = False
+        self._watch: asyncio.Task[None] | None = None
+        self._last_checks: dict[str, str] = {"storage": "not checked yet"}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Open storage, then bind every listener; raises if any step fails."""
+        try:
+            await self.storage.open()
+            await self.grpc.start()
+            await self.edge.start()
+            await self.admin.start()
+        except BaseException:
+            await self._close_partial()
+            raise
+        self._started = True
+        await self._refresh_readiness()
+        self._watch = asyncio.create_task(self._watch_readiness(), name="readiness")
+        log.info("sidecar started", extra={
+            "version": __version__, "grpc": self.grpc.address, "edge": self.edge.address,
+            "admin": self.admin.address, "storage": self.storage.backend,
+        })
+
+    async def _close_partial(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.grpc.stop(0)
+        for listener in (self.edge, self.admin):
+            with contextlib.suppress(Exception):
+                await listener.stop()
+        with contextlib.suppress(Exception):
+            await self.storage.close()
+
+    async def stop(self) -> None:
+        """Graceful shutdown, bounded by ``server.shutdown_grace``."""
+        if self._stopping:
+            return
+        self._stopping = True
+        grace = self.config.server.shutdown_grace
+        log.info("sidecar stopping", extra={"grace_seconds": grace})
+        self.metrics.ready.set(0)
+        if self._watch:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        await self.grpc.begin_shutdown()
+        # gRPC and the edge drain together; the admin listener stays up until
+        # the end so /readyz keeps saying "not ready" and metrics stay scrapable.
+        await asyncio.gather(self.grpc.stop(grace), self.edge.stop())
+        await self.storage.close()
+        await self.admin.stop()
+        log.info("sidecar stopped")
+
+    # ------------------------------------------------------------------ readiness
+
+    async def readiness(self) -> Readiness:
+        if self._stopping:
+            return Readiness(False, {**self._last_checks, "lifecycle": "shutting down"})
+        if not self._started:
+            return Readiness(False, {"lifecycle": "starting"})
+        return Readiness(all(v == "ok" for v in self._last_checks.values()),
+                         dict(self._last_checks))
+
+    async def _refresh_readiness(self) -> None:
+        try:
+            await asyncio.wait_for(self.storage.check(), CHECK_TIMEOUT)
+            storage = "ok"
+        except TimeoutError:
+            storage = f"no answer within {CHECK_TIMEOUT:g}s"
+        except SidecarError as exc:
+            storage = exc.message
+        if storage != self._last_checks.get("storage"):
+            level = logging.INFO if storage == "ok" else logging.WARNING
+            log.log(level, "storage check changed", extra={"storage": storage})
+        self._last_checks = {"storage": storage}
+        ready = storage == "ok" and not self._stopping
+        self.metrics.storage_up.labels(self.storage.backend).set(1 if storage == "ok" else 0)
+        self.metrics.ready.set(1 if ready else 0)
+        if not self._stopping:
+            await self.grpc.set_ready(ready)
+
+    async def _watch_readiness(self) -> None:
+        while True:
+            await asyncio.sleep(READINESS_INTERVAL)
+            await self._refresh_readiness()
+
+
+async def serve(config: Config, *, extra_services: Sequence[ServiceRegistrar] = ()) -> int:
+    """Run until SIGTERM or SIGINT; returns the process exit code."""
+    sidecar = Sidecar(config, extra_services=extra_services)
+    try:
+        await sidecar.start()
+    except Exception as exc:
+        message = exc.message if isinstance(exc, SidecarError) else str(exc)
+        log.error("sidecar failed to start: %s", message)
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    await sidecar.stop()
+    return 0

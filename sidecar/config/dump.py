@@ -1,0 +1,33 @@
+"""The effective configuration as plain data, with every secret redacted."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import yaml
+
+from sidecar.config.model import Config, Secret
+
+REDACTED = "<redacted>"
+
+
+def to_plain(value: Any) -> Any:
+    if isinstance(value, Secret):
+        return {"env": value.env, "value": REDACTED}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, tuple) and value and all(
+        isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) for v in value
+    ):
+        return {k: to_plain(v) for k, v in value}  # header pairs
+    if isinstance(value, tuple | list):
+        return [to_plain(v) for v in value]
+    return value
+
+
+def dump_redacted(config: Config) -> str:
+    """YAML of the effective config; secrets show their variable name only."""
+    return yaml.safe_dump(to_plain(config), sort_keys=False, default_flow_style=False)

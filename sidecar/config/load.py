@@ -1,0 +1,555 @@
+"""Read the YAML file and the environment into a validated ``Config``.
+
+Every problem is collected and reported at once, each naming the offending
+field by its dotted path and saying why, so one start-up shows them all.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+
+from sidecar.config.model import (
+    DEFAULT_ADMIN_HOST,
+    DEFAULT_ADMIN_PORT,
+    DEFAULT_EDGE_HOST,
+    DEFAULT_EDGE_PORT,
+    ApiVersionConfig,
+    AuthConfig,
+    Config,
+    EdgeConfig,
+    GrpcListenerConfig,
+    HttpListenerConfig,
+    IntegrationConfig,
+    LoggingConfig,
+    RouteConfig,
+    Secret,
+    ServerConfig,
+    StorageConfig,
+    TimeoutsConfig,
+    TlsConfig,
+)
+
+T = TypeVar("T")
+
+#: Environment variables that override one field each (per-deployment
+#: settings a pod spec sets without editing the ConfigMap).
+ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "SIDECAR_GRPC_ADDRESS": ("server", "grpc", "address"),
+    "SIDECAR_EDGE_HOST": ("server", "edge", "host"),
+    "SIDECAR_EDGE_PORT": ("server", "edge", "port"),
+    "SIDECAR_ADMIN_HOST": ("server", "admin", "host"),
+    "SIDECAR_ADMIN_PORT": ("server", "admin", "port"),
+    "SIDECAR_SHUTDOWN_GRACE": ("server", "shutdown_grace"),
+    "SIDECAR_STORAGE_BACKEND": ("storage", "backend"),
+    "SIDECAR_DATA_DIR": ("storage", "data_dir"),
+    "SIDECAR_LOG_LEVEL": ("logging", "level"),
+    "SIDECAR_LOG_FORMAT": ("logging", "format"),
+}
+
+STORAGE_BACKENDS = ("sqlite",)
+LOG_LEVELS = ("debug", "info", "warning", "error")
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``problems`` lists every reason."""
+
+    def __init__(self, problems: list[ConfigProblem], source: str = "") -> None:
+        self.problems = problems
+        self.source = source
+        where = f" in {source}" if source else ""
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid configuration{where} ({len(problems)} problem(s)):\n{lines}")
+
+
+class _Problems:
+    def __init__(self, origins: Mapping[str, str]) -> None:
+        self.items: list[ConfigProblem] = []
+        self._origins = origins
+
+    def add(self, path: str, message: str) -> None:
+        origin = self._origins.get(path)
+        label = f"{path} (from {origin})" if origin else path
+        self.items.append(ConfigProblem(label, message))
+
+
+_MISSING: Any = object()
+
+
+class _Section:
+    """One mapping of the raw config: typed reads, and unknown-key detection."""
+
+    def __init__(self, raw: object, path: str, problems: _Problems) -> None:
+        self.path = path
+        self.problems = problems
+        self._seen: set[str] = set()
+        if raw is None or raw is _MISSING:
+            raw = {}
+        if not isinstance(raw, dict):
+            problems.add(path or "<root>", f"must be a mapping, got {_kind(raw)}")
+            raw = {}
+        self.raw: dict[str, Any] = raw
+
+    def field(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def has(self, key: str) -> bool:
+        return key in self.raw
+
+    def take(self, key: str) -> Any:
+        self._seen.add(key)
+        return self.raw.get(key, _MISSING)
+
+    def err(self, key: str, message: str) -> None:
+        self.problems.add(self.field(key), message)
+
+    def section(self, key: str) -> _Section:
+        return _Section(self.take(key), self.field(key), self.problems)
+
+    def _typed(self, key: str, default: T, conv: Callable[[Any], T], what: str) -> T:
+        value = self.take(key)
+        if value is _MISSING or value is None:
+            return default
+        try:
+            return conv(value)
+        except (TypeError, ValueError):
+            self.err(key, f"must be {what}, got {_kind(value)} {value!r}")
+            return default
+
+    def string(
+        self, key: str, default: str = "", *, required: bool = False, choices: tuple[str, ...] = ()
+    ) -> str:
+        if required and self.raw.get(key) in (None, ""):
+            self.take(key)
+            self.err(key, "is required")
+            return default
+        value = self._typed(key, default, _as_str, "a string")
+        if choices and value not in choices:
+            self.err(key, f"must be one of {', '.join(choices)}; got {value!r}")
+            return default
+        return value
+
+    def integer(self, key: str, default: int, *, minimum: int | None = None,
+                maximum: int | None = None) -> int:
+        value = self._typed(key, default, _as_int, "an integer")
+        if minimum is not None and value < minimum:
+            self.err(key, f"must be at least {minimum}; got {value}")
+            return default
+        if maximum is not None and value > maximum:
+            self.err(key, f"must be at most {maximum}; got {value}")
+            return default
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        return self._typed(key, default, _as_bool, "true or false")
+
+    def duration(self, key: str, default: float, *, positive: bool = True) -> float:
+        value = self.take(key)
+        if value is _MISSING or value is None:
+            return default
+        seconds = _as_duration(value)
+        if seconds is None:
+            self.err(key, f"must be a duration like 250ms, 5s, 2m or a number of seconds; "
+                          f"got {value!r}")
+            return default
+        if seconds < 0 or (positive and seconds == 0):
+            self.err(key, f"must be {'greater than zero' if positive else 'zero or more'}; "
+                          f"got {value!r}")
+            return default
+        return seconds
+
+    def secret(self, key: str, env: Mapping[str, str], *, required: bool) -> Secret | None:
+        """Read ``<key>`` as the NAME of an environment variable holding a secret."""
+        name = self.string(key, required=required)
+        if not name:
+            return None
+        if not _ENV_NAME_RE.match(name):
+            self.err(key, f"must name an environment variable (letters, digits, _); got {name!r}")
+            return None
+        value = env.get(name)
+        if not value:
+            self.err(key, f"environment variable {name} is not set or empty")
+            return None
+        return Secret(env=name, value=value)
+
+    def finish(self, hints: Mapping[str, str] | None = None) -> None:
+        """Report keys nobody read: typos must not be silently ignored."""
+        for key in self.raw:
+            if key in self._seen:
+                continue
+            hint = (hints or {}).get(key, "")
+            if not hint:
+                close = difflib.get_close_matches(str(key), list(self._seen), n=1)
+                hint = f"did you mean {close[0]!r}?" if close else ""
+            msg = "unknown field" + (f"; {hint}" if hint else "")
+            self.problems.add(self.field(str(key)), msg)
+
+
+def _kind(value: object) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _as_str(value: Any) -> str:
+    if isinstance(value, bool | dict | list):
+        raise TypeError
+    return str(value)
+
+
+def _as_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError
+    return int(value)
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+        return value.lower() in ("true", "yes", "1")
+    raise TypeError
+
+
+def _as_duration(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        if value.strip().startswith("-"):
+            return -1.0
+        m = _DURATION_RE.match(value)
+        if m:
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    return None
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _grpc(sec: _Section, env: Mapping[str, str]) -> GrpcListenerConfig:
+    address = sec.string("address", GrpcListenerConfig.address)
+    if not address.startswith("unix:"):
+        _check_host_port(sec, "address", address)
+    elif address in ("unix:", "unix://"):
+        sec.err("address", "unix socket address needs a path, e.g. unix:///run/sidecar.sock")
+    cfg = GrpcListenerConfig(
+        address=address,
+        max_message_bytes=sec.integer("max_message_bytes", GrpcListenerConfig.max_message_bytes,
+                                      minimum=1024, maximum=256 * 1024 * 1024),
+        api_token=sec.secret("api_token_env", env, required=False),
+        reflection=sec.boolean("reflection", True),
+    )
+    sec.finish({"api_token": "secrets come from the environment: use api_token_env"})
+    return cfg
+
+
+def _check_host_port(sec: _Section, key: str, address: str) -> None:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        sec.err(key, f"must be host:port (port 0-65535) or unix:///path; got {address!r}")
+
+
+def _http_listener(sec: _Section, host: str, port: int) -> HttpListenerConfig:
+    return HttpListenerConfig(
+        host=sec.string("host", host) or host,
+        port=sec.integer("port", port, minimum=0, maximum=65535),
+    )
+
+
+def _server(sec: _Section, env: Mapping[str, str]) -> ServerConfig:
+    grpc = _grpc(sec.section("grpc"), env)
+    edge_sec = sec.section("edge")
+    edge_listener = _http_listener(edge_sec, DEFAULT_EDGE_HOST, DEFAULT_EDGE_PORT)
+    edge = EdgeConfig(
+        host=edge_listener.host,
+        port=edge_listener.port,
+        max_body_bytes=edge_sec.integer("max_body_bytes", EdgeConfig.max_body_bytes,
+                                        minimum=1024, maximum=64 * 1024 * 1024),
+    )
+    edge_sec.finish()
+    admin_sec = sec.section("admin")
+    admin = _http_listener(admin_sec, DEFAULT_ADMIN_HOST, DEFAULT_ADMIN_PORT)
+    admin_sec.finish()
+    cfg = ServerConfig(grpc=grpc, edge=edge, admin=admin,
+                       shutdown_grace=sec.duration("shutdown_grace", ServerConfig.shutdown_grace,
+                                                   positive=False))
+    sec.finish()
+    return cfg
+
+
+def _storage(sec: _Section) -> StorageConfig:
+    cfg = StorageConfig(
+        backend=sec.string("backend", "sqlite", choices=STORAGE_BACKENDS),
+        data_dir=sec.string("data_dir", StorageConfig.data_dir) or StorageConfig.data_dir,
+    )
+    sec.finish()
+    return cfg
+
+
+def _logging(sec: _Section) -> LoggingConfig:
+    cfg = LoggingConfig(
+        level=sec.string("level", "info", choices=LOG_LEVELS),
+        format=sec.string("format", "json", choices=("json", "text")),
+    )
+    sec.finish()
+    return cfg
+
+
+def _timeouts(sec: _Section, base: TimeoutsConfig) -> TimeoutsConfig:
+    cfg = TimeoutsConfig(
+        connect=sec.duration("connect", base.connect),
+        attempt=sec.duration("attempt", base.attempt),
+        total=sec.duration("total", base.total),
+    )
+    if cfg.attempt > cfg.total:
+        sec.err("attempt", f"({cfg.attempt:g}s) must not exceed total ({cfg.total:g}s)")
+    if cfg.connect > cfg.attempt:
+        sec.err("connect", f"({cfg.connect:g}s) must not exceed attempt ({cfg.attempt:g}s)")
+    sec.finish()
+    return cfg
+
+
+def _base_url(sec: _Section, allow_http: bool) -> str:
+    url = sec.string("base_url", required=True)
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        sec.err("base_url", f"must be an http:// or https:// URL; got {url!r}")
+    elif not parts.hostname:
+        sec.err("base_url", f"has no host; got {url!r}")
+    elif parts.username or parts.password:
+        sec.err("base_url", "must not contain credentials; configure auth instead")
+    elif parts.query or parts.fragment:
+        sec.err("base_url", "must not contain a query or fragment")
+    elif parts.scheme == "http" and not allow_http:
+        sec.err("base_url", "plain http:// is refused; use https:// or set "
+                            "allow_insecure_http: true (local development only)")
+    else:
+        try:
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError:
+            sec.err("base_url", f"has an invalid port; got {url!r}")
+    return url.rstrip("/") if parts.path not in ("", "/") else f"{parts.scheme}://{parts.netloc}"
+
+
+def _headers(sec: _Section, key: str) -> tuple[tuple[str, str], ...]:
+    raw = sec.take(key)
+    if raw is _MISSING or raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        sec.err(key, f"must be a mapping of header name to value, got {_kind(raw)}")
+        return ()
+    out = []
+    for name, value in raw.items():
+        if not _HEADER_NAME_RE.match(str(name)):
+            sec.err(key, f"invalid header name {name!r}")
+        elif isinstance(value, dict | list) or "\n" in str(value) or "\r" in str(value):
+            sec.err(f"{key}.{name}", "must be a single-line string")
+        else:
+            out.append((str(name), str(value)))
+    return tuple(out)
+
+
+def _auth(sec: _Section, env: Mapping[str, str]) -> AuthConfig:
+    kind = sec.string("type", "none", choices=("none", "bearer", "api_key"))
+    cfg = AuthConfig()
+    if kind == "bearer":
+        cfg = AuthConfig(type=kind, header="Authorization",
+                         secret=sec.secret("token_env", env, required=True))
+    elif kind == "api_key":
+        header = sec.string("header", required=True)
+        if header and not _HEADER_NAME_RE.match(header):
+            sec.err("header", f"invalid header name {header!r}")
+        cfg = AuthConfig(type=kind, header=header,
+                         secret=sec.secret("value_env", env, required=True))
+    sec.finish({"token": "secrets come from the environment: use token_env",
+                "value": "secrets come from the environment: use value_env",
+                "api_key": "secrets come from the environment: use value_env"})
+    return cfg
+
+
+def _api_version(sec: _Section) -> ApiVersionConfig:
+    cfg = ApiVersionConfig(
+        version=sec.string("version"),
+        location=sec.string("location", "header", choices=("header", "path")),
+        header=sec.string("header", ApiVersionConfig.header),
+    )
+    if not _HEADER_NAME_RE.match(cfg.header):
+        sec.err("header", f"invalid header name {cfg.header!r}")
+    sec.finish()
+    return cfg
+
+
+def _tls(sec: _Section, base_dir: Path) -> TlsConfig:
+    def file(key: str) -> str:
+        value = sec.string(key)
+        if value and not (base_dir / value).is_file():
+            sec.err(key, f"file not found: {value}")
+        return str(base_dir / value) if value else ""
+
+    cfg = TlsConfig(verify=sec.boolean("verify", True), ca_file=file("ca_file"),
+                    client_cert_file=file("client_cert_file"),
+                    client_key_file=file("client_key_file"))
+    if bool(cfg.client_cert_file) != bool(cfg.client_key_file):
+        sec.err("client_cert_file", "client_cert_file and client_key_file go together")
+    sec.finish()
+    return cfg
+
+
+def _integration(name: str, sec: _Section, env: Mapping[str, str],
+                 base_dir: Path) -> IntegrationConfig:
+    if not _NAME_RE.match(name):
+        sec.problems.add(sec.path, "integration names are 1-63 characters of a-z, 0-9, _ "
+                                   "and -, starting with a letter")
+    allow_http = sec.boolean("allow_insecure_http", False)
+    cfg = IntegrationConfig(
+        name=name,
+        base_url=_base_url(sec, allow_http),
+        allow_insecure_http=allow_http,
+        headers=_headers(sec, "headers"),
+        auth=_auth(sec.section("auth"), env),
+        timeouts=_timeouts(sec.section("timeouts"), TimeoutsConfig()),
+        api_version=_api_version(sec.section("api_version")),
+        tls=_tls(sec.section("tls"), base_dir),
+        max_request_bytes=sec.integer("max_request_bytes", IntegrationConfig.max_request_bytes,
+                                      minimum=0),
+        max_response_bytes=sec.integer("max_response_bytes",
+                                       IntegrationConfig.max_response_bytes, minimum=1),
+    )
+    sec.finish()
+    return cfg
+
+
+def _routes(root: _Section, integrations: Mapping[str, IntegrationConfig]) -> tuple[RouteConfig,
+                                                                                     ...]:
+    raw = root.take("routes")
+    if raw is _MISSING or raw is None:
+        return ()
+    if not isinstance(raw, list):
+        root.err("routes", f"must be a list, got {_kind(raw)}")
+        return ()
+    routes: list[RouteConfig] = []
+    names: set[tuple[str, str]] = set()
+    for i, item in enumerate(raw):
+        sec = _Section(item, f"routes[{i}]", root.problems)
+        integration = sec.string("integration", required=True)
+        if integration and integration not in integrations:
+            known = ", ".join(sorted(integrations)) or "none configured"
+            sec.err("integration", f"unknown integration {integration!r} (known: {known})")
+        name = sec.string("name", required=True)
+        if name and (integration, name) in names:
+            sec.err("name", f"duplicate route name {name!r} for integration {integration!r}")
+        names.add((integration, name))
+        method = sec.string("method", "*").upper()
+        if method != "*" and method not in HTTP_METHODS:
+            sec.err("method", f"must be * or one of {', '.join(HTTP_METHODS)}; got {method!r}")
+        path = sec.string("path", "/**")
+        if "://" in path or ".." in path.split("/"):
+            sec.err("path", f"must be a path pattern relative to the base URL; got {path!r}")
+        base = integrations[integration].timeouts if integration in integrations else (
+            TimeoutsConfig())
+        timeouts = _timeouts(sec.section("timeouts"), base) if sec.has("timeouts") else None
+        sec.finish()
+        routes.append(RouteConfig(name=name, integration=integration, method=method,
+                                  path="/" + path.lstrip("/"), timeouts=timeouts))
+    return tuple(routes)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+    origins: dict[str, str] = {}
+    for var, path in ENV_OVERRIDES.items():
+        if var not in env:
+            continue
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[path[-1]] = env[var]
+        origins[".".join(path)] = var
+    return origins
+
+
+def parse_config(raw: object, env: Mapping[str, str] | None = None, *, source: str = "",
+                 base_dir: Path | None = None) -> Config:
+    """Validate an already-parsed YAML document (plus the environment)."""
+    env = os.environ if env is None else env
+    if raw is None:
+        raw = {}
+    if isinstance(raw, dict):
+        raw = dict(raw)
+        origins = _apply_env_overrides(raw, env)
+    else:
+        origins = {}
+    problems = _Problems(origins)
+    root = _Section(raw, "", problems)
+    version = root.integer("version", 1)
+    if version != 1:
+        root.err("version", f"unsupported config version {version}; this sidecar reads 1")
+    server = _server(root.section("server"), env)
+    storage = _storage(root.section("storage"))
+    logging = _logging(root.section("logging"))
+    ints_sec = root.section("integrations")
+    integrations = {
+        str(name): _integration(str(name), _Section(body, ints_sec.field(str(name)), problems),
+                                env, base_dir or Path.cwd())
+        for name, body in ints_sec.raw.items()
+    }
+    routes = _routes(root, integrations)
+    root.finish()
+    if problems.items:
+        raise ConfigError(problems.items, source)
+    return Config(server=server, storage=storage, logging=logging, integrations=integrations,
+                  routes=routes)
+
+
+def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
+    """Load ``path`` (YAML) and the environment; ``None`` means built-in defaults."""
+    env = os.environ if env is None else env
+    if path is None:
+        return parse_config({}, env, source="<defaults>")
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigProblem("<file>", f"cannot read {p}: {exc.strerror}")],
+                          str(p)) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<file>"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([ConfigProblem(where, f"not valid YAML: {problem}")], str(p)) from None
+    return parse_config(raw, env, source=str(p), base_dir=p.resolve().parent)

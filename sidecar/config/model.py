@@ -1,0 +1,166 @@
+"""The validated configuration: frozen dataclasses with named defaults.
+
+Built only by ``sidecar.config.load``; everything else reads these objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Listener defaults follow what sidecar users expect: the app API only on
+# loopback (nothing else in the pod should reach it by accident), the edge and
+# the admin port on every interface (the outside world and Prometheus).
+DEFAULT_GRPC_ADDRESS = "127.0.0.1:50051"
+DEFAULT_EDGE_HOST = "0.0.0.0"  # noqa: S104 - the edge receives webhooks from outside
+DEFAULT_EDGE_PORT = 8080
+DEFAULT_ADMIN_HOST = "0.0.0.0"  # noqa: S104 - Prometheus and kubelet scrape it
+DEFAULT_ADMIN_PORT = 9464
+#: gRPC's own default; large enough for typical REST bodies.
+DEFAULT_GRPC_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+#: Kubernetes' default terminationGracePeriodSeconds is 30 s; draining within
+#: half of it leaves room for the app container to stop after us.
+DEFAULT_SHUTDOWN_GRACE = 15.0
+DEFAULT_EDGE_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_DATA_DIR = "./data"
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_ATTEMPT_TIMEOUT = 10.0
+DEFAULT_TOTAL_TIMEOUT = 30.0
+DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A value taken from an environment variable; never printed."""
+
+    env: str
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"Secret(env={self.env!r}, value='<redacted>')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class GrpcListenerConfig:
+    #: ``host:port`` or ``unix:///path/to/socket``; port 0 picks a free port.
+    address: str = DEFAULT_GRPC_ADDRESS
+    max_message_bytes: int = DEFAULT_GRPC_MAX_MESSAGE_BYTES
+    #: When set, callers must send ``authorization: Bearer <token>``.
+    api_token: Secret | None = None
+    reflection: bool = True
+
+
+@dataclass(frozen=True)
+class HttpListenerConfig:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    host: str = DEFAULT_EDGE_HOST
+    port: int = DEFAULT_EDGE_PORT
+    max_body_bytes: int = DEFAULT_EDGE_MAX_BODY_BYTES
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    grpc: GrpcListenerConfig = GrpcListenerConfig()
+    edge: EdgeConfig = EdgeConfig()
+    admin: HttpListenerConfig = HttpListenerConfig(DEFAULT_ADMIN_HOST, DEFAULT_ADMIN_PORT)
+    #: Seconds in-flight work may take to finish after SIGTERM.
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    backend: str = "sqlite"
+    data_dir: str = DEFAULT_DATA_DIR
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"
+    #: ``json`` (one object per line, for log pipelines) or ``text``.
+    format: str = "json"
+
+
+@dataclass(frozen=True)
+class TimeoutsConfig:
+    """Seconds. ``attempt`` bounds one upstream try, ``total`` the whole call."""
+
+    connect: float = DEFAULT_CONNECT_TIMEOUT
+    attempt: float = DEFAULT_ATTEMPT_TIMEOUT
+    total: float = DEFAULT_TOTAL_TIMEOUT
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    #: ``none``, ``bearer`` (Authorization: Bearer) or ``api_key`` (a named header).
+    type: str = "none"
+    header: str = ""
+    secret: Secret | None = None
+
+
+@dataclass(frozen=True)
+class ApiVersionConfig:
+    #: The pinned version; empty means none is sent.
+    version: str = ""
+    #: ``header`` (sent in ``header``) or ``path`` (prefixed to the path).
+    location: str = "header"
+    header: str = "Api-Version"
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    verify: bool = True
+    ca_file: str = ""
+    client_cert_file: str = ""
+    client_key_file: str = ""
+
+
+@dataclass(frozen=True)
+class IntegrationConfig:
+    name: str
+    base_url: str
+    allow_insecure_http: bool = False
+    headers: tuple[tuple[str, str], ...] = ()
+    auth: AuthConfig = AuthConfig()
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    api_version: ApiVersionConfig = ApiVersionConfig()
+    tls: TlsConfig = TlsConfig()
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """Per-route overrides for one integration, matched by method and path."""
+
+    name: str
+    integration: str
+    #: Upper-case HTTP method, or ``*`` for any.
+    method: str
+    #: Path pattern relative to the base URL; ``*`` matches one segment, a
+    #: trailing ``**`` any rest.
+    path: str
+    timeouts: TimeoutsConfig | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = ServerConfig()
+    storage: StorageConfig = StorageConfig()
+    logging: LoggingConfig = LoggingConfig()
+    integrations: dict[str, IntegrationConfig] = field(default_factory=dict)
+    routes: tuple[RouteConfig, ...] = ()
+
+    def secrets(self) -> list[Secret]:
+        """Every secret value in the config, for log redaction."""
+        found: list[Secret] = []
+        if self.server.grpc.api_token:
+            found.append(self.server.grpc.api_token)
+        found += [i.auth.secret for i in self.integrations.values() if i.auth.secret]
+        return found

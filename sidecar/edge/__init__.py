@@ -1,0 +1,1 @@
+"""The aiohttp edge: inbound webhooks and WebSocket clients."""

@@ -1,0 +1,40 @@
+"""Runs an aiohttp application on one TCP listener inside the shared event loop."""
+
+from __future__ import annotations
+
+import socket
+
+from aiohttp import web
+
+
+class HttpListener:
+    """Explicit lifecycle: ``start`` binds, ``stop`` closes the socket, then drains."""
+
+    def __init__(self, app: web.Application, host: str, port: int, *, name: str,
+                 shutdown_timeout: float) -> None:
+        self.name = name
+        self._host, self._port = host, port
+        # handle_signals=False: the wiring owns signals for every listener.
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                                     shutdown_timeout=shutdown_timeout)
+        self.address = ""
+
+    async def start(self) -> str:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port, reuse_port=False)
+        await site.start()
+        sock = site._server.sockets[0] if site._server and site._server.sockets else None
+        if sock is not None:
+            host, port = sock.getsockname()[:2]
+            if sock.family == socket.AF_INET6:
+                host = f"[{host}]"
+            self.address = f"{host}:{port}"
+        return self.address
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rpartition(":")[2])
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish within the timeout, close."""
+        await self._runner.cleanup()

@@ -1,0 +1,93 @@
+"""The grpc.aio server: SidecarService, standard health and reflection, interceptors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from integration_sidecar.v1 import sidecar_pb2_grpc as pb_grpc
+
+from sidecar.config import GrpcListenerConfig
+from sidecar.metrics import Metrics
+from sidecar.rpc.interceptors import ApiTokenInterceptor, MetricsInterceptor
+from sidecar.rpc.servicer import SERVICE_NAME, SidecarServicer
+
+#: Named health services, as Kubernetes gRPC probes ask for them
+#: (``grpc: {port: 50051, service: readiness}``); "" is the overall status.
+LIVENESS = "liveness"
+READINESS = "readiness"
+HEALTH_SERVICES = ("", LIVENESS, READINESS, SERVICE_NAME)
+
+#: Registers further services on the server (embedding, tests).
+ServiceRegistrar = Callable[[grpc.aio.Server], None]
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class GrpcServer:
+    def __init__(
+        self,
+        config: GrpcListenerConfig,
+        servicer: SidecarServicer,
+        metrics: Metrics,
+        extra_services: Sequence[ServiceRegistrar] = (),
+    ) -> None:
+        self.config = config
+        self.health = health.aio.HealthServicer()
+        interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics)]
+        if config.api_token is not None:
+            interceptors.append(ApiTokenInterceptor(config.api_token.value, metrics))
+        self.server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.max_send_message_length", config.max_message_bytes),
+                # Never share a port with another process by accident.
+                ("grpc.so_reuseport", 0),
+                # Let idle client connections be pinged; tolerate client keepalives.
+                ("grpc.keepalive_time_ms", 60_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ],
+        )
+        pb_grpc.add_SidecarServiceServicer_to_server(servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names: list[str] = [SERVICE_NAME, health.SERVICE_NAME]
+        for register in extra_services:
+            register(self.server)
+        if config.reflection:
+            names.append(reflection.SERVICE_NAME)
+            reflection.enable_server_reflection(names, self.server)
+        self.address = ""
+
+    async def start(self) -> str:
+        """Bind and start; returns the bound address (the real port if 0 was asked)."""
+        port = self.server.add_insecure_port(self.config.address)
+        if self.config.address.startswith("unix:"):
+            self.address = self.config.address
+        else:
+            host = self.config.address.rpartition(":")[0]
+            self.address = f"{host}:{port}"
+        await self.server.start()
+        await self.set_status(LIVENESS, serving=True)
+        return self.address
+
+    async def set_status(self, service: str, *, serving: bool) -> None:
+        await self.health.set(service, SERVING if serving else NOT_SERVING)
+
+    async def set_ready(self, ready: bool) -> None:
+        for service in ("", READINESS, SERVICE_NAME):
+            await self.set_status(service, serving=ready)
+
+    async def begin_shutdown(self) -> None:
+        """Every health service to NOT_SERVING, and no further changes."""
+        await self.health.enter_graceful_shutdown()
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting; let in-flight RPCs finish within ``grace``, then cancel them."""
+        await self.server.stop(grace)
+
+
