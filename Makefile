@@ -40,7 +40,7 @@ protos-check: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check sidecar clients tests protos
-	$(BIN)/mypy sidecar clients
+	$(BIN)/mypy sidecar $(if $(wildcard clients/*/*.py clients/*/*/*.py),clients)
 
 bench: $(STAMP)
 	$(PY) -m tests.bench

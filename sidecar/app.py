@@ -103,7 +103,10 @@ class Sidecar:
         await self.grpc.begin_shutdown()
         # gRPC and the edge drain together; the admin listener stays up until
         # the end so /readyz keeps saying "not ready" and metrics stay scrapable.
-        await asyncio.gather(self.grpc.stop(grace), self.edge.stop())
+        draining = asyncio.gather(self.grpc.stop(grace), self.edge.stop())
+        await asyncio.sleep(0)  # both have closed their listening sockets by now
+        log.info("sidecar draining")
+        await draining
         await self.storage.close()
         await self.admin.stop()
         log.info("sidecar stopped")

@@ -23,7 +23,9 @@ class HttpListener:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port, reuse_port=False)
         await site.start()
-        sock = site._server.sockets[0] if site._server and site._server.sockets else None
+        # aiohttp exposes the bound socket only on the site's asyncio server.
+        sockets = getattr(site._server, "sockets", None) or ()
+        sock = sockets[0] if sockets else None
         if sock is not None:
             host, port = sock.getsockname()[:2]
             if sock.family == socket.AF_INET6:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -42,9 +43,9 @@ def _final_code(context: grpc.aio.ServicerContext, failed: BaseException | None)
     """The status the RPC ended with, whichever way the handler ended it."""
     code = context.code()
     if isinstance(code, grpc.StatusCode):
-        return code.name
+        return str(code.name)
     if isinstance(code, int) and code != 0:
-        return _CODE_BY_INT.get(code, "UNKNOWN")
+        return str(_CODE_BY_INT.get(code, "UNKNOWN"))
     if failed is None:
         return "OK"
     if isinstance(failed, asyncio.CancelledError):
@@ -108,18 +109,22 @@ class MetricsInterceptor(ServerInterceptor):  # type: ignore[misc]
 
             return wrapped
 
-        def stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[...,
-                                                                            AsyncIterator[Any]]:
-            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[
-                    Any]:
+        def stream(behavior: Callable[..., Any]) -> Callable[..., Awaitable[None]]:
+            # A streaming handler is either an async generator or a coroutine that
+            # calls context.write() itself (grpc_health's Watch); serve both.
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> None:
                 m.grpc_started.labels(*labels).inc()
                 start = time.perf_counter()
                 failed: BaseException | None = None
                 sent = m.grpc_msg_sent.labels(*labels)
                 try:
-                    async for item in behavior(request, context):
-                        sent.inc()
-                        yield item
+                    result = behavior(request, context)
+                    if inspect.isasyncgen(result):
+                        async for item in result:
+                            await context.write(item)
+                            sent.inc()
+                    else:
+                        await result
                 except BaseException as exc:
                     failed = exc
                     raise

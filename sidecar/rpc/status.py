@@ -29,7 +29,7 @@ GRPC_CODES: dict[type[errors.SidecarError], grpc.StatusCode] = {
 def grpc_code(error: errors.SidecarError) -> grpc.StatusCode:
     for cls in type(error).__mro__:
         if cls in GRPC_CODES:
-            return GRPC_CODES[cls]  # type: ignore[index]
+            return GRPC_CODES[cls]
     return grpc.StatusCode.INTERNAL
 
 

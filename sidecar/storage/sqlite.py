@@ -64,10 +64,14 @@ class SqliteStorage:
         except (OSError, sqlite3.Error) as exc:
             raise StorageUnavailable(f"cannot open database {self.path}: {exc}") from exc
         db = sqlite_utils.Database(conn)
-        db.enable_wal()
-        db.execute(f"PRAGMA synchronous={self._synchronous}")
-        db.execute("PRAGMA foreign_keys=ON")
-        self.applied_migrations = migrate(db, self._migrations, time.time())
+        try:
+            db.enable_wal()
+            db.execute(f"PRAGMA synchronous={self._synchronous}")
+            db.execute("PRAGMA foreign_keys=ON")
+            self.applied_migrations = migrate(db, self._migrations, time.time())
+        except BaseException:
+            conn.close()
+            raise
         self._db = db
 
     async def close(self) -> None:
