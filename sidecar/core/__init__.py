@@ -1,0 +1,1 @@
+"""Core logic: no grpc, aiohttp, sqlite or prometheus imports; time is injected."""
