@@ -15,14 +15,17 @@ from collections.abc import Sequence
 
 from sidecar import __version__
 from sidecar.admin import Readiness, build_admin_app
-from sidecar.config import Config
+from sidecar.clock import Clock, SystemClock
+from sidecar.config import Config, IntegrationConfig
+from sidecar.core.calls.pipeline import CallPipeline, Transport, TransportFactory
 from sidecar.edge.app import build_edge_app
 from sidecar.errors import SidecarError
 from sidecar.http_listener import HttpListener
-from sidecar.metrics import Metrics
+from sidecar.metrics import CallMetrics, Metrics
 from sidecar.rpc.server import GrpcServer, ServiceRegistrar
 from sidecar.rpc.servicer import SidecarServicer
 from sidecar.storage import Storage, make_storage
+from sidecar.upstream.transport import AiohttpTransport
 
 log = logging.getLogger("sidecar")
 
@@ -33,6 +36,10 @@ READINESS_INTERVAL = 5.0
 CHECK_TIMEOUT = 2.0
 
 
+def _aiohttp_transport(config: IntegrationConfig) -> Transport:
+    return AiohttpTransport(config, max_connections=config.bulkhead.max_concurrent)
+
+
 class Sidecar:
     def __init__(
         self,
@@ -41,13 +48,19 @@ class Sidecar:
         storage: Storage | None = None,
         metrics: Metrics | None = None,
         extra_services: Sequence[ServiceRegistrar] = (),
+        clock: Clock | None = None,
+        transport_factory: TransportFactory | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
         self.storage = storage or make_storage(config.storage)
+        self.clock = clock or SystemClock()
         grace = config.server.shutdown_grace
-        self.grpc = GrpcServer(config.server.grpc, SidecarServicer(), self.metrics,
-                               extra_services)
+        self.calls = CallPipeline(config, self.storage, transport_factory or _aiohttp_transport,
+                                  self.clock, observer=CallMetrics(self.metrics))
+        self.grpc = GrpcServer(config.server.grpc,
+                               SidecarServicer(calls=self.calls, clock=self.clock),
+                               self.metrics, extra_services)
         self.edge = HttpListener(build_edge_app(config.server.edge, self.metrics),
                                  config.server.edge.host, config.server.edge.port,
                                  name="edge", shutdown_timeout=grace)
@@ -82,6 +95,8 @@ class Sidecar:
     async def _close_partial(self) -> None:
         with contextlib.suppress(Exception):
             await self.grpc.stop(0)
+        with contextlib.suppress(Exception):
+            await self.calls.close()
         for listener in (self.edge, self.admin):
             with contextlib.suppress(Exception):
                 await listener.stop()
@@ -107,6 +122,7 @@ class Sidecar:
         await asyncio.sleep(0)  # both have closed their listening sockets by now
         log.info("sidecar draining")
         await draining
+        await self.calls.close()
         await self.storage.close()
         await self.admin.stop()
         log.info("sidecar stopped")

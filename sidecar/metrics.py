@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from sidecar import __version__
+from sidecar.core.calls.models import DeprecationInfo
 
 #: Latency buckets (seconds) from 0.5 ms to 30 s: a local RPC answers in
 #: well under a millisecond, a slow third-party API in tens of seconds.
@@ -74,5 +75,106 @@ class Metrics:
             ["backend"], registry=r,
         )
 
+        # Outbound calls (labels: integration and route names from config).
+        self.calls = Counter(
+            "sidecar_calls_total", "Call RPCs finished, by outcome.",
+            ["integration", "route", "outcome"], registry=r,
+        )
+        self.call_seconds = Histogram(
+            "sidecar_call_duration_seconds", "Time spent on a Call, retries included.",
+            ["integration", "route"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.attempts = Counter(
+            "sidecar_upstream_attempts_total",
+            "Upstream HTTP attempts, by status class or transport error.",
+            ["integration", "route", "outcome"], registry=r,
+        )
+        self.attempt_seconds = Histogram(
+            "sidecar_upstream_attempt_duration_seconds", "Time of one upstream attempt.",
+            ["integration", "route"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.retries = Counter(
+            "sidecar_retries_total", "Upstream retries, by what triggered them.",
+            ["integration", "route", "reason"], registry=r,
+        )
+        self.budget_exhausted = Counter(
+            "sidecar_retry_budget_exhausted_total",
+            "Retries skipped because the integration's retry budget was spent.",
+            ["integration"], registry=r,
+        )
+        self.breaker_state = Gauge(
+            "sidecar_circuit_breaker_state",
+            "1 for the breaker's current state (closed, open, half_open), else 0.",
+            ["integration", "scope", "state"], registry=r,
+        )
+        self.breaker_transitions = Counter(
+            "sidecar_circuit_breaker_transitions_total", "Breaker state changes, by new state.",
+            ["integration", "scope", "state"], registry=r,
+        )
+        self.rate_limited = Counter(
+            "sidecar_rate_limited_calls_total",
+            "Attempts held by the local rate limit (waited) or refused (rejected).",
+            ["integration", "route", "action"], registry=r,
+        )
+        self.replays = Counter(
+            "sidecar_idempotent_replays_total",
+            "Calls answered from the idempotency store without calling upstream.",
+            ["integration"], registry=r,
+        )
+        self.deprecated_calls = Counter(
+            "sidecar_upstream_deprecated_calls_total",
+            "Upstream answers carrying Deprecation or Sunset headers.",
+            ["integration", "route"], registry=r,
+        )
+        self.sunset = Gauge(
+            "sidecar_upstream_sunset_timestamp_seconds",
+            "Sunset date an upstream announced (Unix seconds).",
+            ["integration", "route"], registry=r,
+        )
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+BREAKER_STATES = ("closed", "open", "half_open")
+
+
+class CallMetrics:
+    """The Call pipeline's observer, recording into ``Metrics``."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def call_finished(self, integration: str, route: str, outcome: str, status: int,
+                      attempts: int, duration: float) -> None:
+        self._m.calls.labels(integration, route, outcome).inc()
+        self._m.call_seconds.labels(integration, route).observe(duration)
+
+    def attempt_finished(self, integration: str, route: str, outcome: str,
+                         duration: float) -> None:
+        self._m.attempts.labels(integration, route, outcome).inc()
+        self._m.attempt_seconds.labels(integration, route).observe(duration)
+
+    def retried(self, integration: str, route: str, reason: str) -> None:
+        self._m.retries.labels(integration, route, reason).inc()
+
+    def budget_exhausted(self, integration: str) -> None:
+        self._m.budget_exhausted.labels(integration).inc()
+
+    def rate_limited(self, integration: str, route: str, action: str) -> None:
+        self._m.rate_limited.labels(integration, route, action).inc()
+
+    def idempotent_replay(self, integration: str) -> None:
+        self._m.replays.labels(integration).inc()
+
+    def deprecation_seen(self, integration: str, route: str, info: DeprecationInfo) -> None:
+        self._m.deprecated_calls.labels(integration, route).inc()
+        if info.sunset_at is not None:
+            self._m.sunset.labels(integration, route).set(info.sunset_at)
+
+    def breaker_changed(self, integration: str, scope: str, state: str, *,
+                        initial: bool = False) -> None:
+        for s in BREAKER_STATES:
+            self._m.breaker_state.labels(integration, scope, s).set(1 if s == state else 0)
+        if not initial:
+            self._m.breaker_transitions.labels(integration, scope, state).inc()

@@ -60,7 +60,6 @@ async def test_reflection_lists_v1_service_and_health(channel: grpc.aio.Channel)
 @pytest.mark.parametrize(
     ("rpc", "request_"),
     [
-        ("Call", pb.CallRequest(integration="payments")),
         ("VerifyWebhook", pb.VerifyWebhookRequest(source="stripe")),
         ("Publish", pb.PublishRequest(topic="orders")),
         ("Ack", pb.AckRequest(group="g", event_ids=["e"])),
@@ -90,15 +89,15 @@ async def test_metrics_show_build_info_and_grpc_counters(sidecar: Sidecar,
                                                          channel: grpc.aio.Channel) -> None:
     await health_of(channel, "")
     with pytest.raises(grpc.aio.AioRpcError):
-        await pb_grpc.SidecarServiceStub(channel).Call(pb.CallRequest(), timeout=5)
+        await pb_grpc.SidecarServiceStub(channel).Publish(pb.PublishRequest(), timeout=5)
     status, ctype, body = await http_get(f"http://{sidecar.admin.address}/metrics")
     assert status == 200 and ctype.startswith("text/plain")
     assert 'sidecar_build_info{grpcio="' in body and 'version="0.1.0"' in body
     assert ('grpc_server_handled_total{grpc_code="OK",grpc_method="Check",'
             'grpc_service="grpc.health.v1.Health",grpc_type="unary"} 1.0') in body
-    assert ('grpc_server_handled_total{grpc_code="UNIMPLEMENTED",grpc_method="Call",'
+    assert ('grpc_server_handled_total{grpc_code="UNIMPLEMENTED",grpc_method="Publish",'
             'grpc_service="integration_sidecar.v1.SidecarService",grpc_type="unary"} 1.0') in body
-    assert ('grpc_server_handling_seconds_count{grpc_code="UNIMPLEMENTED",grpc_method="Call",'
+    assert ('grpc_server_handling_seconds_count{grpc_code="UNIMPLEMENTED",grpc_method="Publish",'
             'grpc_service="integration_sidecar.v1.SidecarService",grpc_type="unary"} 1.0') in body
     assert "sidecar_ready 1.0" in body
 
@@ -144,14 +143,14 @@ async def test_api_token_required_except_for_health(tmp_path: Path) -> None:
             for metadata in [(), (("authorization", "Bearer wrong-token"),),
                              (("authorization", "s3cret-token"),)]:
                 with pytest.raises(grpc.aio.AioRpcError) as info:
-                    await stub.Call(pb.CallRequest(), metadata=metadata, timeout=5)
+                    await stub.Publish(pb.PublishRequest(), metadata=metadata, timeout=5)
                 err = rich_error(info.value)
                 assert err.code == grpc.StatusCode.UNAUTHENTICATED, metadata
                 assert err.reason == "API_TOKEN_INVALID"
                 assert "s3cret-token" not in err.message
             with pytest.raises(grpc.aio.AioRpcError) as info:
-                await stub.Call(pb.CallRequest(),
-                                metadata=(("authorization", "Bearer s3cret-token"),), timeout=5)
+                await stub.Publish(pb.PublishRequest(),
+                                   metadata=(("authorization", "Bearer s3cret-token"),), timeout=5)
             assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED  # got through
             sub = stub.Subscribe(pb.SubscribeRequest(topics=["t"]), timeout=5)
             with pytest.raises(grpc.aio.AioRpcError) as info:

@@ -25,7 +25,23 @@ def to_plain(value: Any) -> Any:
         return {k: to_plain(v) for k, v in value}  # header pairs
     if isinstance(value, tuple | list):
         return [to_plain(v) for v in value]
+    if isinstance(value, frozenset | set):
+        return _compact(value)
     return value
+
+
+def _compact(values: frozenset[object] | set[object]) -> list[object]:
+    """Sorted; a full class of HTTP statuses (500-599) shows as ``5xx``."""
+    if not all(isinstance(v, int) for v in values):
+        return sorted(values, key=str)
+    ints: set[int] = {v for v in values if isinstance(v, int)}
+    out: list[object] = []
+    for cls in range(1, 6):
+        block = set(range(cls * 100, cls * 100 + 100))
+        if block <= ints:
+            out.append(f"{cls}xx")
+            ints -= block
+    return sorted(ints) + out
 
 
 def dump_redacted(config: Config) -> str:

@@ -24,12 +24,17 @@ from sidecar.config.model import (
     DEFAULT_EDGE_PORT,
     ApiVersionConfig,
     AuthConfig,
+    BreakerConfig,
+    BulkheadConfig,
     Config,
     EdgeConfig,
+    FallbackConfig,
     GrpcListenerConfig,
     HttpListenerConfig,
+    IdempotencyConfig,
     IntegrationConfig,
     LoggingConfig,
+    RetryConfig,
     RouteConfig,
     Secret,
     ServerConfig,
@@ -37,6 +42,10 @@ from sidecar.config.model import (
     TimeoutsConfig,
     TlsConfig,
 )
+from sidecar.core.resilience.backoff import BackoffPolicy
+from sidecar.core.resilience.breaker import BreakerPolicy
+from sidecar.core.resilience.rate_limit import RateLimitPolicy
+from sidecar.core.resilience.retry_budget import RetryBudgetPolicy
 
 T = TypeVar("T")
 
@@ -181,6 +190,17 @@ class _Section:
             return default
         return seconds
 
+    def number(self, key: str, default: float, *, minimum: float | None = None,
+               maximum: float | None = None) -> float:
+        value = self._typed(key, default, _as_float, "a number")
+        if minimum is not None and value < minimum:
+            self.err(key, f"must be at least {minimum:g}; got {value:g}")
+            return default
+        if maximum is not None and value > maximum:
+            self.err(key, f"must be at most {maximum:g}; got {value:g}")
+            return default
+        return value
+
     def secret(self, key: str, env: Mapping[str, str], *, required: bool) -> Secret | None:
         """Read ``<key>`` as the NAME of an environment variable holding a secret."""
         name = self.string(key, required=required)
@@ -225,6 +245,12 @@ def _as_int(value: Any) -> int:
     if isinstance(value, float) and not value.is_integer():
         raise ValueError
     return int(value)
+
+
+def _as_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise TypeError
+    return float(value)
 
 
 def _as_bool(value: Any) -> bool:
@@ -442,9 +468,29 @@ def _integration(name: str, sec: _Section, env: Mapping[str, str],
                                       minimum=0),
         max_response_bytes=sec.integer("max_response_bytes",
                                        IntegrationConfig.max_response_bytes, minimum=1),
+        retry=_retry(sec.section("retry"), RetryConfig()),
+        retry_budget=_retry_budget(sec.section("retry_budget"), RetryBudgetPolicy()),
+        circuit_breaker=_breaker(sec.section("circuit_breaker"), BreakerConfig()),
+        rate_limit=_optional(sec, "rate_limit", lambda s: _rate_limit(s, None)),
+        bulkhead=_bulkhead(sec.section("bulkhead")),
+        idempotency=_idempotency(sec.section("idempotency")),
+        fallback=_fallback(sec.section("fallback"), FallbackConfig()),
     )
     sec.finish()
     return cfg
+
+
+def _route_overrides(sec: _Section, base: IntegrationConfig, name: str, integration: str,
+                     method: str, path: str) -> RouteConfig:
+    return RouteConfig(
+        name=name, integration=integration, method=method, path="/" + path.lstrip("/"),
+        timeouts=_optional(sec, "timeouts", lambda s: _timeouts(s, base.timeouts)),
+        retry=_optional(sec, "retry", lambda s: _retry(s, base.retry)),
+        circuit_breaker=_optional(sec, "circuit_breaker",
+                                  lambda s: _breaker(s, base.circuit_breaker)),
+        rate_limit=_optional(sec, "rate_limit", lambda s: _rate_limit(s, base.rate_limit)),
+        fallback=_optional(sec, "fallback", lambda s: _fallback(s, base.fallback)),
+    )
 
 
 def _routes(root: _Section, integrations: Mapping[str, IntegrationConfig]) -> tuple[RouteConfig,
@@ -473,13 +519,168 @@ def _routes(root: _Section, integrations: Mapping[str, IntegrationConfig]) -> tu
         path = sec.string("path", "/**")
         if "://" in path or ".." in path.split("/"):
             sec.err("path", f"must be a path pattern relative to the base URL; got {path!r}")
-        base = integrations[integration].timeouts if integration in integrations else (
-            TimeoutsConfig())
-        timeouts = _timeouts(sec.section("timeouts"), base) if sec.has("timeouts") else None
+        base = integrations.get(integration) or IntegrationConfig(name="", base_url="")
+        route = _route_overrides(sec, base, name, integration, method, path)
         sec.finish()
-        routes.append(RouteConfig(name=name, integration=integration, method=method,
-                                  path="/" + path.lstrip("/"), timeouts=timeouts))
+        routes.append(route)
     return tuple(routes)
+
+
+# --------------------------------------------------------------------------- call policies
+
+RETRY_ERROR_KINDS = ("connect", "reset", "timeout", "tls", "protocol")
+
+
+def _statuses(sec: _Section, key: str, default: frozenset[int]) -> frozenset[int]:
+    """A list of HTTP statuses: numbers, or classes like ``5xx``."""
+    raw = sec.take(key)
+    if raw is _MISSING or raw is None:
+        return default
+    if not isinstance(raw, list):
+        sec.err(key, f"must be a list of statuses (e.g. [429, 503] or [5xx]), got {_kind(raw)}")
+        return default
+    out: set[int] = set()
+    for item in raw:
+        text = str(item).strip().lower()
+        if re.fullmatch(r"[1-5]xx", text):
+            base = int(text[0]) * 100
+            out.update(range(base, base + 100))
+        elif text.isdigit() and 100 <= int(text) <= 599:
+            out.add(int(text))
+        else:
+            sec.err(key, f"{item!r} is not an HTTP status (100-599) or class like 5xx")
+            return default
+    return frozenset(out)
+
+
+def _build(sec: _Section, default: T, factory: Callable[[], T]) -> T:
+    """Construct a core policy, reporting its own invariant checks against this section."""
+    try:
+        return factory()
+    except ValueError as exc:
+        sec.problems.add(sec.path, str(exc))
+        return default
+
+
+def _backoff(sec: _Section, base: BackoffPolicy) -> BackoffPolicy:
+    initial = sec.duration("initial", base.initial)
+    multiplier = sec.number("multiplier", base.multiplier, minimum=1.0)
+    maximum = sec.duration("max", base.maximum)
+    jitter = sec.string("jitter", base.jitter, choices=("full", "none"))
+    sec.finish()
+    return _build(sec, base, lambda: BackoffPolicy(initial=initial, multiplier=multiplier,
+                                                   maximum=maximum, jitter=jitter))  # type: ignore[arg-type]
+
+
+def _retry(sec: _Section, base: RetryConfig) -> RetryConfig:
+    errors = sec.take("on_errors")
+    on_errors = base.on_errors
+    if errors is not _MISSING and errors is not None:
+        if not isinstance(errors, list) or any(e not in RETRY_ERROR_KINDS for e in errors):
+            sec.err("on_errors", f"must be a list drawn from {', '.join(RETRY_ERROR_KINDS)}; "
+                                 f"got {errors!r}")
+        else:
+            on_errors = frozenset(errors)
+    cfg = RetryConfig(
+        max_attempts=sec.integer("max_attempts", base.max_attempts, minimum=1, maximum=20),
+        backoff=_backoff(sec.section("backoff"), base.backoff),
+        on_status=_statuses(sec, "on_status", base.on_status),
+        on_errors=on_errors,
+        honor_retry_after=sec.boolean("honor_retry_after", base.honor_retry_after),
+    )
+    sec.finish()
+    return cfg
+
+
+def _retry_budget(sec: _Section, base: RetryBudgetPolicy | None) -> RetryBudgetPolicy | None:
+    if not sec.boolean("enabled", base is not None):
+        sec.finish()
+        return None
+    b = base or RetryBudgetPolicy()
+    ratio = sec.number("ratio", b.ratio, minimum=0.0, maximum=10.0)
+    floor = sec.number("min_retries_per_second", b.min_retries_per_second, minimum=0.0)
+    window = sec.duration("window", b.window)
+    sec.finish()
+    return _build(sec, b, lambda: RetryBudgetPolicy(ratio=ratio, min_retries_per_second=floor,
+                                                    window=window))
+
+
+def _breaker(sec: _Section, base: BreakerConfig) -> BreakerConfig:
+    p = base.policy
+    enabled = sec.boolean("enabled", base.enabled)
+    fields = {
+        "consecutive_failures": sec.integer("consecutive_failures", p.consecutive_failures,
+                                            minimum=0),
+        "failure_rate_threshold": sec.number("failure_rate", p.failure_rate_threshold,
+                                             minimum=0.0, maximum=1.0),
+        "slow_call_rate_threshold": sec.number("slow_call_rate", p.slow_call_rate_threshold,
+                                               minimum=0.0, maximum=1.0),
+        "slow_call_duration": sec.duration("slow_call_duration", p.slow_call_duration),
+        "window": sec.duration("window", p.window),
+        "minimum_calls": sec.integer("minimum_calls", p.minimum_calls, minimum=1),
+        "open_duration": sec.duration("open_duration", p.open_duration),
+        "half_open_probes": sec.integer("half_open_probes", p.half_open_probes, minimum=1),
+        "close_after": sec.integer("close_after", p.close_after, minimum=1),
+        "probe_timeout": sec.duration("probe_timeout", p.probe_timeout),
+    }
+    failure_statuses = _statuses(sec, "failure_statuses", base.failure_statuses)
+    sec.finish()
+    policy = _build(sec, p, lambda: BreakerPolicy(**fields))  # type: ignore[arg-type]
+    return BreakerConfig(enabled=enabled, policy=policy, failure_statuses=failure_statuses)
+
+
+def _rate_limit(sec: _Section, base: RateLimitPolicy | None) -> RateLimitPolicy | None:
+    if not sec.boolean("enabled", True):
+        sec.finish()
+        return None
+    if base is None and not sec.has("rate"):
+        sec.take("rate")
+        sec.err("rate", "is required (calls per second)")
+        sec.finish()
+        return None
+    b = base or RateLimitPolicy()
+    rate = sec.number("rate", b.rate, minimum=0.001)
+    burst = sec.integer("burst", max(b.burst, 1) if base else max(1, int(rate)), minimum=1)
+    on_limit = sec.string("on_limit", b.on_limit, choices=("wait", "reject"))
+    sec.finish()
+    return _build(sec, b, lambda: RateLimitPolicy(rate=rate, burst=burst,
+                                                  on_limit=on_limit))  # type: ignore[arg-type]
+
+
+def _bulkhead(sec: _Section) -> BulkheadConfig:
+    max_wait = sec.duration("max_wait", -1.0, positive=False) if sec.has("max_wait") else None
+    cfg = BulkheadConfig(
+        max_concurrent=sec.integer("max_concurrent", BulkheadConfig.max_concurrent, minimum=1,
+                                   maximum=10_000),
+        max_wait=None if max_wait is None or max_wait < 0 else max_wait,
+    )
+    sec.finish()
+    return cfg
+
+
+def _idempotency(sec: _Section) -> IdempotencyConfig:
+    header = sec.string("header", IdempotencyConfig.header)
+    if not _HEADER_NAME_RE.match(header):
+        sec.err("header", f"invalid header name {header!r}")
+    cfg = IdempotencyConfig(header=header,
+                            retention=sec.duration("retention", IdempotencyConfig.retention))
+    sec.finish()
+    return cfg
+
+
+def _fallback(sec: _Section, base: FallbackConfig) -> FallbackConfig:
+    cfg = FallbackConfig(
+        enabled=sec.boolean("enabled", base.enabled),
+        max_age=sec.duration("max_age", base.max_age),
+        max_entries=sec.integer("max_entries", base.max_entries, minimum=1, maximum=100_000),
+    )
+    sec.finish()
+    return cfg
+
+
+def _optional(sec: _Section, key: str, parse: Callable[[_Section], T]) -> T | None:
+    """Parse ``key`` only when present (route overrides)."""
+    return parse(sec.section(key)) if sec.has(key) else None
 
 
 # --------------------------------------------------------------------------- entry points

@@ -7,6 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sidecar.core.resilience.backoff import BackoffPolicy
+from sidecar.core.resilience.breaker import BreakerPolicy
+from sidecar.core.resilience.rate_limit import RateLimitPolicy
+from sidecar.core.resilience.retry_budget import RetryBudgetPolicy
+
 # Listener defaults follow what sidecar users expect: the app API only on
 # loopback (nothing else in the pod should reach it by accident), the edge and
 # the admin port on every interface (the outside world and Prometheus).
@@ -121,6 +126,62 @@ class TlsConfig:
     client_key_file: str = ""
 
 
+#: Retried by default: rate limited, and the gateway answers that mean "the
+#: request did not reach a healthy server" (502/503/504). 500 is not: the
+#: upstream may have acted on the request.
+DEFAULT_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+DEFAULT_RETRY_ERRORS = frozenset({"connect", "reset", "timeout"})
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_BULKHEAD = 100
+#: Stripe keeps idempotency keys 24 hours; the IETF draft suggests the same.
+DEFAULT_IDEMPOTENCY_RETENTION = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    #: Attempts in all, the first included (1 = never retry).
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    backoff: BackoffPolicy = BackoffPolicy()
+    on_status: frozenset[int] = DEFAULT_RETRY_STATUSES
+    #: Transport error kinds: connect, reset, timeout, tls, protocol.
+    on_errors: frozenset[str] = DEFAULT_RETRY_ERRORS
+    #: Wait what Retry-After / RateLimit-Reset say when it fits the deadline.
+    honor_retry_after: bool = True
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    enabled: bool = True
+    policy: BreakerPolicy = BreakerPolicy()
+    #: Upstream statuses that count as failures (transport errors always do).
+    failure_statuses: frozenset[int] = frozenset(range(500, 600))
+
+
+@dataclass(frozen=True)
+class BulkheadConfig:
+    #: Upstream requests in flight at once for the integration.
+    max_concurrent: int = DEFAULT_BULKHEAD
+    #: Seconds a call may wait for a free slot; None waits until its deadline.
+    max_wait: float | None = None
+
+
+@dataclass(frozen=True)
+class IdempotencyConfig:
+    header: str = "Idempotency-Key"
+    #: Seconds a completed key is remembered.
+    retention: float = DEFAULT_IDEMPOTENCY_RETENTION
+
+
+@dataclass(frozen=True)
+class FallbackConfig:
+    #: Answer a GET from the last good response while the breaker is open.
+    enabled: bool = False
+    #: Seconds a last good response may be served for.
+    max_age: float = 3600.0
+    #: Responses remembered per integration (least recently used dropped).
+    max_entries: int = 256
+
+
 @dataclass(frozen=True)
 class IntegrationConfig:
     name: str
@@ -133,6 +194,15 @@ class IntegrationConfig:
     tls: TlsConfig = TlsConfig()
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    retry: RetryConfig = RetryConfig()
+    #: None: no budget (not recommended).
+    retry_budget: RetryBudgetPolicy | None = RetryBudgetPolicy()
+    circuit_breaker: BreakerConfig = BreakerConfig()
+    #: None: no local rate limit.
+    rate_limit: RateLimitPolicy | None = None
+    bulkhead: BulkheadConfig = BulkheadConfig()
+    idempotency: IdempotencyConfig = IdempotencyConfig()
+    fallback: FallbackConfig = FallbackConfig()
 
 
 @dataclass(frozen=True)
@@ -146,7 +216,14 @@ class RouteConfig:
     #: Path pattern relative to the base URL; ``*`` matches one segment, a
     #: trailing ``**`` any rest.
     path: str
+    #: Each override is None when the route inherits the integration's.
     timeouts: TimeoutsConfig | None = None
+    retry: RetryConfig | None = None
+    #: A route with its own breaker trips independently of the integration's.
+    circuit_breaker: BreakerConfig | None = None
+    #: A route with its own rate limit has its own bucket.
+    rate_limit: RateLimitPolicy | None = None
+    fallback: FallbackConfig | None = None
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,14 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
+from google.protobuf import timestamp_pb2
 from integration_sidecar.v1 import sidecar_pb2 as pb
 from integration_sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 from sidecar import __version__
+from sidecar.clock import Clock, SystemClock
+from sidecar.core.calls.models import CallRequest, CallResult
+from sidecar.core.calls.pipeline import CallPipeline
 from sidecar.errors import Internal, NotImplementedYet, SidecarError
 from sidecar.rpc.status import abort_with
 
@@ -35,12 +39,78 @@ async def _fail(context: grpc.aio.ServicerContext, exc: Exception) -> None:
     await abort_with(context, Internal("internal error; see the sidecar's log"))
 
 
+def _metadata(context: grpc.aio.ServicerContext, *names: str) -> list[tuple[str, str]]:
+    out = []
+    for key, value in context.invocation_metadata() or ():
+        if key in names and isinstance(value, str):
+            out.append((key, value))
+    return out
+
+
+def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
+    if seconds is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def call_request(request: pb.CallRequest, context: grpc.aio.ServicerContext,
+                 clock: Clock) -> CallRequest:
+    remaining = context.time_remaining()
+    key = request.idempotency_key
+    if not key:
+        found = _metadata(context, "idempotency-key")
+        key = found[0][1] if found else ""
+    return CallRequest(
+        integration=request.integration,
+        method=request.method,
+        path=request.path,
+        query=tuple((q.name, q.value) for q in request.query),
+        headers=tuple((h.name, h.value) for h in request.headers),
+        body=request.body,
+        idempotency_key=key,
+        api_version=request.api_version,
+        deadline=None if remaining is None else clock.monotonic() + remaining,
+        trace_headers=tuple(_metadata(context, "traceparent", "tracestate")),
+    )
+
+
+def call_response(result: CallResult) -> pb.CallResponse:
+    resp = pb.CallResponse(
+        status=result.status,
+        headers=[pb.Header(name=k, value=v) for k, v in result.headers],
+        body=result.body,
+        attempts=result.attempts,
+        replayed=result.replayed,
+        stale=result.stale,
+        route=result.route,
+        duration_ms=max(0, round(result.duration * 1000)),
+    )
+    dep = result.deprecation
+    if dep is not None:
+        resp.deprecation.deprecated = dep.deprecated
+        resp.deprecation.link = dep.link
+        if (at := _timestamp(dep.deprecated_at)) is not None:
+            resp.deprecation.deprecated_at.CopyFrom(at)
+        if (sunset := _timestamp(dep.sunset_at)) is not None:
+            resp.deprecation.sunset_at.CopyFrom(sunset)
+    return resp
+
+
 class SidecarServicer(pb_grpc.SidecarServiceServicer):
+    def __init__(self, *, calls: CallPipeline | None = None,
+                 clock: Clock | None = None) -> None:
+        self._calls = calls
+        self._clock = clock or SystemClock()
+
     async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext
                    ) -> pb.CallResponse:
         try:
-            raise _not_yet("Call", "outbound integration calls (retries, circuit breakers, "
-                                   "rate limits, idempotency) are not available yet")
+            if self._calls is None:
+                raise _not_yet("Call", "no call pipeline is configured")
+            result = await self._calls.call(call_request(request, context, self._clock))
+            return call_response(result)
         except Exception as exc:
             await _fail(context, exc)
             raise

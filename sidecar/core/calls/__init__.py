@@ -1,0 +1,1 @@
+"""Outbound calls to configured integrations: the resilient Call pipeline."""

@@ -1,0 +1,90 @@
+"""Plain data the Call pipeline speaks: requests, results, upstream exchanges."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+Headers = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class CallRequest:
+    integration: str
+    method: str = "GET"
+    path: str = ""
+    query: tuple[tuple[str, str], ...] = ()
+    headers: Headers = ()
+    body: bytes = b""
+    idempotency_key: str = ""
+    api_version: str = ""
+    #: Absolute deadline on the pipeline's clock (monotonic seconds), or None.
+    deadline: float | None = None
+    #: W3C trace context to forward upstream (``traceparent``, ``tracestate``).
+    trace_headers: Headers = ()
+
+
+@dataclass(frozen=True)
+class DeprecationInfo:
+    deprecated: bool = False
+    deprecated_at: float | None = None
+    sunset_at: float | None = None
+    link: str = ""
+
+
+@dataclass(frozen=True)
+class CallResult:
+    status: int
+    headers: Headers
+    body: bytes
+    attempts: int
+    replayed: bool = False
+    stale: bool = False
+    deprecation: DeprecationInfo | None = None
+    route: str = ""
+    duration: float = 0.0
+
+
+@dataclass(frozen=True)
+class UpstreamRequest:
+    method: str
+    url: str
+    headers: Headers
+    body: bytes
+    #: Seconds for the whole attempt (connect + send + read).
+    timeout: float
+    connect_timeout: float
+
+
+@dataclass(frozen=True)
+class UpstreamResponse:
+    status: int
+    headers: Headers
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        lname = name.lower()
+        for k, v in self.headers:
+            if k.lower() == lname:
+                return v
+        return None
+
+
+class TransportErrorKind(enum.StrEnum):
+    CONNECT = "connect"      # could not connect (refused, DNS, unreachable)
+    RESET = "reset"          # connection dropped mid-exchange
+    TIMEOUT = "timeout"      # the attempt's time ran out
+    TLS = "tls"              # certificate or handshake failure
+    PROTOCOL = "protocol"    # malformed HTTP from the upstream
+    TOO_LARGE = "too_large"  # response body over the integration's limit
+
+
+@dataclass
+class TransportError(Exception):
+    """An attempt produced no HTTP answer. ``detail`` never holds secrets."""
+
+    kind: TransportErrorKind
+    detail: str = field(default="")
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}: {self.detail}" if self.detail else self.kind.value

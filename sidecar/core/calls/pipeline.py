@@ -1,0 +1,606 @@
+"""The Call pipeline: one resilient HTTP exchange with a configured integration.
+
+auth -> API version -> idempotency -> per attempt [rate limit -> circuit
+breaker -> bulkhead -> timeout -> transport] inside tenacity retries (backoff
+with full jitter, Retry-After, retry budget, deadline) -> classification.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import re
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tenacity import AsyncRetrying, RetryCallState
+
+from sidecar.clock import Clock
+from sidecar.config import (
+    Config,
+    FallbackConfig,
+    IntegrationConfig,
+    RetryConfig,
+    RouteConfig,
+    TimeoutsConfig,
+)
+from sidecar.core.calls.fallback import LastGoodCache
+from sidecar.core.calls.models import (
+    CallRequest,
+    CallResult,
+    DeprecationInfo,
+    TransportError,
+    TransportErrorKind,
+    UpstreamRequest,
+    UpstreamResponse,
+)
+from sidecar.core.calls.observer import CallObserver, NullObserver
+from sidecar.core.calls.paths import build_url, route_matches
+from sidecar.core.calls.stored import decode_result, encode_result, fingerprint
+from sidecar.core.resilience import (
+    BreakerOpenError,
+    CircuitBreaker,
+    RateLimitedError,
+    RetryBudget,
+    TokenBucket,
+    backoff_delay,
+    parse_deprecation,
+    parse_link_rel,
+    parse_rate_limit_reset,
+    parse_retry_after,
+    parse_sunset,
+)
+from sidecar.core.resilience.breaker import Permit
+from sidecar.core.resilience.bulkhead import Bulkhead, BulkheadFullError
+from sidecar.errors import (
+    Aborted,
+    DeadlineExceeded,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    SidecarError,
+    Unavailable,
+)
+from sidecar.storage.base import ClaimStatus, Storage
+
+log = logging.getLogger("sidecar.calls")
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: RFC 9110 idempotent methods: safe to retry without a key.
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+FORBIDDEN_HEADERS = frozenset({
+    "host", "content-length", "connection", "keep-alive", "proxy-authenticate",
+    "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade",
+})
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+#: An abandoned in-flight idempotency claim (crashed sidecar) frees up this
+#: long after the call's total timeout.
+CLAIM_MARGIN = 30.0
+MAX_HEADERS = 100
+
+
+class Transport(Protocol):
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse: ...
+
+    async def close(self) -> None: ...
+
+
+TransportFactory = Callable[[IntegrationConfig], Transport]
+
+
+@dataclass
+class _Policy:
+    """What applies to one route (or the integration's defaults)."""
+
+    name: str
+    timeouts: TimeoutsConfig
+    retry: RetryConfig
+    breaker: CircuitBreaker | None
+    failure_statuses: frozenset[int]
+    bucket: TokenBucket | None
+    fallback: FallbackConfig
+    cache: LastGoodCache | None
+
+
+@dataclass
+class _Integration:
+    config: IntegrationConfig
+    transport: Transport
+    default: _Policy
+    routes: list[tuple[RouteConfig, _Policy]]
+    budget: RetryBudget | None
+    bulkhead: Bulkhead
+    deprecations_logged: set[str] = field(default_factory=set)
+
+    def match(self, method: str, path: str) -> _Policy:
+        norm = "/" + path.lstrip("/")
+        for route, policy in self.routes:
+            if route.method in ("*", method) and route_matches(route.path, norm):
+                return policy
+        return self.default
+
+
+@dataclass
+class _Attempts:
+    """State shared by the attempts of one call."""
+
+    deadline: float
+    attempts: int = 0
+    last_response: UpstreamResponse | None = None
+    last_retry_reason: str = ""
+
+
+class CallPipeline:
+    def __init__(
+        self,
+        config: Config,
+        storage: Storage,
+        transport_factory: TransportFactory,
+        clock: Clock,
+        *,
+        observer: CallObserver | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._storage = storage
+        self._clock = clock
+        self._observer: CallObserver = observer or NullObserver()
+        self._rand = rand
+        self._integrations: dict[str, _Integration] = {}
+        for name, icfg in config.integrations.items():
+            routes = [r for r in config.routes if r.integration == name]
+            self._integrations[name] = self._build(icfg, routes, transport_factory(icfg))
+
+    # ------------------------------------------------------------------ building
+
+    def _breaker(self, integration: str, scope: str,
+                 cfg: IntegrationConfig | RouteConfig) -> CircuitBreaker | None:
+        bc = cfg.circuit_breaker
+        if bc is None or not bc.enabled:
+            return None
+        breaker = CircuitBreaker(bc.policy, self._clock,
+                                 name=f"{integration}/{scope}" if scope else integration)
+        observer = self._observer
+
+        def changed(old: object, new: object) -> None:
+            state = str(getattr(new, "value", new))
+            log.warning("circuit breaker %s", state, extra={
+                "integration": integration, "route": scope, "breaker_state": state})
+            observer.breaker_changed(integration, scope, state)
+
+        breaker.on_transition(changed)
+        observer.breaker_changed(integration, scope, breaker.state.value, initial=True)
+        return breaker
+
+    def _build(self, cfg: IntegrationConfig, routes: list[RouteConfig],
+               transport: Transport) -> _Integration:
+        base_breaker = self._breaker(cfg.name, "", cfg)
+        base_bucket = TokenBucket(cfg.rate_limit, self._clock) if cfg.rate_limit else None
+
+        def cache(fb: FallbackConfig) -> LastGoodCache | None:
+            return LastGoodCache(fb.max_entries, fb.max_age) if fb.enabled else None
+
+        default = _Policy("", cfg.timeouts, cfg.retry, base_breaker,
+                          cfg.circuit_breaker.failure_statuses, base_bucket, cfg.fallback,
+                          cache(cfg.fallback))
+        built: list[tuple[RouteConfig, _Policy]] = []
+        for r in routes:
+            fallback = r.fallback or cfg.fallback
+            breaker = self._breaker(cfg.name, r.name, r) if r.circuit_breaker else base_breaker
+            built.append((r, _Policy(
+                name=r.name,
+                timeouts=r.timeouts or cfg.timeouts,
+                retry=r.retry or cfg.retry,
+                breaker=breaker,
+                failure_statuses=(r.circuit_breaker or cfg.circuit_breaker).failure_statuses,
+                bucket=TokenBucket(r.rate_limit, self._clock) if r.rate_limit else base_bucket,
+                fallback=fallback,
+                cache=cache(fallback) if r.fallback else default.cache,
+            )))
+        return _Integration(
+            config=cfg, transport=transport, default=default, routes=built,
+            budget=RetryBudget(cfg.retry_budget, self._clock) if cfg.retry_budget else None,
+            bulkhead=Bulkhead(cfg.bulkhead.max_concurrent, self._clock, name=cfg.name),
+        )
+
+    def breakers(self) -> Mapping[str, CircuitBreaker]:
+        """Every breaker by ``integration`` or ``integration/route``, for status pages."""
+        out: dict[str, CircuitBreaker] = {}
+        for integ in self._integrations.values():
+            for policy in [integ.default, *(p for _, p in integ.routes)]:
+                if policy.breaker is not None:
+                    out[policy.breaker.name] = policy.breaker
+        return out
+
+    async def close(self) -> None:
+        await asyncio.gather(*(i.transport.close() for i in self._integrations.values()),
+                             return_exceptions=True)
+
+    # ------------------------------------------------------------------ the call
+
+    async def call(self, req: CallRequest) -> CallResult:
+        start = self._clock.monotonic()
+        integ = self._integrations.get(req.integration)
+        if integ is None:
+            if not req.integration:
+                raise InvalidArgument.of("integration", "is required")
+            raise NotFound(f"integration {req.integration!r} is not configured",
+                           reason="INTEGRATION_NOT_FOUND",
+                           metadata={"integration": req.integration})
+        method = (req.method or "GET").upper()
+        self._validate(req, method, integ.config)
+        policy = integ.match(method, req.path)
+        cfg = integ.config
+        version = req.api_version or cfg.api_version.version
+        url = build_url(cfg.base_url, req.path, req.query,
+                        version if cfg.api_version.location == "path" else "")
+        deadline = start + policy.timeouts.total
+        if req.deadline is not None:
+            deadline = min(deadline, req.deadline)
+        headers = self._headers(req, cfg, version)
+        outcome = "error"
+        result: CallResult | None = None
+        try:
+            if req.idempotency_key:
+                result = await self._with_key(req, integ, policy, method, url, headers,
+                                              deadline, start)
+            else:
+                result = await self._execute(req, integ, policy, method, url, headers,
+                                             deadline, start)
+            outcome = _outcome(result)
+            return result
+        except SidecarError as exc:
+            outcome = exc.reason
+            raise
+        finally:
+            duration = self._clock.monotonic() - start
+            status = result.status if result else 0
+            attempts = result.attempts if result else 0
+            self._observer.call_finished(cfg.name, policy.name, outcome, status, attempts,
+                                         duration)
+            log.info("call finished", extra={
+                "integration": cfg.name, "route": policy.name, "method": method,
+                "outcome": outcome, "status": status, "attempts": attempts,
+                "latency_ms": round(duration * 1000, 1), "trace_id": _trace_id(req),
+            })
+
+    def _validate(self, req: CallRequest, method: str, cfg: IntegrationConfig) -> None:
+        problems: list[FieldViolation] = []
+        if method not in METHODS:
+            problems.append(FieldViolation("method", f"must be one of {', '.join(sorted(METHODS))}"
+                                                     f"; got {req.method!r}"))
+        if len(req.headers) > MAX_HEADERS:
+            problems.append(FieldViolation("headers", f"at most {MAX_HEADERS} headers"))
+        for i, (name, value) in enumerate(req.headers):
+            if not _TOKEN.match(name):
+                problems.append(FieldViolation(f"headers[{i}].name",
+                                               f"invalid header name {name!r}"))
+            elif name.lower() in FORBIDDEN_HEADERS:
+                problems.append(FieldViolation(f"headers[{i}].name",
+                                               f"{name} is set by the sidecar, not the caller"))
+            if "\r" in value or "\n" in value or "\x00" in value:
+                problems.append(FieldViolation(f"headers[{i}].value",
+                                               "must not contain CR, LF or NUL"))
+        for i, (name, _) in enumerate(req.query):
+            if not name:
+                problems.append(FieldViolation(f"query[{i}].name", "is required"))
+        if len(req.body) > cfg.max_request_bytes:
+            problems.append(FieldViolation(
+                "body", f"{len(req.body)} bytes is over the integration's limit of "
+                        f"{cfg.max_request_bytes}"))
+        if req.idempotency_key and not _KEY.match(req.idempotency_key):
+            problems.append(FieldViolation("idempotency_key",
+                                           "must be 1-255 printable ASCII characters"))
+        if problems:
+            raise InvalidArgument("; ".join(f"{p.field}: {p.description}" for p in problems),
+                                  violations=problems)
+
+    def _headers(self, req: CallRequest, cfg: IntegrationConfig,
+                 version: str) -> tuple[tuple[str, str], ...]:
+        auth = cfg.auth
+        reserved = {auth.header.lower()} if auth.secret else set()
+        out = [(k, v) for k, v in cfg.headers]
+        overridden = {k.lower() for k, _ in req.headers}
+        out = [(k, v) for k, v in out if k.lower() not in overridden]
+        out += [(k, v) for k, v in req.headers if k.lower() not in reserved]
+        out += list(req.trace_headers)
+        if version and cfg.api_version.location == "header":
+            out = [(k, v) for k, v in out if k.lower() != cfg.api_version.header.lower()]
+            out.append((cfg.api_version.header, version))
+        if auth.secret is not None:
+            value = (f"Bearer {auth.secret.value}" if auth.type == "bearer"
+                     else auth.secret.value)
+            out.append((auth.header, value))
+        if req.idempotency_key:
+            name = cfg.idempotency.header
+            out = [(k, v) for k, v in out if k.lower() != name.lower()]
+            out.append((name, req.idempotency_key))
+        return tuple(out)
+
+    # ------------------------------------------------------------------ idempotency
+
+    async def _with_key(self, req: CallRequest, integ: _Integration, policy: _Policy,
+                        method: str, url: str, headers: tuple[tuple[str, str], ...],
+                        deadline: float, start: float) -> CallResult:
+        cfg = integ.config
+        ctype = next((v for k, v in req.headers if k.lower() == "content-type"), "")
+        fp = fingerprint(method, url, req.body, ctype)
+        now = self._clock.time()
+        claim = await self._storage.idempotency_claim(
+            cfg.name, req.idempotency_key, fp, now=now,
+            lease=policy.timeouts.total + CLAIM_MARGIN)
+        meta = {"integration": cfg.name}
+        if claim.status is ClaimStatus.COMPLETED and claim.response is not None:
+            self._observer.idempotent_replay(cfg.name)
+            stored = decode_result(claim.response)
+            return CallResult(stored.status, stored.headers, stored.body, attempts=0,
+                              replayed=True, deprecation=stored.deprecation,
+                              route=policy.name, duration=self._clock.monotonic() - start)
+        if claim.status is ClaimStatus.IN_FLIGHT:
+            raise Aborted("a call with this idempotency key is still in flight; retry later",
+                          reason="IDEMPOTENCY_IN_FLIGHT", metadata=meta)
+        if claim.status is ClaimStatus.CONFLICT:
+            raise FailedPrecondition(
+                "this idempotency key was already used with a different request",
+                reason="IDEMPOTENCY_KEY_REUSED", metadata=meta)
+        try:
+            result = await self._execute(req, integ, policy, method, url, headers, deadline,
+                                         start)
+        except BaseException:
+            await _shielded(self._storage.idempotency_release(cfg.name, req.idempotency_key))
+            raise
+        if result.status >= 500 or result.stale:
+            # The upstream may not have acted: let the caller try again with the key.
+            await _shielded(self._storage.idempotency_release(cfg.name, req.idempotency_key))
+        else:
+            await _shielded(self._storage.idempotency_complete(
+                cfg.name, req.idempotency_key, encode_result(result),
+                now=self._clock.time(), ttl=cfg.idempotency.retention))
+        return result
+
+    # ------------------------------------------------------------------ attempts
+
+    async def _execute(self, req: CallRequest, integ: _Integration, policy: _Policy,
+                       method: str, url: str, headers: tuple[tuple[str, str], ...],
+                       deadline: float, start: float) -> CallResult:
+        cfg = integ.config
+        state = _Attempts(deadline)
+        retry = policy.retry
+        may_retry = method in IDEMPOTENT or bool(req.idempotency_key)
+        if integ.budget is not None:
+            integ.budget.record_request()
+
+        async def attempt() -> UpstreamResponse:
+            return await self._attempt(integ, policy, state, method, url, headers, req.body)
+
+        def should_retry(rs: RetryCallState) -> bool:
+            if not may_retry or rs.outcome is None:
+                return False
+            if rs.outcome.failed:
+                exc = rs.outcome.exception()
+                if isinstance(exc, TransportError) and exc.kind.value in retry.on_errors:
+                    state.last_retry_reason = exc.kind.value
+                    return True
+                return False
+            resp: UpstreamResponse = rs.outcome.result()
+            if resp.status in retry.on_status:
+                state.last_retry_reason = f"status_{resp.status}"
+                return True
+            return False
+
+        def wait(rs: RetryCallState) -> float:
+            resp = None if rs.outcome is None or rs.outcome.failed else rs.outcome.result()
+            if resp is not None and retry.honor_retry_after:
+                hinted = self._server_hint(resp, policy)
+                if hinted is not None:
+                    return hinted
+            return backoff_delay(retry.backoff, rs.attempt_number, self._rand)
+
+        def stop(rs: RetryCallState) -> bool:
+            if rs.attempt_number >= retry.max_attempts:
+                return True
+            if self._clock.monotonic() + (rs.upcoming_sleep or 0.0) >= state.deadline:
+                return True  # no attempt may start after the deadline
+            if integ.budget is not None and not integ.budget.try_spend():
+                self._observer.budget_exhausted(cfg.name)
+                log.warning("retry budget exhausted", extra={"integration": cfg.name})
+                return True
+            return False
+
+        def before_sleep(rs: RetryCallState) -> None:
+            self._observer.retried(cfg.name, policy.name, state.last_retry_reason)
+
+        def final(rs: RetryCallState) -> UpstreamResponse:
+            assert rs.outcome is not None
+            return rs.outcome.result()  # type: ignore[no-any-return]
+
+        retrying = AsyncRetrying(
+            stop=stop, wait=wait, retry=should_retry, before_sleep=before_sleep,
+            sleep=self._clock.sleep, retry_error_callback=final,
+        )
+        response: UpstreamResponse | None = None
+        try:
+            response = await retrying(attempt)
+        except (BreakerOpenError, RateLimitedError, BulkheadFullError, DeadlineExceeded):
+            # A retry could not go out. An answer from an earlier attempt is still
+            # usable; otherwise an open breaker may be served from the fallback.
+            if state.last_response is not None:
+                response = state.last_response
+            elif not isinstance(sys.exc_info()[1], BreakerOpenError):
+                raise
+            else:
+                stale = self._fallback(policy, method, url)
+                if stale is None:
+                    raise
+                return CallResult(stale.status, stale.headers, stale.body, attempts=0,
+                                  stale=True, deprecation=stale.deprecation, route=policy.name,
+                                  duration=self._clock.monotonic() - start)
+        except TransportError as exc:
+            raise self._transport_failure(exc, cfg.name, state) from None
+        attempts = state.attempts
+        if response is None:
+            raise DeadlineExceeded("the deadline passed before any attempt could start",
+                                   metadata={"integration": cfg.name})
+        result = CallResult(
+            status=response.status, headers=response.headers, body=response.body,
+            attempts=attempts, deprecation=self._deprecation(integ, policy, response),
+            route=policy.name, duration=self._clock.monotonic() - start,
+        )
+        if policy.cache is not None and method == "GET" and 200 <= response.status < 300:
+            policy.cache.put(url, result, self._clock.monotonic())
+        return result
+
+    async def _attempt(self, integ: _Integration, policy: _Policy, state: _Attempts,
+                       method: str, url: str, headers: tuple[tuple[str, str], ...],
+                       body: bytes) -> UpstreamResponse:
+        cfg = integ.config
+        remaining = state.deadline - self._clock.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded("the deadline passed before the next attempt",
+                                   metadata={"integration": cfg.name})
+        if policy.bucket is not None:
+            waited = policy.bucket.try_acquire() > 0
+            if waited:
+                try:
+                    await policy.bucket.acquire(remaining)
+                except RateLimitedError as exc:
+                    self._observer.rate_limited(cfg.name, policy.name, "rejected")
+                    exc.metadata.setdefault("integration", cfg.name)
+                    raise
+                self._observer.rate_limited(cfg.name, policy.name, "waited")
+        permit: Permit | None = policy.breaker.acquire() if policy.breaker else None
+        t0: float | None = None
+        try:
+            max_wait = state.deadline - self._clock.monotonic()
+            if cfg.bulkhead.max_wait is not None:
+                max_wait = min(max_wait, cfg.bulkhead.max_wait)
+            await integ.bulkhead.acquire(max_wait)
+            try:
+                t0 = self._clock.monotonic()
+                timeout = min(policy.timeouts.attempt, state.deadline - t0)
+                request = UpstreamRequest(method, url, headers, body, timeout=timeout,
+                                          connect_timeout=min(policy.timeouts.connect, timeout))
+                state.attempts += 1
+                response = await integ.transport.send(request)
+            finally:
+                integ.bulkhead.release()
+        except TransportError as exc:
+            duration = self._clock.monotonic() - (t0 or 0.0)
+            self._observer.attempt_finished(cfg.name, policy.name, exc.kind.value, duration)
+            if permit is not None:
+                permit.record(False, duration)
+            raise
+        except BaseException:
+            if permit is not None:
+                permit.release()  # no exchange happened (or it was cancelled): no verdict
+            raise
+        duration = self._clock.monotonic() - t0
+        self._observer.attempt_finished(cfg.name, policy.name, f"{response.status // 100}xx",
+                                        duration)
+        if permit is not None:
+            permit.record(response.status not in policy.failure_statuses, duration)
+        state.last_response = response
+        if response.status == 429 and policy.bucket is not None:
+            pause = self._server_hint(response, policy)
+            if pause:
+                policy.bucket.pause_until(self._clock.monotonic() + pause)
+        return response
+
+    def _server_hint(self, resp: UpstreamResponse, policy: _Policy) -> float | None:
+        now = self._clock.time()
+        value = resp.header("Retry-After")
+        if value is not None:
+            parsed = parse_retry_after(value, now)
+            if parsed is not None:
+                return parsed
+        if resp.status == 429:
+            for name in ("RateLimit-Reset", "X-RateLimit-Reset"):
+                value = resp.header(name)
+                if value is not None:
+                    parsed = parse_rate_limit_reset(value, now)
+                    if parsed is not None:
+                        return parsed
+        return None
+
+    def _fallback(self, policy: _Policy, method: str, url: str) -> CallResult | None:
+        if method != "GET" or policy.cache is None:
+            return None
+        return policy.cache.get(url, self._clock.monotonic())
+
+    def _transport_failure(self, exc: TransportError, integration: str,
+                           state: _Attempts) -> SidecarError:
+        attempts = state.attempts
+        meta = {"integration": integration, "attempts": str(attempts), "cause": exc.kind.value}
+        if exc.kind is TransportErrorKind.TIMEOUT:
+            if self._clock.monotonic() >= state.deadline - 0.001:
+                return DeadlineExceeded(f"deadline passed waiting for {integration!r} "
+                                        f"after {attempts} attempt(s)", metadata=meta)
+            return DeadlineExceeded(f"{integration!r} did not answer within the attempt timeout "
+                                    f"({attempts} attempt(s))", reason="UPSTREAM_TIMEOUT",
+                                    metadata=meta)
+        if exc.kind is TransportErrorKind.TOO_LARGE:
+            return ResourceExhausted(str(exc.detail), reason="RESPONSE_TOO_LARGE", metadata=meta)
+        if exc.kind is TransportErrorKind.TLS:
+            return Unavailable(f"TLS with {integration!r} failed: {exc.detail}",
+                               reason="UPSTREAM_TLS_ERROR", metadata=meta)
+        return Unavailable(f"{integration!r} unreachable after {attempts} attempt(s): "
+                           f"{exc}", reason="UPSTREAM_UNREACHABLE", metadata=meta)
+
+    def _deprecation(self, integ: _Integration, policy: _Policy,
+                     resp: UpstreamResponse) -> DeprecationInfo | None:
+        dep_header = resp.header("Deprecation")
+        sunset_header = resp.header("Sunset")
+        if dep_header is None and sunset_header is None:
+            return None
+        deprecated, at = parse_deprecation(dep_header) if dep_header else (False, None)
+        sunset = parse_sunset(sunset_header) if sunset_header else None
+        link = parse_link_rel(resp.header("Link") or "") or ""
+        info = DeprecationInfo(deprecated=deprecated, deprecated_at=at, sunset_at=sunset,
+                               link=link)
+        self._observer.deprecation_seen(integ.config.name, policy.name, info)
+        key = policy.name or "*"
+        if key not in integ.deprecations_logged:
+            integ.deprecations_logged.add(key)
+            log.warning("upstream announced deprecation", extra={
+                "integration": integ.config.name, "route": policy.name,
+                "deprecated_at": at, "sunset_at": sunset, "link": link})
+        return info
+
+
+def _outcome(result: CallResult) -> str:
+    if result.replayed:
+        return "replayed"
+    if result.stale:
+        return "stale"
+    if result.status >= 500:
+        return "server_error"
+    if result.status >= 400:
+        return "client_error"
+    return "success"
+
+
+def _trace_id(req: CallRequest) -> str:
+    for k, v in req.trace_headers:
+        if k.lower() == "traceparent":
+            parts = v.split("-")
+            if len(parts) >= 3:
+                return parts[1]
+    return ""
+
+
+async def _shielded(aw: Awaitable[None]) -> None:
+    """Finish bookkeeping even when the call itself is being cancelled."""
+    task = asyncio.ensure_future(aw)
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.shield(task)
+    if not task.done():
+        await asyncio.wait({task})
+    if not task.cancelled() and task.exception() is not None:
+        log.error("idempotency bookkeeping failed: %s", task.exception())
+
