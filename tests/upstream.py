@@ -53,7 +53,8 @@ def reset() -> Action:
         assert transport is not None
         sock = transport.get_extra_info("socket")
         if sock is not None:  # RST instead of FIN
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            linger_zero = b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger_zero)
         transport.close()
         raise asyncio.CancelledError
 

@@ -67,6 +67,11 @@ class AiohttpTransport:
                 skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
                 cookie_jar=aiohttp.DummyCookieJar(),
             )
+            # aiohttp silently resends an idempotent request once when the
+            # connection drops; our retries must see (count, budget, back off
+            # from) every attempt, so that hidden retry is turned off.
+            if hasattr(self._session, "_retry_connection"):
+                self._session._retry_connection = False
         return self._session
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
