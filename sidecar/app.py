@@ -34,6 +34,12 @@ log = logging.getLogger("sidecar")
 READINESS_INTERVAL = 5.0
 #: A dependency check slower than this counts as failed.
 CHECK_TIMEOUT = 2.0
+#: Expired records (idempotency keys) are deleted this often, in batches of
+#: PRUNE_BATCH, at most PRUNE_BATCHES per round, so pruning never holds the
+#: database for long and growth stays bounded.
+PRUNE_INTERVAL = 60.0
+PRUNE_BATCH = 1000
+PRUNE_BATCHES = 20
 
 
 def _aiohttp_transport(config: IntegrationConfig) -> Transport:
@@ -70,6 +76,7 @@ class Sidecar:
         self._stopping = False
         self._started = False
         self._watch: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
         self._last_checks: dict[str, str] = {"storage": "not checked yet"}
 
     # ------------------------------------------------------------------ lifecycle
@@ -87,6 +94,7 @@ class Sidecar:
         self._started = True
         await self._refresh_readiness()
         self._watch = asyncio.create_task(self._watch_readiness(), name="readiness")
+        self._pruner = asyncio.create_task(self._prune_forever(), name="prune")
         log.info("sidecar started", extra={
             "version": __version__, "grpc": self.grpc.address, "edge": self.edge.address,
             "admin": self.admin.address, "storage": self.storage.backend,
@@ -111,10 +119,11 @@ class Sidecar:
         grace = self.config.server.shutdown_grace
         log.info("sidecar stopping", extra={"grace_seconds": grace})
         self.metrics.ready.set(0)
-        if self._watch:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+        for task in (self._watch, self._pruner):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.grpc.begin_shutdown()
         # gRPC and the edge drain together; the admin listener stays up until
         # the end so /readyz keeps saying "not ready" and metrics stay scrapable.
@@ -154,6 +163,26 @@ class Sidecar:
         self.metrics.ready.set(1 if ready else 0)
         if not self._stopping:
             await self.grpc.set_ready(ready)
+
+    async def prune_once(self) -> int:
+        """Delete expired records now; returns how many went."""
+        removed = 0
+        for _ in range(PRUNE_BATCHES):
+            n = await self.storage.prune(now=self.clock.time(), limit=PRUNE_BATCH)
+            removed += n
+            if n < PRUNE_BATCH:
+                break
+        if removed:
+            log.info("pruned expired records", extra={"removed": removed})
+        return removed
+
+    async def _prune_forever(self) -> None:
+        while True:
+            await asyncio.sleep(PRUNE_INTERVAL)
+            try:
+                await self.prune_once()
+            except SidecarError as exc:
+                log.warning("pruning failed: %s", exc.message)
 
     async def _watch_readiness(self) -> None:
         while True:

@@ -193,3 +193,14 @@ async def test_deprecation_and_sunset_are_surfaced_logged_once_and_exported(
     assert 'sidecar_upstream_deprecated_calls_total{integration="svc",route=""} 2.0' in text
     assert ('sidecar_upstream_sunset_timestamp_seconds{integration="svc",route=""} '
             '1.794395471e+09') in text
+
+
+async def test_expired_keys_are_pruned(tmp_path: Path, upstream: Upstream) -> None:
+    clock = FakeClock()
+    svc = integration(upstream.url, idempotency={"retention": "1m"})
+    async with running(tmp_path, {"svc": svc}, clock=clock) as (sc, stub):
+        for i in range(3):
+            await stub.Call(call(method="POST", body=b"a", idempotency_key=f"k{i}"), timeout=5)
+        assert await sc.prune_once() == 0
+        clock.advance(61)
+        assert await sc.prune_once() == 3
