@@ -36,8 +36,62 @@ def _v1_idempotency(db: sqlite_utils.Database) -> None:
     table.create_index(["expires_at"])
 
 
+def _v2_events(db: sqlite_utils.Database) -> None:
+    # ``seq`` is the per-topic offset ("offset" is an SQL keyword).
+    db.executescript("""
+        CREATE TABLE topics (
+            topic TEXT PRIMARY KEY,
+            last_seq INTEGER NOT NULL
+        );
+        CREATE TABLE events (
+            topic TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            id TEXT NOT NULL UNIQUE,
+            type TEXT NOT NULL,
+            data BLOB NOT NULL,
+            content_type TEXT NOT NULL,
+            attributes TEXT NOT NULL,
+            time REAL NOT NULL,
+            PRIMARY KEY (topic, seq)
+        );
+        CREATE INDEX events_time ON events (time);
+        CREATE TABLE webhook_events (
+            source TEXT NOT NULL,
+            dedup_key TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            headers TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            PRIMARY KEY (source, dedup_key)
+        );
+        CREATE INDEX webhook_events_expiry ON webhook_events (expires_at);
+        CREATE TABLE group_cursors (
+            grp TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            last_seq INTEGER NOT NULL,
+            PRIMARY KEY (grp, topic)
+        );
+        CREATE TABLE group_pending (
+            grp TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            consumer TEXT NOT NULL,
+            due_at REAL,
+            last_error TEXT NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (grp, event_id)
+        );
+        CREATE INDEX group_pending_due ON group_pending (grp, status, due_at);
+        CREATE INDEX group_pending_updated ON group_pending (status, updated_at);
+    """)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "idempotency records", _v1_idempotency),
+    Migration(2, "event log, webhook de-duplication, durable consumer groups", _v2_events),
 )
 
 

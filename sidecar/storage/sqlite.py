@@ -19,13 +19,14 @@ import sqlite_utils
 from sidecar.errors import StorageUnavailable
 from sidecar.storage.base import ClaimStatus, IdempotencyClaim
 from sidecar.storage.migrations import MIGRATIONS, Migration, current_version, migrate
+from sidecar.storage.sqlite_events import SqliteEventsMixin
 
 T = TypeVar("T")
 
 DB_FILENAME = "sidecar.db"
 
 
-class SqliteStorage:
+class SqliteStorage(SqliteEventsMixin):
     backend = "sqlite"
 
     def __init__(
@@ -73,6 +74,9 @@ class SqliteStorage:
             conn.close()
             raise
         self._db = db
+        if current_version(db) >= 2:
+            with db.atomic():
+                self._recover_in_flight(time.time())
 
     async def close(self) -> None:
         executor, self._executor = self._executor, None
