@@ -1,14 +1,19 @@
-"""The admin listener: ``/metrics`` for Prometheus, ``/healthz`` and ``/readyz`` for probes."""
+"""The admin listener: ``/metrics`` for Prometheus, ``/healthz`` and ``/readyz`` for
+probes, and the operator endpoints for webhook events (list, replay)."""
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from sidecar.http_common import count_responses
+from sidecar.clock import Clock
+from sidecar.core.events.models import DeliveryRecord, DeliveryStatus
+from sidecar.http_common import count_responses, json_error
 from sidecar.metrics import CONTENT_TYPE, Metrics
+from sidecar.storage import Storage
 
 
 @dataclass(frozen=True)
@@ -19,6 +24,61 @@ class Readiness:
 
 
 ReadinessProbe = Callable[[], Awaitable[Readiness]]
+
+
+def _record(r: DeliveryRecord) -> dict[str, object]:
+    return {"group": r.group, "event_id": r.event_id, "topic": r.topic, "offset": r.offset,
+            "type": r.type, "status": r.status.value, "attempts": r.attempts,
+            "consumer": r.consumer, "last_error": r.last_error, "due_at": r.due_at,
+            "received_at": r.received_at}
+
+
+def _authorised(request: web.Request, token: str | None) -> bool:
+    if token is None:
+        return True
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(),
+                                                              token.encode())
+
+
+def event_routes(app: web.Application, storage: Storage, clock: Clock,
+                 token: str | None) -> None:
+    """Operator endpoints: list events by status, replay dead or failed ones."""
+
+    async def list_events(request: web.Request) -> web.Response:
+        if not _authorised(request, token):
+            return json_error(401, "API_TOKEN_INVALID", "send Authorization: Bearer <token>")
+        q = request.query
+        try:
+            status = DeliveryStatus(q["status"]) if q.get("status") else None
+            limit = min(int(q.get("limit", "100")), 1000)
+        except ValueError:
+            return json_error(400, "INVALID_ARGUMENT", "status must be one of " + ", ".join(
+                s.value for s in DeliveryStatus) + "; limit an integer")
+        topic = q.get("topic") or (f"webhooks.{q['source']}" if q.get("source") else None)
+        records = await storage.list_deliveries(group=q.get("group"), topic=topic,
+                                                status=status, limit=limit)
+        return web.json_response({"events": [_record(r) for r in records]})
+
+    async def replay(request: web.Request) -> web.Response:
+        if not _authorised(request, token):
+            return json_error(401, "API_TOKEN_INVALID", "send Authorization: Bearer <token>")
+        try:
+            body = await request.json()
+            group = str(body["group"])
+            ids = [str(i) for i in body.get("event_ids", [])]
+            statuses = [DeliveryStatus(s) for s in body.get("statuses", ["dead"])]
+        except (ValueError, KeyError, TypeError):
+            return json_error(400, "INVALID_ARGUMENT",
+                              'body must be {"group": ..., "event_ids": [...], '
+                              '"statuses": ["dead", "failed"]}')
+        if any(s not in (DeliveryStatus.DEAD, DeliveryStatus.FAILED) for s in statuses):
+            return json_error(400, "INVALID_ARGUMENT", "only dead or failed events replay")
+        count = await storage.requeue(group, event_ids=ids, statuses=statuses, now=clock.time())
+        return web.json_response({"requeued": count})
+
+    app.router.add_get("/webhooks/events", list_events)
+    app.router.add_post("/webhooks/replay", replay)
 
 
 def build_admin_app(metrics: Metrics, readiness: ReadinessProbe) -> web.Application:

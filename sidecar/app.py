@@ -14,14 +14,18 @@ import signal
 from collections.abc import Sequence
 
 from sidecar import __version__
-from sidecar.admin import Readiness, build_admin_app
+from sidecar.admin import Readiness, build_admin_app, event_routes
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config, IntegrationConfig
 from sidecar.core.calls.pipeline import CallPipeline, Transport, TransportFactory
+from sidecar.core.events.groups import ConsumerGroups
+from sidecar.core.events.notify import TopicNotifier
+from sidecar.core.webhooks.ingest import WebhookIngest
 from sidecar.edge.app import build_edge_app
+from sidecar.edge.webhooks import WebhookEdge
 from sidecar.errors import SidecarError
 from sidecar.http_listener import HttpListener
-from sidecar.metrics import CallMetrics, Metrics
+from sidecar.metrics import CallMetrics, EventMetrics, Metrics
 from sidecar.rpc.server import GrpcServer, ServiceRegistrar
 from sidecar.rpc.servicer import SidecarServicer
 from sidecar.storage import Storage, make_storage
@@ -64,13 +68,25 @@ class Sidecar:
         grace = config.server.shutdown_grace
         self.calls = CallPipeline(config, self.storage, transport_factory or _aiohttp_transport,
                                   self.clock, observer=CallMetrics(self.metrics))
+        self.event_metrics = EventMetrics(self.metrics)
+        self.notifier = TopicNotifier()
+        self.webhooks = WebhookIngest(config.webhooks, self.storage, self.clock,
+                                      self.event_metrics, self.notifier.notify)
+        self.groups = ConsumerGroups(self.storage, self.clock, config.webhooks.delivery,
+                                     self.notifier, self.event_metrics)
         self.grpc = GrpcServer(config.server.grpc,
-                               SidecarServicer(calls=self.calls, clock=self.clock),
+                               SidecarServicer(calls=self.calls, webhooks=self.webhooks,
+                                               groups=self.groups, clock=self.clock),
                                self.metrics, extra_services)
-        self.edge = HttpListener(build_edge_app(config.server.edge, self.metrics),
+        webhook_edge = WebhookEdge(self.webhooks, config.webhooks, self.clock,
+                                   self.event_metrics)
+        self.edge = HttpListener(build_edge_app(config.server.edge, self.metrics, webhook_edge),
                                  config.server.edge.host, config.server.edge.port,
                                  name="edge", shutdown_timeout=grace)
-        self.admin = HttpListener(build_admin_app(self.metrics, self.readiness),
+        admin_app = build_admin_app(self.metrics, self.readiness)
+        token = config.server.grpc.api_token
+        event_routes(admin_app, self.storage, self.clock, token.value if token else None)
+        self.admin = HttpListener(admin_app,
                                   config.server.admin.host, config.server.admin.port,
                                   name="admin", shutdown_timeout=1.0)
         self._stopping = False
@@ -161,14 +177,19 @@ class Sidecar:
         ready = storage == "ok" and not self._stopping
         self.metrics.storage_up.labels(self.storage.backend).set(1 if storage == "ok" else 0)
         self.metrics.ready.set(1 if ready else 0)
+        if storage == "ok":
+            with contextlib.suppress(SidecarError):
+                self.event_metrics.set_group_counts(await self.storage.count_deliveries())
         if not self._stopping:
             await self.grpc.set_ready(ready)
 
     async def prune_once(self) -> int:
         """Delete expired records now; returns how many went."""
         removed = 0
+        now = self.clock.time()
         for _ in range(PRUNE_BATCHES):
-            n = await self.storage.prune(now=self.clock.time(), limit=PRUNE_BATCH)
+            n = await self.storage.prune(now=now, limit=PRUNE_BATCH,
+                                         events_before=now - self.config.webhooks.retention)
             removed += n
             if n < PRUNE_BATCH:
                 break
@@ -193,17 +214,19 @@ class Sidecar:
 async def serve(config: Config, *, extra_services: Sequence[ServiceRegistrar] = ()) -> int:
     """Run until SIGTERM or SIGINT; returns the process exit code."""
     sidecar = Sidecar(config, extra_services=extra_services)
-    try:
-        await sidecar.start()
-    except Exception as exc:
-        message = exc.message if isinstance(exc, SidecarError) else str(exc)
-        log.error("sidecar failed to start: %s", message)
-        return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Handlers go in before start-up, so a signal that arrives as soon as the
+    # "started" line is out still drains gracefully.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
+        try:
+            await sidecar.start()
+        except Exception as exc:
+            message = exc.message if isinstance(exc, SidecarError) else str(exc)
+            log.error("sidecar failed to start: %s", message)
+            return 1
         await stop.wait()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

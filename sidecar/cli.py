@@ -54,6 +54,64 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _with_storage(config: Config, fn: Any) -> int:
+    from sidecar.storage import make_storage
+
+    storage = make_storage(config.storage)
+    await storage.open()
+    try:
+        return int(await fn(storage))
+    finally:
+        await storage.close()
+
+
+def _cmd_webhooks_list(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from sidecar.core.events.models import DeliveryStatus
+
+    config = _load(args)
+    status = DeliveryStatus(args.status) if args.status else None
+    topic = f"webhooks.{args.source}" if args.source else args.topic
+
+    async def run(storage: Any) -> int:
+        records = await storage.list_deliveries(group=args.group, topic=topic, status=status,
+                                                limit=args.limit)
+        if args.json:
+            print(json.dumps([{"group": r.group, "event_id": r.event_id, "topic": r.topic,
+                               "offset": r.offset, "type": r.type, "status": r.status.value,
+                               "attempts": r.attempts, "last_error": r.last_error}
+                              for r in records], indent=2))
+            return 0
+        print(f"{'GROUP':16} {'EVENT ID':40} {'TOPIC':24} {'STATUS':10} {'TRIES':>5} "
+              f"RECEIVED             LAST ERROR")
+        for r in records:
+            received = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.received_at))
+            print(f"{r.group:16} {r.event_id:40} {r.topic:24} {r.status.value:10} "
+                  f"{r.attempts:>5} {received} {r.last_error}")
+        return 0
+
+    return _run(_with_storage(config, run))
+
+
+def _cmd_webhooks_replay(args: argparse.Namespace) -> int:
+    import time
+
+    from sidecar.core.events.models import DeliveryStatus
+
+    config = _load(args)
+    statuses = [DeliveryStatus(s) for s in args.status]
+
+    async def run(storage: Any) -> int:
+        n = await storage.requeue(args.group, event_ids=args.event_id, statuses=statuses,
+                                  now=time.time())
+        print(f"requeued {n} event(s) for group {args.group!r}")
+        return 0
+
+    return _run(_with_storage(config, run))
+
+
 def _cmd_version(args: argparse.Namespace) -> int:
     print(f"integration-sidecar {__version__}")
     return 0
@@ -77,12 +135,32 @@ def build_parser() -> argparse.ArgumentParser:
         fn=_cmd_config_show)
     with_config(cfg_sub.add_parser(
         "check", help="validate the config and exit")).set_defaults(fn=_cmd_config_check)
+    wh = sub.add_parser("webhooks", help="list and replay received webhooks")
+    wh_sub = wh.add_subparsers(dest="webhooks_command", required=True)
+    lst = with_config(wh_sub.add_parser("list", help="events and their delivery status"))
+    lst.add_argument("--group", help="durable consumer group")
+    lst.add_argument("--source", help="webhook source (topic webhooks.<source>)")
+    lst.add_argument("--topic", help="any topic")
+    lst.add_argument("--status", choices=["pending", "delivered", "failed", "completed",
+                                          "dead"])
+    lst.add_argument("--limit", type=int, default=100)
+    lst.add_argument("--json", action="store_true", help="print JSON")
+    lst.set_defaults(fn=_cmd_webhooks_list)
+    rep = with_config(wh_sub.add_parser("replay", help="deliver dead or failed events again"))
+    rep.add_argument("--group", required=True)
+    rep.add_argument("--event-id", action="append", default=[],
+                     help="only these events (repeatable); default: all with --status")
+    rep.add_argument("--status", action="append", choices=["dead", "failed"],
+                     help="which events (repeatable; default dead)")
+    rep.set_defaults(fn=_cmd_webhooks_replay)
     sub.add_parser("version", help="print the version").set_defaults(fn=_cmd_version)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "webhooks_command", None) == "replay" and not args.status:
+        args.status = ["dead"]
     try:
         code: int = args.fn(args)
     except ConfigError as exc:

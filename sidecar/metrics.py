@@ -132,6 +132,38 @@ class Metrics:
             ["integration", "route"], registry=r,
         )
 
+        # Webhooks and durable delivery.
+        self.webhooks_received = Counter(
+            "sidecar_webhooks_received_total",
+            "Webhooks received, by source and result (accepted, duplicate, invalid_signature, "
+            "missing_signature, stale_timestamp, future_timestamp, malformed, too_large, "
+            "rate_limited, challenge).",
+            ["source", "result"], registry=r,
+        )
+        self.webhook_ingest_seconds = Histogram(
+            "sidecar_webhook_ingest_seconds",
+            "Time to verify, de-duplicate and durably store a webhook.",
+            ["source"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.deliveries = Counter(
+            "sidecar_deliveries_total", "Events handed to durable group members.",
+            ["group"], registry=r,
+        )
+        self.redeliveries = Counter(
+            "sidecar_redeliveries_total", "Deliveries after the first (ack timeout or retry).",
+            ["group"], registry=r,
+        )
+        self.acks = Counter(
+            "sidecar_acks_total", "Events settled by Ack, by outcome.",
+            ["group", "outcome"], registry=r,
+        )
+        self.events_by_status = Gauge(
+            "sidecar_group_events",
+            "Events per durable group and topic by status (pending, delivered, failed, "
+            "completed, dead).",
+            ["group", "topic", "status"], registry=r,
+        )
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -178,3 +210,28 @@ class CallMetrics:
             self._m.breaker_state.labels(integration, scope, s).set(1 if s == state else 0)
         if not initial:
             self._m.breaker_transitions.labels(integration, scope, state).inc()
+
+
+class EventMetrics:
+    """Observer for webhook ingest and durable groups."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def webhook_received(self, source: str, result: str, duration: float) -> None:
+        self._m.webhooks_received.labels(source, result).inc()
+        if result in ("accepted", "duplicate"):
+            self._m.webhook_ingest_seconds.labels(source).observe(duration)
+
+    def delivered(self, group: str, attempt: int) -> None:
+        self._m.deliveries.labels(group).inc()
+        if attempt > 1:
+            self._m.redeliveries.labels(group).inc()
+
+    def acked(self, group: str, outcome: str, count: int) -> None:
+        self._m.acks.labels(group, outcome).inc(count)
+
+    def set_group_counts(self, counts: dict[tuple[str, str, str], int]) -> None:
+        self._m.events_by_status.clear()
+        for (group, topic, status), n in counts.items():
+            self._m.events_by_status.labels(group, topic, status).set(n)

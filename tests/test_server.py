@@ -60,9 +60,7 @@ async def test_reflection_lists_v1_service_and_health(channel: grpc.aio.Channel)
 @pytest.mark.parametrize(
     ("rpc", "request_"),
     [
-        ("VerifyWebhook", pb.VerifyWebhookRequest(source="stripe")),
         ("Publish", pb.PublishRequest(topic="orders")),
-        ("Ack", pb.AckRequest(group="g", event_ids=["e"])),
     ],
 )
 async def test_unimplemented_rpcs_say_what_is_missing(channel: grpc.aio.Channel, rpc: str,
@@ -121,10 +119,13 @@ async def test_readiness_follows_storage(sidecar: Sidecar, channel: grpc.aio.Cha
     assert await health_of(channel, "readiness") == SERVING
 
 
-async def test_edge_routes_answer_501_until_implemented(sidecar: Sidecar) -> None:
+async def test_edge_routes(sidecar: Sidecar) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.post(f"http://{sidecar.edge.address}/webhooks/stripe",
                                 data=b"{}") as resp:
+            assert resp.status == 404
+            assert (await resp.json())["error"]["reason"] == "WEBHOOK_SOURCE_NOT_FOUND"
+        async with session.get(f"http://{sidecar.edge.address}/ws") as resp:
             assert resp.status == 501
             assert (await resp.json())["error"]["reason"] == "NOT_IMPLEMENTED"
         async with session.get(f"http://{sidecar.edge.address}/nope") as resp:

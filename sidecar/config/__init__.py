@@ -8,6 +8,7 @@ from sidecar.config.model import (
     BreakerConfig,
     BulkheadConfig,
     Config,
+    DeliveryConfig,
     EdgeConfig,
     FallbackConfig,
     GrpcListenerConfig,
@@ -22,6 +23,8 @@ from sidecar.config.model import (
     StorageConfig,
     TimeoutsConfig,
     TlsConfig,
+    WebhooksConfig,
+    WebhookSourceConfig,
 )
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConfigProblem",
+    "DeliveryConfig",
     "EdgeConfig",
     "FallbackConfig",
     "GrpcListenerConfig",
@@ -47,6 +51,8 @@ __all__ = [
     "StorageConfig",
     "TimeoutsConfig",
     "TlsConfig",
+    "WebhookSourceConfig",
+    "WebhooksConfig",
     "dump_redacted",
     "load_config",
     "parse_config",

@@ -22,11 +22,13 @@ from sidecar.config.model import (
     DEFAULT_ADMIN_PORT,
     DEFAULT_EDGE_HOST,
     DEFAULT_EDGE_PORT,
+    WEBHOOK_SCHEMES,
     ApiVersionConfig,
     AuthConfig,
     BreakerConfig,
     BulkheadConfig,
     Config,
+    DeliveryConfig,
     EdgeConfig,
     FallbackConfig,
     GrpcListenerConfig,
@@ -41,6 +43,8 @@ from sidecar.config.model import (
     StorageConfig,
     TimeoutsConfig,
     TlsConfig,
+    WebhooksConfig,
+    WebhookSourceConfig,
 )
 from sidecar.core.resilience.backoff import BackoffPolicy
 from sidecar.core.resilience.breaker import BreakerPolicy
@@ -683,6 +687,118 @@ def _optional(sec: _Section, key: str, parse: Callable[[_Section], T]) -> T | No
     return parse(sec.section(key)) if sec.has(key) else None
 
 
+# --------------------------------------------------------------------------- webhooks
+
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._:/-]{1,200}$")
+
+
+def _secret_list(sec: _Section, env: Mapping[str, str]) -> tuple[Secret, ...]:
+    raw = sec.take("secrets_env")
+    if raw is _MISSING or raw is None or raw == []:
+        sec.err("secrets_env", "is required: a list of environment variable names (several "
+                               "during a rotation)")
+        return ()
+    names = [raw] if isinstance(raw, str) else raw
+    if not isinstance(names, list):
+        sec.err("secrets_env", f"must be a list of environment variable names, got {_kind(raw)}")
+        return ()
+    out = []
+    for i, name in enumerate(names):
+        field_name = f"secrets_env[{i}]"
+        if not isinstance(name, str) or not _ENV_NAME_RE.match(name):
+            sec.err(field_name, f"must name an environment variable; got {name!r}")
+        elif not env.get(name):
+            sec.err(field_name, f"environment variable {name} is not set or empty")
+        else:
+            out.append(Secret(env=name, value=env[name]))
+    return tuple(out)
+
+
+def _extraction(sec: _Section, key: str) -> tuple[str, str]:
+    sub = sec.section(key)
+    header, path = sub.string("header"), sub.string("path")
+    sub.finish()
+    return header, path
+
+
+def _webhook_source(name: str, sec: _Section, env: Mapping[str, str],
+                    edge_limit: int) -> WebhookSourceConfig:
+    if not _NAME_RE.match(name):
+        sec.problems.add(sec.path, "source names are 1-63 characters of a-z, 0-9, _ and -, "
+                                   "starting with a letter")
+    scheme = sec.string("scheme", required=True, choices=WEBHOOK_SCHEMES)
+    id_header, id_path = _extraction(sec, "event_id")
+    type_header, type_path = _extraction(sec, "event_type")
+    topic = sec.string("topic")
+    if topic and not _TOPIC_RE.match(topic):
+        sec.err("topic", f"must be 1-200 characters of A-Z a-z 0-9 . _ - : /; got {topic!r}")
+    cfg = WebhookSourceConfig(
+        name=name, scheme=scheme, secrets=_secret_list(sec, env),
+        tolerance=sec.duration("tolerance", WebhookSourceConfig.tolerance),
+        max_body_bytes=sec.integer("max_body_bytes", min(edge_limit, 1024 * 1024), minimum=1,
+                                   maximum=edge_limit),
+        topic=topic,
+        rate_limit=_optional(sec, "rate_limit", lambda s: _rate_limit(s, None))
+        if sec.has("rate_limit") else WebhookSourceConfig.rate_limit,
+        algorithm=sec.string("algorithm", "sha256", choices=("sha256", "sha512")),
+        signature_header=sec.string("signature_header"),
+        encoding=sec.string("encoding", "hex", choices=("hex", "base64")),
+        prefix=sec.string("prefix"),
+        signed_content=sec.string("signed_content", "{body}"),
+        timestamp_header=sec.string("timestamp_header"),
+        id_header=sec.string("id_header"),
+        event_id_header=id_header, event_id_path=id_path,
+        event_type_header=type_header, event_type_path=type_path,
+    )
+    sec.finish({"secrets": "secrets come from the environment: use secrets_env",
+                "secret": "secrets come from the environment: use secrets_env"})
+    if scheme and cfg.secrets:
+        # Imported here: the core imports this package's models at import time.
+        from sidecar.core.webhooks import validate_scheme_config
+        from sidecar.core.webhooks.ingest import scheme_config
+
+        for problem in validate_scheme_config(scheme_config(cfg)):
+            sec.problems.add(sec.path, problem)
+    return cfg
+
+
+def _delivery(sec: _Section) -> DeliveryConfig:
+    base = DeliveryConfig()
+    cfg = DeliveryConfig(
+        ack_timeout=sec.duration("ack_timeout", base.ack_timeout),
+        max_attempts=sec.integer("max_attempts", base.max_attempts, minimum=1, maximum=1000),
+        backoff=_backoff(sec.section("backoff"), base.backoff),
+        default_in_flight=sec.integer("default_in_flight", base.default_in_flight, minimum=1),
+        max_in_flight=sec.integer("max_in_flight", base.max_in_flight, minimum=1,
+                                  maximum=10_000),
+        heartbeat=sec.duration("heartbeat", base.heartbeat),
+    )
+    if cfg.default_in_flight > cfg.max_in_flight:
+        sec.err("default_in_flight", "must not exceed max_in_flight")
+    sec.finish()
+    return cfg
+
+
+def _webhooks(sec: _Section, env: Mapping[str, str], edge_limit: int) -> WebhooksConfig:
+    sources_sec = sec.section("sources")
+    sources = {
+        str(name): _webhook_source(str(name), _Section(body, sources_sec.field(str(name)),
+                                                       sec.problems), env, edge_limit)
+        for name, body in sources_sec.raw.items()
+    }
+    base = WebhooksConfig()
+    cfg = WebhooksConfig(
+        sources=sources,
+        delivery=_delivery(sec.section("delivery")),
+        retention=sec.duration("retention", base.retention),
+        per_ip_rate_limit=_rate_limit(sec.section("per_ip_rate_limit"), base.per_ip_rate_limit),
+        max_concurrent=sec.integer("max_concurrent", base.max_concurrent, minimum=1),
+        max_headers=sec.integer("max_headers", base.max_headers, minimum=10),
+    )
+    sec.finish()
+    return cfg
+
+
 # --------------------------------------------------------------------------- entry points
 
 
@@ -728,11 +844,12 @@ def parse_config(raw: object, env: Mapping[str, str] | None = None, *, source: s
         for name, body in ints_sec.raw.items()
     }
     routes = _routes(root, integrations)
+    webhooks = _webhooks(root.section("webhooks"), env, server.edge.max_body_bytes)
     root.finish()
     if problems.items:
         raise ConfigError(problems.items, source)
     return Config(server=server, storage=storage, logging=logging, integrations=integrations,
-                  routes=routes)
+                  routes=routes, webhooks=webhooks)
 
 
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:

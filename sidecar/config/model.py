@@ -226,6 +226,75 @@ class RouteConfig:
     fallback: FallbackConfig | None = None
 
 
+WEBHOOK_SCHEMES = ("standard_webhooks", "stripe", "github", "shopify", "slack", "generic_hmac")
+#: Providers retry for up to about three days (Stripe); remembering event ids
+#: for a week covers every provider's redelivery window.
+DEFAULT_WEBHOOK_RETENTION = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class WebhookSourceConfig:
+    """One provider account sending to ``POST /webhooks/<name>``."""
+
+    name: str
+    scheme: str
+    #: Every active secret (rotation: any may match), from environment variables.
+    secrets: tuple[Secret, ...]
+    #: Seconds a signed timestamp may be old (or ahead).
+    tolerance: float = 300.0
+    max_body_bytes: int = DEFAULT_EDGE_MAX_BODY_BYTES
+    #: Topic the events go to; default ``webhooks.<name>``.
+    topic: str = ""
+    #: Per-source request rate on the edge; None: unlimited.
+    rate_limit: RateLimitPolicy | None = RateLimitPolicy(rate=100.0, burst=200)
+    # generic_hmac
+    algorithm: str = "sha256"
+    signature_header: str = ""
+    encoding: str = "hex"
+    prefix: str = ""
+    signed_content: str = "{body}"
+    timestamp_header: str = ""
+    id_header: str = ""
+    # event id / type extraction overrides: a header, or a dotted JSON path
+    event_id_header: str = ""
+    event_id_path: str = ""
+    event_type_header: str = ""
+    event_type_path: str = ""
+
+    @property
+    def topic_name(self) -> str:
+        return self.topic or f"webhooks.{self.name}"
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """Durable consumer groups: how events reach the app and come back."""
+
+    ack_timeout: float = 30.0
+    max_attempts: int = 10
+    #: Delay before redelivering an event acked with "retry" (grows per attempt).
+    backoff: BackoffPolicy = BackoffPolicy(initial=1.0, multiplier=2.0, maximum=300.0,
+                                           jitter="none")
+    #: Unacked events per member when the subscriber does not ask.
+    default_in_flight: int = 10
+    max_in_flight: int = 100
+    #: Seconds between heartbeats on an idle stream.
+    heartbeat: float = 15.0
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    sources: dict[str, WebhookSourceConfig] = field(default_factory=dict)
+    delivery: DeliveryConfig = DeliveryConfig()
+    #: How long event ids are remembered for de-duplication, and events kept.
+    retention: float = DEFAULT_WEBHOOK_RETENTION
+    #: Requests per client IP per second on the webhook edge; None: unlimited.
+    per_ip_rate_limit: RateLimitPolicy | None = RateLimitPolicy(rate=50.0, burst=100)
+    #: Webhook requests handled at once; more get 503 (memory stays bounded).
+    max_concurrent: int = 256
+    max_headers: int = 100
+
+
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig = ServerConfig()
@@ -233,6 +302,7 @@ class Config:
     logging: LoggingConfig = LoggingConfig()
     integrations: dict[str, IntegrationConfig] = field(default_factory=dict)
     routes: tuple[RouteConfig, ...] = ()
+    webhooks: WebhooksConfig = WebhooksConfig()
 
     def secrets(self) -> list[Secret]:
         """Every secret value in the config, for log redaction."""
@@ -240,4 +310,6 @@ class Config:
         if self.server.grpc.api_token:
             found.append(self.server.grpc.api_token)
         found += [i.auth.secret for i in self.integrations.values() if i.auth.secret]
+        for source in self.webhooks.sources.values():
+            found += source.secrets
         return found

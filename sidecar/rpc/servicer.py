@@ -17,7 +17,11 @@ from sidecar import __version__
 from sidecar.clock import Clock, SystemClock
 from sidecar.core.calls.models import CallRequest, CallResult
 from sidecar.core.calls.pipeline import CallPipeline
-from sidecar.errors import Internal, NotImplementedYet, SidecarError
+from sidecar.core.events.groups import ConsumerGroups
+from sidecar.core.events.models import AckOutcome, StoredEvent
+from sidecar.core.webhooks.ingest import WebhookIngest
+from sidecar.core.webhooks.verdict import VerifyResult, WebhookRequest
+from sidecar.errors import Internal, InvalidArgument, NotImplementedYet, SidecarError
 from sidecar.rpc.status import abort_with
 
 log = logging.getLogger("sidecar.rpc")
@@ -98,10 +102,36 @@ def call_response(result: CallResult) -> pb.CallResponse:
     return resp
 
 
+_VERIFY_RESULTS = {
+    VerifyResult.VALID: pb.VERIFY_RESULT_VALID,
+    VerifyResult.MISSING_SIGNATURE: pb.VERIFY_RESULT_MISSING_SIGNATURE,
+    VerifyResult.INVALID_SIGNATURE: pb.VERIFY_RESULT_INVALID_SIGNATURE,
+    VerifyResult.STALE_TIMESTAMP: pb.VERIFY_RESULT_STALE_TIMESTAMP,
+    VerifyResult.FUTURE_TIMESTAMP: pb.VERIFY_RESULT_FUTURE_TIMESTAMP,
+    VerifyResult.MALFORMED: pb.VERIFY_RESULT_MALFORMED,
+}
+_ACK_OUTCOMES = {
+    pb.ACK_OUTCOME_SUCCESS: AckOutcome.SUCCESS,
+    pb.ACK_OUTCOME_RETRY: AckOutcome.RETRY,
+    pb.ACK_OUTCOME_DEAD_LETTER: AckOutcome.DEAD_LETTER,
+}
+
+
+def event_message(event: StoredEvent, attempt: int = 0) -> pb.Event:
+    msg = pb.Event(id=event.id, topic=event.topic, type=event.type, data=event.data,
+                   content_type=event.content_type, attributes=event.attributes,
+                   offset=event.offset, delivery_attempt=attempt)
+    msg.time.FromNanoseconds(int(event.time * 1e9))
+    return msg
+
+
 class SidecarServicer(pb_grpc.SidecarServiceServicer):
     def __init__(self, *, calls: CallPipeline | None = None,
+                 webhooks: WebhookIngest | None = None, groups: ConsumerGroups | None = None,
                  clock: Clock | None = None) -> None:
         self._calls = calls
+        self._webhooks = webhooks
+        self._groups = groups
         self._clock = clock or SystemClock()
 
     async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext
@@ -118,8 +148,28 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
     async def VerifyWebhook(self, request: pb.VerifyWebhookRequest,
                             context: grpc.aio.ServicerContext) -> pb.VerifyWebhookResponse:
         try:
-            raise _not_yet("VerifyWebhook", "webhook signature verification is not "
-                                            "available yet")
+            if self._webhooks is None:
+                raise _not_yet("VerifyWebhook", "no webhook sources are configured")
+            if not request.source:
+                raise InvalidArgument.of("source", "is required")
+            source = self._webhooks.source(request.source)
+            if len(request.body) > source.max_body_bytes:
+                raise InvalidArgument.of("body", f"{len(request.body)} bytes is over the "
+                                                 f"source's limit of {source.max_body_bytes}")
+            outcome = await self._webhooks.receive(
+                request.source,
+                WebhookRequest(tuple((h.name, h.value) for h in request.headers), request.body,
+                               request.url),
+                record=request.record)
+            verdict = outcome.verdict
+            resp = pb.VerifyWebhookResponse(
+                result=_VERIFY_RESULTS[verdict.result], reason=verdict.reason,
+                event_id=verdict.event_id, event_type=verdict.event_type,
+                duplicate=outcome.duplicate,
+                recorded=outcome.stored is not None and not outcome.duplicate)
+            if (ts := _timestamp(verdict.timestamp)) is not None:
+                resp.timestamp.CopyFrom(ts)
+            return resp
         except Exception as exc:
             await _fail(context, exc)
             raise
@@ -135,16 +185,36 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
     async def Subscribe(self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext
                         ) -> AsyncIterator[pb.SubscribeResponse]:
         try:
-            raise _not_yet("Subscribe", "live and durable subscriptions are not available yet")
+            if not request.group:
+                raise _not_yet("Subscribe", "live (non-group) subscriptions are not available "
+                                            "yet; set `group` for a durable subscription")
+            if self._groups is None:
+                raise _not_yet("Subscribe", "durable groups are not configured")
+            async for delivery in self._groups.consume(
+                    request.group, list(request.topics), consumer=request.consumer,
+                    max_in_flight=request.max_in_flight):
+                if delivery is None:
+                    beat = pb.SubscribeResponse()
+                    beat.heartbeat.time.GetCurrentTime()
+                    yield beat
+                else:
+                    yield pb.SubscribeResponse(event=event_message(delivery.event,
+                                                                   delivery.attempt))
         except Exception as exc:
             await _fail(context, exc)
             raise
-        yield  # pragma: no cover - makes this an async generator
 
     async def Ack(self, request: pb.AckRequest, context: grpc.aio.ServicerContext
                   ) -> pb.AckResponse:
         try:
-            raise _not_yet("Ack", "durable consumer groups are not available yet")
+            if self._groups is None:
+                raise _not_yet("Ack", "durable groups are not configured")
+            outcome = _ACK_OUTCOMES.get(request.outcome)
+            if outcome is None:
+                raise InvalidArgument.of("outcome", "must be SUCCESS, RETRY or DEAD_LETTER")
+            settled, unknown = await self._groups.ack(request.group, list(request.event_ids),
+                                                      outcome, request.error)
+            return pb.AckResponse(settled=settled, unknown_event_ids=unknown)
         except Exception as exc:
             await _fail(context, exc)
             raise

@@ -8,8 +8,13 @@ caller, so backends never read a clock of their own.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from sidecar.core.events.groups import GroupStore
+from sidecar.core.events.models import DeliveryRecord, DeliveryStatus, NewEvent, StoredEvent
+from sidecar.core.webhooks.ingest import EventStore
 
 
 class ClaimStatus(enum.Enum):
@@ -29,7 +34,7 @@ class IdempotencyClaim:
     response: bytes | None = None
 
 
-class Storage(Protocol):
+class Storage(EventStore, GroupStore, Protocol):
     """Durable state shared by the sidecar's features."""
 
     #: Short name for logs and metrics, e.g. ``sqlite``.
@@ -64,5 +69,29 @@ class Storage(Protocol):
     async def idempotency_release(self, scope: str, key: str) -> None:
         """Drop an in-flight claim whose call produced no storable answer."""
 
-    async def prune(self, *, now: float, limit: int = 1000) -> int:
-        """Delete at most ``limit`` expired records; returns how many went."""
+    async def append_event(self, event: NewEvent, *, now: float) -> StoredEvent:
+        """Append to the event's topic, assigning the next offset."""
+
+    async def read_events(self, topic: str, *, after: int, limit: int) -> list[StoredEvent]:
+        """Events of ``topic`` with offsets above ``after``, oldest first."""
+
+    async def topic_bounds(self, topic: str) -> tuple[int, int]:
+        """(first retained offset, last offset)."""
+
+    async def list_deliveries(self, *, group: str | None = None, topic: str | None = None,
+                              status: DeliveryStatus | None = None,
+                              limit: int = 100) -> list[DeliveryRecord]:
+        """Events' states in durable groups, for operators."""
+
+    async def count_deliveries(self) -> dict[tuple[str, str, str], int]:
+        """(group, topic, status) -> count."""
+
+    async def requeue(self, group: str, *, event_ids: Sequence[str] = (),
+                      statuses: Sequence[DeliveryStatus] = (DeliveryStatus.DEAD,),
+                      now: float) -> int:
+        """Replay dead (or failed) events: due now, attempts reset."""
+
+    async def prune(self, *, now: float, limit: int = 1000,
+                    events_before: float | None = None) -> int:
+        """Delete at most ``limit`` expired records of each kind (and events older
+        than ``events_before``); returns how many went."""

@@ -170,14 +170,28 @@ class SqliteStorage(SqliteEventsMixin):
 
         await self._run(_release)
 
-    async def prune(self, *, now: float, limit: int = 1000) -> int:
+    async def prune(self, *, now: float, limit: int = 1000,
+                    events_before: float | None = None) -> int:
         def _prune() -> int:
-            with self.db.atomic():
-                cur = self.db.execute(
+            db = self.db
+            removed = 0
+            with db.atomic():
+                removed += db.execute(
                     "DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency "
-                    "WHERE expires_at <= ? LIMIT ?)",
-                    [now, limit],
-                )
-                return int(cur.rowcount)
+                    "WHERE expires_at <= ? LIMIT ?)", [now, limit]).rowcount
+                if current_version(db) < 2:
+                    return removed
+                removed += db.execute(
+                    "DELETE FROM webhook_events WHERE rowid IN (SELECT rowid FROM "
+                    "webhook_events WHERE expires_at <= ? LIMIT ?)", [now, limit]).rowcount
+                if events_before is not None:
+                    removed += db.execute(
+                        "DELETE FROM group_pending WHERE rowid IN (SELECT p.rowid FROM "
+                        "group_pending p JOIN events e ON e.id = p.event_id "
+                        "WHERE e.time < ? LIMIT ?)", [events_before, limit]).rowcount
+                    removed += db.execute(
+                        "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events "
+                        "WHERE time < ? LIMIT ?)", [events_before, limit]).rowcount
+            return int(removed)
 
         return await self._run(_prune)

@@ -1,0 +1,201 @@
+"""Durable consumer groups: at-least-once delivery to group members, with acks.
+
+Each member pulls at most ``max_in_flight`` unacked events; the store hands an
+event to one member at a time and redelivers it after the ack timeout or a
+retry ack (with backoff), dead-lettering it after the group's max attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sidecar.clock import Clock
+from sidecar.config import DeliveryConfig
+from sidecar.core.events.models import AckOutcome, Delivery, GroupPolicy
+from sidecar.core.events.notify import TopicNotifier
+from sidecar.core.resilience.backoff import backoff_delay
+from sidecar.errors import FieldViolation, InvalidArgument, NotFound
+
+log = logging.getLogger("sidecar.groups")
+
+GROUP_RE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+TOPIC_RE = re.compile(r"^[A-Za-z0-9._:/-]{1,200}$")
+MAX_TOPICS = 100
+MAX_ACK_IDS = 1000
+
+
+class GroupStore(Protocol):
+    async def claim(self, group: str, topics: Sequence[str], consumer: str, *, now: float,
+                    policy: GroupPolicy, limit: int) -> list[Delivery]: ...
+
+    async def settle(self, group: str, event_ids: Sequence[str], outcome: AckOutcome, *,
+                     error: str, now: float, policy: GroupPolicy,
+                     retry_delay: Callable[[int], float]) -> tuple[int, list[str]]: ...
+
+    async def release_consumer(self, group: str, consumer: str, *, now: float) -> int: ...
+
+    async def next_due(self, group: str, topics: Sequence[str]) -> float | None: ...
+
+    async def group_exists(self, group: str) -> bool: ...
+
+
+class GroupObserver(Protocol):
+    def delivered(self, group: str, attempt: int) -> None: ...
+
+    def acked(self, group: str, outcome: str, count: int) -> None: ...
+
+
+@dataclass
+class _Member:
+    group: str
+    consumer: str
+    max_in_flight: int
+    #: event id -> Unix time its ack is due.
+    held: dict[str, float] = field(default_factory=dict)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def validate_topics(topics: Sequence[str]) -> list[FieldViolation]:
+    problems = []
+    if not topics:
+        problems.append(FieldViolation("topics", "at least one topic is required"))
+    if len(topics) > MAX_TOPICS:
+        problems.append(FieldViolation("topics", f"at most {MAX_TOPICS} topics"))
+    for i, topic in enumerate(topics):
+        if not TOPIC_RE.match(topic):
+            problems.append(FieldViolation(
+                f"topics[{i}]", "must be 1-200 characters of A-Z a-z 0-9 . _ - : /"))
+    return problems
+
+
+class ConsumerGroups:
+    def __init__(self, store: GroupStore, clock: Clock, config: DeliveryConfig,
+                 notifier: TopicNotifier, observer: GroupObserver) -> None:
+        self._store = store
+        self._clock = clock
+        self._config = config
+        self._notifier = notifier
+        self._observer = observer
+        self._policy = GroupPolicy(ack_timeout=config.ack_timeout,
+                                   max_attempts=config.max_attempts)
+        self._members: dict[tuple[str, str], _Member] = {}
+
+    def _retry_delay(self, attempts: int) -> float:
+        return backoff_delay(self._config.backoff, attempts, lambda: 1.0)
+
+    async def consume(self, group: str, topics: Sequence[str], *, consumer: str = "",
+                      max_in_flight: int = 0) -> AsyncIterator[Delivery | None]:
+        """Deliveries for this member; ``None`` marks an idle heartbeat interval."""
+        problems = validate_topics(topics)
+        if not GROUP_RE.match(group):
+            problems.append(FieldViolation("group", "must be 1-100 characters of A-Z a-z 0-9 "
+                                                    ". _ -"))
+        if consumer and not GROUP_RE.match(consumer):
+            problems.append(FieldViolation("consumer", "must be 1-100 characters of A-Z a-z "
+                                                       "0-9 . _ -"))
+        if problems:
+            raise InvalidArgument("; ".join(f"{p.field}: {p.description}" for p in problems),
+                                  violations=problems)
+        consumer = consumer or f"member-{secrets.token_hex(4)}"
+        limit = min(max_in_flight or self._config.default_in_flight, self._config.max_in_flight)
+        member = _Member(group, consumer, limit)
+        key = (group, consumer)
+        if key in self._members:
+            raise InvalidArgument.of("consumer", f"{consumer!r} is already connected to "
+                                                 f"group {group!r}")
+        self._members[key] = member
+        self._notifier.subscribe(topics, member.wake)
+        try:
+            async for item in self._pull(member, list(topics)):
+                yield item
+        finally:
+            self._notifier.unsubscribe(topics, member.wake)
+            del self._members[key]
+            with contextlib.suppress(Exception):
+                await self._store.release_consumer(group, consumer, now=self._clock.time())
+
+    async def _pull(self, member: _Member, topics: list[str]) -> AsyncIterator[Delivery | None]:
+        while True:
+            now = self._clock.time()
+            # An event whose ack timed out may now be with another member.
+            for event_id, due in list(member.held.items()):
+                if due <= now:
+                    del member.held[event_id]
+            capacity = member.max_in_flight - len(member.held)
+            if capacity > 0:
+                member.wake.clear()
+                got = await self._store.claim(member.group, topics, member.consumer, now=now,
+                                              policy=self._policy, limit=capacity)
+                if got:
+                    for d in got:
+                        member.held[d.event.id] = now + self._policy.ack_timeout
+                        self._observer.delivered(member.group, d.attempt)
+                        yield d
+                    continue
+            until = now + self._config.heartbeat
+            next_due = await self._store.next_due(member.group, topics)
+            if next_due is not None:
+                until = min(until, next_due)
+            if member.held:
+                until = min(until, min(member.held.values()))
+            if not await self._wait(member.wake, until) and until >= now + self._config.heartbeat:
+                yield None
+
+    async def _wait(self, wake: asyncio.Event, until: float) -> bool:
+        """True when woken (new events, an ack), False when the clock reached ``until``."""
+        if wake.is_set():
+            return True
+
+        async def sleep_until() -> None:
+            # Measured when the timer starts, so time that passed meanwhile counts.
+            await self._clock.sleep(max(0.0, until - self._clock.time()))
+
+        waiter = asyncio.ensure_future(wake.wait())
+        timer = asyncio.ensure_future(sleep_until())
+        try:
+            await asyncio.wait({waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            timer.cancel()
+        return wake.is_set()
+
+    async def ack(self, group: str, event_ids: Sequence[str], outcome: AckOutcome,
+                  error: str = "") -> tuple[int, list[str]]:
+        problems = []
+        if not group:
+            problems.append(FieldViolation("group", "is required"))
+        if not event_ids:
+            problems.append(FieldViolation("event_ids", "at least one event id is required"))
+        if len(event_ids) > MAX_ACK_IDS:
+            problems.append(FieldViolation("event_ids", f"at most {MAX_ACK_IDS} ids"))
+        if len(error) > 2000:
+            problems.append(FieldViolation("error", "at most 2000 characters"))
+        if problems:
+            raise InvalidArgument("; ".join(f"{p.field}: {p.description}" for p in problems),
+                                  violations=problems)
+        if not await self._store.group_exists(group):
+            raise NotFound(f"consumer group {group!r} does not exist",
+                           reason="CONSUMER_GROUP_NOT_FOUND", metadata={"group": group})
+        settled, unknown = await self._store.settle(
+            group, event_ids, outcome, error=error, now=self._clock.time(),
+            policy=self._policy, retry_delay=self._retry_delay)
+        self._observer.acked(group, outcome.value, settled)
+        for member in self._members.values():
+            if member.group != group:
+                continue
+            released = [eid for eid in event_ids if member.held.pop(eid, None) is not None]
+            # A freed slot, a retry that may be due soon: let members re-plan.
+            if released or outcome is not AckOutcome.SUCCESS:
+                member.wake.set()
+        return settled, unknown
+
+    def members(self) -> list[tuple[str, str, int]]:
+        """(group, consumer, events held) for status pages."""
+        return [(m.group, m.consumer, len(m.held)) for m in self._members.values()]

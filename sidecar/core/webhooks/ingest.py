@@ -1,0 +1,135 @@
+"""Webhook ingest: verify with the source's scheme, de-duplicate, store durably.
+
+The edge and the VerifyWebhook RPC are thin adapters over ``WebhookIngest``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from sidecar.clock import Clock
+from sidecar.config import WebhooksConfig, WebhookSourceConfig
+from sidecar.core.events.models import IngestResult, NewEvent, StoredEvent, new_event_id
+from sidecar.core.webhooks.schemes import SchemeConfig, verify
+from sidecar.core.webhooks.verdict import Verdict, VerifyResult, WebhookRequest
+from sidecar.errors import NotFound
+
+log = logging.getLogger("sidecar.webhooks")
+
+#: Headers kept with each stored event for audit (never signatures or auth).
+AUDIT_HEADERS = frozenset({
+    "content-type", "user-agent", "webhook-id", "webhook-timestamp", "svix-id",
+    "svix-timestamp", "x-github-delivery", "x-github-event", "x-github-hook-id",
+    "x-shopify-webhook-id", "x-shopify-topic", "x-shopify-shop-domain",
+    "x-slack-request-timestamp", "traceparent", "tracestate", "x-request-id",
+})
+
+
+def scheme_config(source: WebhookSourceConfig) -> SchemeConfig:
+    return SchemeConfig(
+        scheme=source.scheme, secrets=tuple(s.value for s in source.secrets),
+        tolerance=source.tolerance, algorithm=source.algorithm,
+        signature_header=source.signature_header, encoding=source.encoding,
+        prefix=source.prefix, signed_content=source.signed_content,
+        timestamp_header=source.timestamp_header, id_header=source.id_header,
+        event_id_header=source.event_id_header, event_id_path=source.event_id_path,
+        event_type_header=source.event_type_header, event_type_path=source.event_type_path,
+    )
+
+
+class IngestObserver(Protocol):
+    def webhook_received(self, source: str, result: str, duration: float) -> None:
+        """``result``: accepted, duplicate, or the verify result (invalid_signature, ...)."""
+
+
+class EventStore(Protocol):
+    async def ingest_webhook(self, event: NewEvent, *, source: str, dedup_key: str,
+                             audit_headers: dict[str, str], now: float,
+                             dedup_ttl: float) -> IngestResult: ...
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    verdict: Verdict
+    #: Set when the webhook was valid and recording was asked for.
+    stored: StoredEvent | None = None
+    duplicate: bool = False
+
+    @property
+    def result(self) -> str:
+        if not self.verdict.valid:
+            return self.verdict.result.value
+        if self.verdict.challenge is not None:
+            return "challenge"
+        return "duplicate" if self.duplicate else "accepted"
+
+
+class WebhookIngest:
+    def __init__(self, config: WebhooksConfig, store: EventStore, clock: Clock,
+                 observer: IngestObserver, notify: Callable[[str], None]) -> None:
+        self._config = config
+        self._schemes = {name: scheme_config(src) for name, src in config.sources.items()}
+        self._store = store
+        self._clock = clock
+        self._observer = observer
+        self._notify = notify
+
+    def source(self, name: str) -> WebhookSourceConfig:
+        src = self._config.sources.get(name)
+        if src is None:
+            raise NotFound(f"webhook source {name!r} is not configured",
+                           reason="WEBHOOK_SOURCE_NOT_FOUND", metadata={"source": name})
+        return src
+
+    async def receive(self, source_name: str, request: WebhookRequest, *,
+                      record: bool = True) -> IngestOutcome:
+        start = self._clock.monotonic()
+        source = self.source(source_name)
+        now = self._clock.time()
+        verdict = verify(self._schemes[source_name], request, now)
+        outcome = IngestOutcome(verdict)
+        if verdict.valid and verdict.challenge is None and record:
+            result = await self._store.ingest_webhook(
+                self._event(source, request, verdict, now), source=source.name,
+                dedup_key=verdict.event_id or _content_key(request.body),
+                audit_headers=_audit(request), now=now, dedup_ttl=self._config.retention)
+            outcome = IngestOutcome(verdict, result.event, result.duplicate)
+            if not result.duplicate:
+                self._notify(source.topic_name)
+        elapsed = self._clock.monotonic() - start
+        self._observer.webhook_received(source.name, outcome.result, elapsed)
+        if not verdict.valid:
+            # The reason goes to the log and metrics, never to the sender.
+            log.warning("webhook rejected", extra={
+                "source": source.name, "result": verdict.result.value,
+                "reason": verdict.reason})
+        return outcome
+
+    @staticmethod
+    def _event(source: WebhookSourceConfig, request: WebhookRequest, verdict: Verdict,
+               now: float) -> NewEvent:
+        attributes = {"source": source.name}
+        if verdict.event_id:
+            attributes["provider_event_id"] = verdict.event_id
+        for name, value in request.headers:
+            if name.lower() in ("traceparent", "tracestate"):
+                attributes[name.lower()] = value
+        content_type = next((v for k, v in request.headers if k.lower() == "content-type"), "")
+        return NewEvent(id=new_event_id(now), topic=source.topic_name, type=verdict.event_type,
+                        data=request.body, content_type=content_type, attributes=attributes)
+
+
+def _audit(request: WebhookRequest) -> dict[str, str]:
+    return {k.lower(): v for k, v in request.headers if k.lower() in AUDIT_HEADERS}
+
+
+def _content_key(body: bytes) -> str:
+    """Without a provider id, identical bodies are the same event."""
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+__all__ = ["IngestOutcome", "VerifyResult", "WebhookIngest", "scheme_config"]

@@ -1,0 +1,132 @@
+"""``POST /webhooks/{source}``: the edge adapter over ``WebhookIngest``.
+
+Protection comes before work: unknown source, concurrency cap, header limits,
+per-source and per-client-IP rate limits and the body limit are all checked
+before the body is read; the event is durably stored before the 2xx answer.
+Rejections carry a generic body: the reason goes to logs and metrics only.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+
+from aiohttp import web
+
+from sidecar.clock import Clock
+from sidecar.config import WebhooksConfig
+from sidecar.core.resilience.rate_limit import RateLimitPolicy, TokenBucket
+from sidecar.core.webhooks.ingest import IngestObserver, WebhookIngest
+from sidecar.core.webhooks.verdict import VerifyResult, WebhookRequest
+from sidecar.errors import NotFound, SidecarError
+from sidecar.http_common import json_error
+
+log = logging.getLogger("sidecar.edge")
+
+#: Client IPs whose buckets are remembered; the least recently seen is dropped
+#: first, so a spray of addresses cannot grow memory.
+MAX_TRACKED_IPS = 10_000
+_READ_CHUNK = 64 * 1024
+
+
+class _IpBuckets:
+    def __init__(self, policy: RateLimitPolicy, clock: Clock) -> None:
+        self._policy = policy
+        self._clock = clock
+        self._buckets: collections.OrderedDict[str, TokenBucket] = collections.OrderedDict()
+
+    def wait_for(self, ip: str) -> float:
+        bucket = self._buckets.get(ip)
+        if bucket is None:
+            bucket = self._buckets[ip] = TokenBucket(self._policy, self._clock)
+            while len(self._buckets) > MAX_TRACKED_IPS:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(ip)
+        return bucket.try_acquire()
+
+
+def _too_many(wait: float) -> web.Response:
+    resp = json_error(429, "RATE_LIMITED", "too many webhook requests; retry later")
+    resp.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+    return resp
+
+
+class WebhookEdge:
+    def __init__(self, ingest: WebhookIngest, config: WebhooksConfig, clock: Clock,
+                 observer: IngestObserver) -> None:
+        self._ingest = ingest
+        self._config = config
+        self._observer = observer
+        self._source_buckets = {
+            name: TokenBucket(src.rate_limit, clock)
+            for name, src in config.sources.items() if src.rate_limit is not None
+        }
+        self._ip_buckets = (_IpBuckets(config.per_ip_rate_limit, clock)
+                            if config.per_ip_rate_limit else None)
+        self._in_flight = 0
+
+    def _reject(self, source: str, result: str) -> None:
+        self._observer.webhook_received(source, result, 0.0)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["source"]
+        try:
+            source = self._ingest.source(name)
+        except NotFound:
+            return json_error(404, "WEBHOOK_SOURCE_NOT_FOUND", "no such webhook source")
+        if self._in_flight >= self._config.max_concurrent:
+            self._reject(name, "overloaded")
+            resp = json_error(503, "OVERLOADED", "too many webhooks in progress; retry later")
+            resp.headers["Retry-After"] = "1"
+            return resp
+        if len(request.raw_headers) > self._config.max_headers:
+            self._reject(name, "malformed")
+            return json_error(431, "HEADERS_TOO_LARGE", "too many request headers")
+        bucket = self._source_buckets.get(name)
+        wait = bucket.try_acquire() if bucket is not None else 0.0
+        if not wait and self._ip_buckets is not None:
+            wait = self._ip_buckets.wait_for(request.remote or "")
+        if wait:
+            self._reject(name, "rate_limited")
+            return _too_many(wait)
+        limit = source.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return self._too_large(name, limit)
+        self._in_flight += 1
+        try:
+            body = bytearray()
+            while chunk := await request.content.read(_READ_CHUNK):
+                body += chunk
+                if len(body) > limit:
+                    return self._too_large(name, limit)
+            outcome = await self._ingest.receive(
+                name, WebhookRequest(tuple(request.headers.items()), bytes(body),
+                                     str(request.url)))
+        except SidecarError as exc:
+            log.error("webhook could not be stored", extra={"source": name,
+                                                             "reason": exc.reason})
+            resp = json_error(503, "UNAVAILABLE", "webhook could not be stored; retry later")
+            resp.headers["Retry-After"] = "5"
+            return resp
+        finally:
+            self._in_flight -= 1
+        verdict = outcome.verdict
+        if verdict.result is VerifyResult.MALFORMED:
+            return json_error(400, "MALFORMED", "malformed webhook request")
+        if not verdict.valid:
+            return json_error(401, "UNAUTHORIZED", "webhook could not be verified")
+        if verdict.challenge is not None:
+            return web.Response(text=verdict.challenge, content_type="text/plain")
+        assert outcome.stored is not None
+        return web.json_response({
+            "status": "duplicate" if outcome.duplicate else "accepted",
+            "event_id": outcome.stored.id,
+        })
+
+    def _too_large(self, source: str, limit: int) -> web.Response:
+        self._reject(source, "too_large")
+        resp = json_error(413, "TOO_LARGE", f"body over {limit} bytes")
+        resp.force_close()  # do not read (or keep) the rest of an oversized body
+        return resp
