@@ -19,13 +19,14 @@ from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config, IntegrationConfig
 from sidecar.core.calls.pipeline import CallPipeline, Transport, TransportFactory
 from sidecar.core.events.groups import ConsumerGroups
+from sidecar.core.events.live import LiveBus, LivePolicy
 from sidecar.core.events.notify import TopicNotifier
 from sidecar.core.webhooks.ingest import WebhookIngest
 from sidecar.edge.app import build_edge_app
 from sidecar.edge.webhooks import WebhookEdge
 from sidecar.errors import SidecarError
 from sidecar.http_listener import HttpListener
-from sidecar.metrics import CallMetrics, EventMetrics, Metrics
+from sidecar.metrics import CallMetrics, EventMetrics, LiveMetrics, Metrics
 from sidecar.rpc.server import GrpcServer, ServiceRegistrar
 from sidecar.rpc.servicer import SidecarServicer
 from sidecar.storage import Storage, make_storage
@@ -70,13 +71,20 @@ class Sidecar:
                                   self.clock, observer=CallMetrics(self.metrics))
         self.event_metrics = EventMetrics(self.metrics)
         self.notifier = TopicNotifier()
+        rt = config.realtime
+        self.live = LiveBus(self.storage, self.clock,
+                            LivePolicy(queue_size=rt.queue_size, slow_consumer=rt.slow_consumer,
+                                       heartbeat=rt.heartbeat, max_data_bytes=rt.max_data_bytes,
+                                       idempotency_retention=rt.idempotency_retention),
+                            LiveMetrics(self.metrics), self.notifier.notify)
         self.webhooks = WebhookIngest(config.webhooks, self.storage, self.clock,
-                                      self.event_metrics, self.notifier.notify)
+                                      self.event_metrics, self.live.deliver)
         self.groups = ConsumerGroups(self.storage, self.clock, config.webhooks.delivery,
                                      self.notifier, self.event_metrics)
         self.grpc = GrpcServer(config.server.grpc,
                                SidecarServicer(calls=self.calls, webhooks=self.webhooks,
-                                               groups=self.groups, clock=self.clock),
+                                               groups=self.groups, live=self.live,
+                                               clock=self.clock),
                                self.metrics, extra_services)
         webhook_edge = WebhookEdge(self.webhooks, config.webhooks, self.clock,
                                    self.event_metrics)
@@ -141,6 +149,10 @@ class Sidecar:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.grpc.begin_shutdown()
+        # Streams end with UNAVAILABLE (SHUTTING_DOWN) so clients resubscribe elsewhere
+        # instead of holding the drain open until the grace runs out.
+        await self.live.close()
+        await self.groups.close()
         # gRPC and the edge drain together; the admin listener stays up until
         # the end so /readyz keeps saying "not ready" and metrics stay scrapable.
         draining = asyncio.gather(self.grpc.stop(grace), self.edge.stop())
@@ -188,8 +200,12 @@ class Sidecar:
         removed = 0
         now = self.clock.time()
         for _ in range(PRUNE_BATCHES):
-            n = await self.storage.prune(now=now, limit=PRUNE_BATCH,
-                                         events_before=now - self.config.webhooks.retention)
+            n = await self.storage.prune(
+                now=now, limit=PRUNE_BATCH,
+                events_before=now - self.config.realtime.max_event_age,
+                durable_topics={s.topic_name: now - self.config.webhooks.retention
+                                for s in self.config.webhooks.sources.values()},
+                max_per_topic=self.config.realtime.max_events_per_topic)
             removed += n
             if n < PRUNE_BATCH:
                 break

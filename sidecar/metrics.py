@@ -164,6 +164,43 @@ class Metrics:
             ["group", "topic", "status"], registry=r,
         )
 
+        # Real-time fan-out.
+        self.published = Counter(
+            "sidecar_events_published_total", "Events published, by topic class "
+            "(user, role, broadcast, webhooks, other).", ["topic_class"], registry=r,
+        )
+        self.live_deliveries = Counter(
+            "sidecar_live_deliveries_total", "Events delivered to live subscribers.",
+            ["transport"], registry=r,
+        )
+        self.live_subscribers = Gauge(
+            "sidecar_live_subscribers", "Live subscribers connected.", ["transport"], registry=r,
+        )
+        self.slow_consumers = Counter(
+            "sidecar_slow_consumer_events_total",
+            "Subscribers that fell behind, by policy (disconnect, drop_oldest).",
+            ["transport", "policy"], registry=r,
+        )
+        self.gaps = Counter(
+            "sidecar_subscription_gaps_total", "Gap markers sent, by reason.", ["reason"],
+            registry=r,
+        )
+        self.publish_to_delivery = Histogram(
+            "sidecar_publish_to_delivery_seconds", "From publish to hand-off to a subscriber.",
+            ["transport"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.ws_connections = Gauge(
+            "sidecar_websocket_connections", "WebSocket connections open.", registry=r,
+        )
+        self.ws_auth_failures = Counter(
+            "sidecar_websocket_auth_failures_total", "WebSocket connections refused, by reason.",
+            ["reason"], registry=r,
+        )
+        self.resumes = Counter(
+            "sidecar_resume_requests_total", "Subscriptions that resumed from a position.",
+            ["transport"], registry=r,
+        )
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -235,3 +272,26 @@ class EventMetrics:
         self._m.events_by_status.clear()
         for (group, topic, status), n in counts.items():
             self._m.events_by_status.labels(group, topic, status).set(n)
+
+
+class LiveMetrics:
+    """Observer for publishing and live fan-out."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def published(self, topic_class: str) -> None:
+        self._m.published.labels(topic_class).inc()
+
+    def delivered_live(self, transport: str, count: int, latency: float) -> None:
+        self._m.live_deliveries.labels(transport).inc(count)
+        self._m.publish_to_delivery.labels(transport).observe(latency)
+
+    def subscribers_changed(self, transport: str, delta: int) -> None:
+        self._m.live_subscribers.labels(transport).inc(delta)
+
+    def slow_consumer(self, transport: str, policy: str) -> None:
+        self._m.slow_consumers.labels(transport, policy).inc()
+
+    def gap(self, reason: str) -> None:
+        self._m.gaps.labels(reason).inc()

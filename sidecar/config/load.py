@@ -35,7 +35,9 @@ from sidecar.config.model import (
     HttpListenerConfig,
     IdempotencyConfig,
     IntegrationConfig,
+    JwtConfig,
     LoggingConfig,
+    RealtimeConfig,
     RetryConfig,
     RouteConfig,
     Secret,
@@ -45,6 +47,7 @@ from sidecar.config.model import (
     TlsConfig,
     WebhooksConfig,
     WebhookSourceConfig,
+    WebSocketConfig,
 )
 from sidecar.core.resilience.backoff import BackoffPolicy
 from sidecar.core.resilience.breaker import BreakerPolicy
@@ -799,6 +802,86 @@ def _webhooks(sec: _Section, env: Mapping[str, str], edge_limit: int) -> Webhook
     return cfg
 
 
+# --------------------------------------------------------------------------- realtime
+
+JWT_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512")
+
+
+def _jwt(sec: _Section, env: Mapping[str, str], base_dir: Path) -> JwtConfig:
+    raw = sec.take("algorithms")
+    algorithms = JwtConfig.algorithms
+    if raw is not _MISSING and raw is not None:
+        if not isinstance(raw, list) or not raw or any(a not in JWT_ALGORITHMS for a in raw):
+            sec.err("algorithms", f"must be a non-empty list drawn from "
+                                  f"{', '.join(JWT_ALGORITHMS)}; got {raw!r}")
+        else:
+            algorithms = tuple(raw)
+    key_file = sec.string("rs256_public_key_file")
+    public_key = ""
+    if key_file:
+        path = base_dir / key_file
+        try:
+            public_key = path.read_text()
+        except OSError:
+            sec.err("rs256_public_key_file", f"cannot read {key_file}")
+    cfg = JwtConfig(
+        algorithms=algorithms,
+        hs256_secret=sec.secret("hs256_secret_env", env, required=False),
+        rs256_public_key=public_key,
+        audience=sec.string("audience"),
+        issuer=sec.string("issuer"),
+        roles_claim=sec.string("roles_claim", "roles"),
+        topics_claim=sec.string("topics_claim", "topics"),
+        leeway=sec.duration("leeway", 5.0, positive=False),
+    )
+    if any(a.startswith("HS") for a in algorithms) and cfg.hs256_secret is None and not (
+            any(a.startswith("RS") for a in algorithms) and public_key):
+        sec.err("hs256_secret_env", "an HS algorithm is allowed but no secret is configured")
+    if any(a.startswith("RS") for a in algorithms) and not public_key:
+        sec.err("rs256_public_key_file", "an RS algorithm is allowed but no public key is "
+                                         "configured")
+    sec.finish({"hs256_secret": "secrets come from the environment: use hs256_secret_env"})
+    return cfg
+
+
+def _realtime(sec: _Section, env: Mapping[str, str], base_dir: Path) -> RealtimeConfig:
+    base = RealtimeConfig()
+    ws_sec = sec.section("websocket")
+    jwt_sec = ws_sec.section("jwt")
+    # On when keys are configured: without them no client could authenticate.
+    enabled = ws_sec.boolean("enabled", bool(jwt_sec.raw))
+    origins = ws_sec.take("allowed_origins")
+    if origins is _MISSING or origins is None:
+        origins = []
+    if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
+        ws_sec.err("allowed_origins", "must be a list of origins like https://app.example")
+        origins = []
+    ws = WebSocketConfig(
+        enabled=enabled,
+        jwt=_jwt(jwt_sec, env, base_dir) if enabled else JwtConfig(),
+        allowed_origins=tuple(o.rstrip("/") for o in origins),
+        ping_interval=ws_sec.duration("ping_interval", 20.0),
+        max_connections=ws_sec.integer("max_connections", 10_000, minimum=1),
+        max_message_bytes=ws_sec.integer("max_message_bytes", 64 * 1024, minimum=1024),
+    )
+    ws_sec.finish()
+    cfg = RealtimeConfig(
+        queue_size=sec.integer("queue_size", base.queue_size, minimum=1, maximum=1_000_000),
+        slow_consumer=sec.string("slow_consumer", base.slow_consumer,
+                                 choices=("disconnect", "drop_oldest")),
+        heartbeat=sec.duration("heartbeat", base.heartbeat),
+        max_data_bytes=sec.integer("max_data_bytes", base.max_data_bytes, minimum=1),
+        idempotency_retention=sec.duration("idempotency_retention",
+                                           base.idempotency_retention),
+        max_events_per_topic=sec.integer("max_events_per_topic", base.max_events_per_topic,
+                                         minimum=1),
+        max_event_age=sec.duration("max_event_age", base.max_event_age),
+        websocket=ws,
+    )
+    sec.finish()
+    return cfg
+
+
 # --------------------------------------------------------------------------- entry points
 
 
@@ -845,11 +928,12 @@ def parse_config(raw: object, env: Mapping[str, str] | None = None, *, source: s
     }
     routes = _routes(root, integrations)
     webhooks = _webhooks(root.section("webhooks"), env, server.edge.max_body_bytes)
+    realtime = _realtime(root.section("realtime"), env, base_dir or Path.cwd())
     root.finish()
     if problems.items:
         raise ConfigError(problems.items, source)
     return Config(server=server, storage=storage, logging=logging, integrations=integrations,
-                  routes=routes, webhooks=webhooks)
+                  routes=routes, webhooks=webhooks, realtime=realtime)
 
 
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:

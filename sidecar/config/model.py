@@ -296,6 +296,55 @@ class WebhooksConfig:
 
 
 @dataclass(frozen=True)
+class JwtConfig:
+    """How WebSocket clients authenticate."""
+
+    #: Allowed algorithms; a token with any other (``none`` included) is refused.
+    algorithms: tuple[str, ...] = ("HS256",)
+    hs256_secret: Secret | None = None
+    #: PEM public key for RS256 (a file path, relative to the config file).
+    rs256_public_key: str = ""
+    audience: str = ""
+    issuer: str = ""
+    #: Claim listing the user's roles (joined as ``role:<r>`` rooms).
+    roles_claim: str = "roles"
+    #: Claim listing further topics the client may subscribe to.
+    topics_claim: str = "topics"
+    #: Seconds of clock skew tolerated on exp/nbf.
+    leeway: float = 5.0
+
+
+@dataclass(frozen=True)
+class WebSocketConfig:
+    #: Defaults to on when ``jwt`` keys are configured.
+    enabled: bool = False
+    jwt: JwtConfig = JwtConfig()
+    #: Allowed ``Origin`` values; empty allows any (non-browser clients send none).
+    allowed_origins: tuple[str, ...] = ()
+    #: Seconds between server pings; a peer silent for two intervals is closed.
+    ping_interval: float = 20.0
+    max_connections: int = 10_000
+    #: Largest client frame (subscribe requests are small).
+    max_message_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class RealtimeConfig:
+    #: Events each subscriber may have queued before the slow-consumer policy acts.
+    queue_size: int = 1000
+    #: ``disconnect`` or ``drop_oldest`` (delivers a gap marker).
+    slow_consumer: str = "disconnect"
+    heartbeat: float = 15.0
+    max_data_bytes: int = 1024 * 1024
+    idempotency_retention: float = 24 * 3600.0
+    #: The log keeps at most this many events per topic ...
+    max_events_per_topic: int = 10_000
+    #: ... and none older than this (seconds).
+    max_event_age: float = 24 * 3600.0
+    websocket: WebSocketConfig = WebSocketConfig()
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -303,6 +352,7 @@ class Config:
     integrations: dict[str, IntegrationConfig] = field(default_factory=dict)
     routes: tuple[RouteConfig, ...] = ()
     webhooks: WebhooksConfig = WebhooksConfig()
+    realtime: RealtimeConfig = RealtimeConfig()
 
     def secrets(self) -> list[Secret]:
         """Every secret value in the config, for log redaction."""
@@ -312,4 +362,6 @@ class Config:
         found += [i.auth.secret for i in self.integrations.values() if i.auth.secret]
         for source in self.webhooks.sources.values():
             found += source.secrets
+        if self.realtime.websocket.jwt.hs256_secret:
+            found.append(self.realtime.websocket.jwt.hs256_secret)
         return found

@@ -18,6 +18,8 @@ from sidecar.clock import Clock, SystemClock
 from sidecar.core.calls.models import CallRequest, CallResult
 from sidecar.core.calls.pipeline import CallPipeline
 from sidecar.core.events.groups import ConsumerGroups
+from sidecar.core.events.live import Gap as LiveGap
+from sidecar.core.events.live import LiveBus
 from sidecar.core.events.models import AckOutcome, StoredEvent
 from sidecar.core.webhooks.ingest import WebhookIngest
 from sidecar.core.webhooks.verdict import VerifyResult, WebhookRequest
@@ -110,6 +112,13 @@ _VERIFY_RESULTS = {
     VerifyResult.FUTURE_TIMESTAMP: pb.VERIFY_RESULT_FUTURE_TIMESTAMP,
     VerifyResult.MALFORMED: pb.VERIFY_RESULT_MALFORMED,
 }
+_START_POSITIONS = {
+    pb.START_POSITION_UNSPECIFIED: "latest",
+    pb.START_POSITION_LATEST: "latest",
+    pb.START_POSITION_EARLIEST: "earliest",
+    pb.START_POSITION_AFTER_OFFSET: "after_offset",
+    pb.START_POSITION_AFTER_EVENT_ID: "after_event_id",
+}
 _ACK_OUTCOMES = {
     pb.ACK_OUTCOME_SUCCESS: AckOutcome.SUCCESS,
     pb.ACK_OUTCOME_RETRY: AckOutcome.RETRY,
@@ -128,7 +137,8 @@ def event_message(event: StoredEvent, attempt: int = 0) -> pb.Event:
 class SidecarServicer(pb_grpc.SidecarServiceServicer):
     def __init__(self, *, calls: CallPipeline | None = None,
                  webhooks: WebhookIngest | None = None, groups: ConsumerGroups | None = None,
-                 clock: Clock | None = None) -> None:
+                 live: LiveBus | None = None, clock: Clock | None = None) -> None:
+        self._live = live
         self._calls = calls
         self._webhooks = webhooks
         self._groups = groups
@@ -177,7 +187,16 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
     async def Publish(self, request: pb.PublishRequest, context: grpc.aio.ServicerContext
                       ) -> pb.PublishResponse:
         try:
-            raise _not_yet("Publish", "the event log and fan-out are not available yet")
+            if self._live is None:
+                raise _not_yet("Publish", "the event bus is not configured")
+            attributes = dict(request.attributes)
+            for key, value in _metadata(context, "traceparent", "tracestate"):
+                attributes.setdefault(key, value)
+            published = await self._live.publish(
+                request.topic, request.type, request.data, request.content_type, attributes,
+                request.idempotency_key)
+            return pb.PublishResponse(event_id=published.event_id, offset=published.offset,
+                                      replayed=published.replayed)
         except Exception as exc:
             await _fail(context, exc)
             raise
@@ -186,8 +205,9 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
                         ) -> AsyncIterator[pb.SubscribeResponse]:
         try:
             if not request.group:
-                raise _not_yet("Subscribe", "live (non-group) subscriptions are not available "
-                                            "yet; set `group` for a durable subscription")
+                async for item in self._live_stream(request):
+                    yield item
+                return
             if self._groups is None:
                 raise _not_yet("Subscribe", "durable groups are not configured")
             async for delivery in self._groups.consume(
@@ -203,6 +223,26 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
         except Exception as exc:
             await _fail(context, exc)
             raise
+
+    async def _live_stream(self, request: pb.SubscribeRequest
+                           ) -> AsyncIterator[pb.SubscribeResponse]:
+        if self._live is None:
+            raise _not_yet("Subscribe", "the event bus is not configured")
+        start = _START_POSITIONS.get(request.start, "latest")
+        async for item in self._live.subscribe(
+                list(request.topics), start=start, after_offsets=dict(request.after_offsets),
+                after_event_id=request.after_event_id, transport="grpc"):
+            if item is None:
+                beat = pb.SubscribeResponse()
+                beat.heartbeat.time.GetCurrentTime()
+                yield beat
+            elif isinstance(item, LiveGap):
+                yield pb.SubscribeResponse(gap=pb.Gap(
+                    topic=item.topic, from_offset=item.from_offset, to_offset=item.to_offset,
+                    reason=pb.GAP_REASON_RETENTION if item.reason == "retention"
+                    else pb.GAP_REASON_SLOW_CONSUMER))
+            else:
+                yield pb.SubscribeResponse(event=event_message(item))
 
     async def Ack(self, request: pb.AckRequest, context: grpc.aio.ServicerContext
                   ) -> pb.AckResponse:

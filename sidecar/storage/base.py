@@ -8,7 +8,7 @@ caller, so backends never read a clock of their own.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -92,6 +92,10 @@ class Storage(EventStore, GroupStore, Protocol):
         """Replay dead (or failed) events: due now, attempts reset."""
 
     async def prune(self, *, now: float, limit: int = 1000,
-                    events_before: float | None = None) -> int:
-        """Delete at most ``limit`` expired records of each kind (and events older
-        than ``events_before``); returns how many went."""
+                    events_before: float | None = None,
+                    durable_topics: Mapping[str, float] | None = None,
+                    max_per_topic: int | None = None) -> int:
+        """Delete at most ``limit`` expired records per kind; events older than
+        ``events_before`` or beyond ``max_per_topic`` per topic, except topics in
+        ``durable_topics``, which keep events until their own cutoff (a time).
+        Returns how many records went."""

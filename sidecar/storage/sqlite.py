@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import sqlite_utils
 
@@ -171,7 +171,11 @@ class SqliteStorage(SqliteEventsMixin):
         await self._run(_release)
 
     async def prune(self, *, now: float, limit: int = 1000,
-                    events_before: float | None = None) -> int:
+                    events_before: float | None = None,
+                    durable_topics: Mapping[str, float] | None = None,
+                    max_per_topic: int | None = None) -> int:
+        durable = dict(durable_topics or {})
+
         def _prune() -> int:
             db = self.db
             removed = 0
@@ -184,14 +188,26 @@ class SqliteStorage(SqliteEventsMixin):
                 removed += db.execute(
                     "DELETE FROM webhook_events WHERE rowid IN (SELECT rowid FROM "
                     "webhook_events WHERE expires_at <= ? LIMIT ?)", [now, limit]).rowcount
+                cutoffs: list[tuple[str, list[Any]]] = []
+                for topic, before in durable.items():
+                    cutoffs.append(("e.topic = ? AND e.time < ?", [topic, before]))
                 if events_before is not None:
+                    marks = ",".join("?" * len(durable))
+                    clause = f"e.topic NOT IN ({marks}) AND " if durable else ""
+                    cutoffs.append((clause + "e.time < ?", [*durable, events_before]))
+                if max_per_topic is not None:
+                    for topic, last in db.execute("SELECT topic, last_seq FROM topics"):
+                        if topic not in durable:
+                            cutoffs.append(("e.topic = ? AND e.seq <= ?",
+                                            [topic, int(last) - max_per_topic]))
+                for where, args in cutoffs:
                     removed += db.execute(
                         "DELETE FROM group_pending WHERE rowid IN (SELECT p.rowid FROM "
-                        "group_pending p JOIN events e ON e.id = p.event_id "
-                        "WHERE e.time < ? LIMIT ?)", [events_before, limit]).rowcount
+                        f"group_pending p JOIN events e ON e.id = p.event_id WHERE {where} "
+                        "LIMIT ?)", [*args, limit]).rowcount
                     removed += db.execute(
-                        "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events "
-                        "WHERE time < ? LIMIT ?)", [events_before, limit]).rowcount
+                        "DELETE FROM events WHERE rowid IN (SELECT e.rowid FROM events e "
+                        f"WHERE {where} LIMIT ?)", [*args, limit]).rowcount
             return int(removed)
 
         return await self._run(_prune)

@@ -19,9 +19,9 @@ from typing import Protocol
 from sidecar.clock import Clock
 from sidecar.config import DeliveryConfig
 from sidecar.core.events.models import AckOutcome, Delivery, GroupPolicy
-from sidecar.core.events.notify import TopicNotifier
+from sidecar.core.events.notify import TopicNotifier, wait_for_event
 from sidecar.core.resilience.backoff import backoff_delay
-from sidecar.errors import FieldViolation, InvalidArgument, NotFound
+from sidecar.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
 
 log = logging.getLogger("sidecar.groups")
 
@@ -86,6 +86,7 @@ class ConsumerGroups:
         self._policy = GroupPolicy(ack_timeout=config.ack_timeout,
                                    max_attempts=config.max_attempts)
         self._members: dict[tuple[str, str], _Member] = {}
+        self._closing = False
 
     def _retry_delay(self, attempts: int) -> float:
         return backoff_delay(self._config.backoff, attempts, lambda: 1.0)
@@ -123,6 +124,9 @@ class ConsumerGroups:
 
     async def _pull(self, member: _Member, topics: list[str]) -> AsyncIterator[Delivery | None]:
         while True:
+            if self._closing:
+                raise Unavailable("the sidecar is shutting down; resubscribe",
+                                  reason="SHUTTING_DOWN")
             now = self._clock.time()
             # An event whose ack timed out may now be with another member.
             for event_id, due in list(member.held.items()):
@@ -149,22 +153,7 @@ class ConsumerGroups:
                 yield None
 
     async def _wait(self, wake: asyncio.Event, until: float) -> bool:
-        """True when woken (new events, an ack), False when the clock reached ``until``."""
-        if wake.is_set():
-            return True
-
-        async def sleep_until() -> None:
-            # Measured when the timer starts, so time that passed meanwhile counts.
-            await self._clock.sleep(max(0.0, until - self._clock.time()))
-
-        waiter = asyncio.ensure_future(wake.wait())
-        timer = asyncio.ensure_future(sleep_until())
-        try:
-            await asyncio.wait({waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            timer.cancel()
-        return wake.is_set()
+        return await wait_for_event(wake, self._clock, until)
 
     async def ack(self, group: str, event_ids: Sequence[str], outcome: AckOutcome,
                   error: str = "") -> tuple[int, list[str]]:
@@ -195,6 +184,11 @@ class ConsumerGroups:
             if released or outcome is not AckOutcome.SUCCESS:
                 member.wake.set()
         return settled, unknown
+
+    async def close(self) -> None:
+        self._closing = True
+        for member in self._members.values():
+            member.wake.set()
 
     def members(self) -> list[tuple[str, str, int]]:
         """(group, consumer, events held) for status pages."""

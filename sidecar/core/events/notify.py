@@ -6,6 +6,8 @@ import asyncio
 import collections
 from collections.abc import Iterable
 
+from sidecar.clock import Clock
+
 
 class TopicNotifier:
     def __init__(self) -> None:
@@ -26,3 +28,22 @@ class TopicNotifier:
                 waiters.discard(event)
                 if not waiters:
                     del self._waiters[t]
+
+
+async def wait_for_event(wake: asyncio.Event, clock: Clock, until: float) -> bool:
+    """Wait for ``wake`` or until the clock's wall time reaches ``until``; True if woken."""
+    if wake.is_set():
+        return True
+
+    async def sleep_until() -> None:
+        # Measured when the timer starts, so time that passed meanwhile counts.
+        await clock.sleep(max(0.0, until - clock.time()))
+
+    waiter = asyncio.ensure_future(wake.wait())
+    timer = asyncio.ensure_future(sleep_until())
+    try:
+        await asyncio.wait({waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        timer.cancel()
+    return wake.is_set()

@@ -70,7 +70,7 @@ class IngestOutcome:
 
 class WebhookIngest:
     def __init__(self, config: WebhooksConfig, store: EventStore, clock: Clock,
-                 observer: IngestObserver, notify: Callable[[str], None]) -> None:
+                 observer: IngestObserver, notify: Callable[[StoredEvent], None]) -> None:
         self._config = config
         self._schemes = {name: scheme_config(src) for name, src in config.sources.items()}
         self._store = store
@@ -99,7 +99,7 @@ class WebhookIngest:
                 audit_headers=_audit(request), now=now, dedup_ttl=self._config.retention)
             outcome = IngestOutcome(verdict, result.event, result.duplicate)
             if not result.duplicate:
-                self._notify(source.topic_name)
+                self._notify(result.event)
         elapsed = self._clock.monotonic() - start
         self._observer.webhook_received(source.name, outcome.result, elapsed)
         if not verdict.valid:

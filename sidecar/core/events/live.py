@@ -1,0 +1,365 @@
+"""Live fan-out: Publish appends to the log and pushes to every live subscriber.
+
+A subscriber registers *before* it replays history, so events published while
+it catches up wait in its queue; at the seam, queued events at or below the
+last replayed offset are dropped: no gap, no duplicate. Each subscriber's
+queue is bounded; one that falls behind is disconnected or loses its oldest
+events with a gap marker, so it never slows publishers or other subscribers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sidecar.clock import Clock
+from sidecar.core.events.groups import validate_topics
+from sidecar.core.events.models import NewEvent, StoredEvent, new_event_id
+from sidecar.core.events.notify import wait_for_event
+from sidecar.errors import (
+    Aborted,
+    FieldViolation,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
+from sidecar.storage.base import ClaimStatus
+
+log = logging.getLogger("sidecar.live")
+
+MAX_TYPE = 200
+MAX_ATTRIBUTES = 64
+MAX_ATTR_KEY = 128
+MAX_ATTR_VALUE = 1024
+_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+#: Events fetched from the log per read while replaying.
+REPLAY_BATCH = 500
+
+
+class LiveStore(Protocol):
+    async def append_event(self, event: NewEvent, *, now: float) -> StoredEvent: ...
+
+    async def read_events(self, topic: str, *, after: int, limit: int) -> list[StoredEvent]: ...
+
+    async def topic_bounds(self, topic: str) -> tuple[int, int]: ...
+
+    async def idempotency_claim(self, scope: str, key: str, fingerprint: str, *, now: float,
+                                lease: float) -> object: ...
+
+    async def idempotency_complete(self, scope: str, key: str, response: bytes, *, now: float,
+                                   ttl: float) -> None: ...
+
+    async def idempotency_release(self, scope: str, key: str) -> None: ...
+
+
+class LiveObserver(Protocol):
+    def published(self, topic_class: str) -> None: ...
+
+    def delivered_live(self, transport: str, count: int, latency: float) -> None: ...
+
+    def subscribers_changed(self, transport: str, delta: int) -> None: ...
+
+    def slow_consumer(self, transport: str, policy: str) -> None: ...
+
+    def gap(self, reason: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class LivePolicy:
+    #: Events a subscriber may have queued before the slow-consumer policy acts.
+    queue_size: int = 1000
+    #: ``disconnect`` or ``drop_oldest`` (with a gap marker).
+    slow_consumer: str = "disconnect"
+    heartbeat: float = 15.0
+    max_data_bytes: int = 1024 * 1024
+    #: Seconds a publish idempotency key is remembered.
+    idempotency_retention: float = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class Gap:
+    topic: str
+    reason: str  # "retention" | "slow_consumer"
+    from_offset: int
+    to_offset: int
+
+
+@dataclass(frozen=True)
+class Published:
+    event_id: str
+    offset: int
+    replayed: bool
+
+
+class SlowConsumer(ResourceExhausted):
+    default_reason = "SLOW_CONSUMER"
+
+
+Item = StoredEvent | Gap | None  # None: heartbeat
+
+
+@dataclass(eq=False)
+class Subscriber:
+    topics: frozenset[str]
+    transport: str
+    capacity: int
+    policy: str
+    queue: collections.deque[StoredEvent | Gap] = field(default_factory=collections.deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    closed_reason: str = ""
+    #: topic -> last offset handed out (for seam de-duplication).
+    seen: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, list[int]] = field(default_factory=dict)
+
+    def offer(self, event: StoredEvent) -> bool:
+        """Queue ``event``; False when the subscriber must be disconnected."""
+        if self.closed_reason:
+            return True
+        if len(self.queue) >= self.capacity:
+            if self.policy != "drop_oldest":
+                self.closed_reason = "slow consumer"
+                self.wake.set()
+                return False
+            old = self.queue.popleft()
+            if isinstance(old, StoredEvent):
+                span = self.dropped.setdefault(old.topic, [old.offset, old.offset])
+                span[0], span[1] = min(span[0], old.offset), max(span[1], old.offset)
+        self.queue.append(event)
+        self.wake.set()
+        return True
+
+
+def topic_class(topic: str) -> str:
+    if topic.startswith("user:"):
+        return "user"
+    if topic.startswith("role:"):
+        return "role"
+    if topic == "broadcast":
+        return "broadcast"
+    if topic.startswith("webhooks."):
+        return "webhooks"
+    return "other"
+
+
+class LiveBus:
+    def __init__(self, store: LiveStore, clock: Clock, policy: LivePolicy,
+                 observer: LiveObserver, notify: Callable[[str], None]) -> None:
+        self._store = store
+        self._clock = clock
+        self._policy = policy
+        self._observer = observer
+        self._notify = notify
+        self._by_topic: dict[str, set[Subscriber]] = collections.defaultdict(set)
+
+    # ------------------------------------------------------------------ publish
+
+    def _validate(self, topic: str, type_: str, data: bytes, attributes: Mapping[str, str],
+                  key: str) -> None:
+        problems = [FieldViolation("topic", v.description) for v in validate_topics([topic])]
+        if len(type_) > MAX_TYPE:
+            problems.append(FieldViolation("type", f"at most {MAX_TYPE} characters"))
+        if len(data) > self._policy.max_data_bytes:
+            problems.append(FieldViolation("data", f"{len(data)} bytes is over the limit of "
+                                                   f"{self._policy.max_data_bytes}"))
+        if len(attributes) > MAX_ATTRIBUTES:
+            problems.append(FieldViolation("attributes", f"at most {MAX_ATTRIBUTES} entries"))
+        for k, v in attributes.items():
+            if not k or len(k) > MAX_ATTR_KEY or len(v) > MAX_ATTR_VALUE:
+                problems.append(FieldViolation(
+                    f"attributes[{k[:40]}]", f"keys 1-{MAX_ATTR_KEY} characters, values up to "
+                                             f"{MAX_ATTR_VALUE}"))
+                break
+        if key and not _KEY.match(key):
+            problems.append(FieldViolation("idempotency_key",
+                                           "must be 1-255 printable ASCII characters"))
+        if problems:
+            raise InvalidArgument("; ".join(f"{p.field}: {p.description}" for p in problems),
+                                  violations=problems)
+
+    async def publish(self, topic: str, type_: str = "", data: bytes = b"",
+                      content_type: str = "", attributes: Mapping[str, str] | None = None,
+                      idempotency_key: str = "") -> Published:
+        attrs = dict(attributes or {})
+        self._validate(topic, type_, data, attrs, idempotency_key)
+        now = self._clock.time()
+        scope = f"publish:{topic}"
+        if idempotency_key:
+            claim = await self._store.idempotency_claim(scope, idempotency_key, "publish",
+                                                        now=now, lease=30.0)
+            status = getattr(claim, "status", None)
+            if status is ClaimStatus.COMPLETED:
+                doc = json.loads(getattr(claim, "response", b"{}") or b"{}")
+                return Published(doc["event_id"], int(doc["offset"]), replayed=True)
+            if status is not ClaimStatus.CLAIMED:
+                raise Aborted("a publish with this idempotency key is still in progress",
+                              reason="IDEMPOTENCY_IN_FLIGHT", metadata={"topic": topic})
+        try:
+            stored = await self._store.append_event(
+                NewEvent(new_event_id(now), topic, type_, data, content_type, attrs), now=now)
+        except BaseException:
+            if idempotency_key:
+                await self._store.idempotency_release(scope, idempotency_key)
+            raise
+        if idempotency_key:
+            await self._store.idempotency_complete(
+                scope, idempotency_key,
+                json.dumps({"event_id": stored.id, "offset": stored.offset}).encode(),
+                now=now, ttl=self._policy.idempotency_retention)
+        self._observer.published(topic_class(topic))
+        self.deliver(stored)
+        return Published(stored.id, stored.offset, replayed=False)
+
+    def deliver(self, event: StoredEvent) -> None:
+        """Fan ``event`` out to this process's live subscribers (and group members)."""
+        self._notify(event.topic)
+        for sub in list(self._by_topic.get(event.topic, ())):
+            if not sub.offer(event):
+                self._observer.slow_consumer(sub.transport, sub.policy)
+                self._remove(sub)
+
+    # ------------------------------------------------------------------ subscribe
+
+    def _add(self, sub: Subscriber) -> None:
+        for t in sub.topics:
+            self._by_topic[t].add(sub)
+        self._observer.subscribers_changed(sub.transport, 1)
+
+    def _remove(self, sub: Subscriber) -> None:
+        removed = False
+        for t in sub.topics:
+            subs = self._by_topic.get(t)
+            if subs is not None and sub in subs:
+                subs.discard(sub)
+                removed = True
+                if not subs:
+                    del self._by_topic[t]
+        if removed:
+            self._observer.subscribers_changed(sub.transport, -1)
+
+    def subscriber_count(self, topic: str) -> int:
+        return len(self._by_topic.get(topic, ()))
+
+    async def subscribe(self, topics: Sequence[str], *, start: str = "latest",
+                        after_offsets: Mapping[str, int] | None = None,
+                        after_event_id: str = "", transport: str = "grpc",
+                        heartbeat: float | None = None) -> AsyncIterator[Item]:
+        """Replay from ``start``, then tail live. Yields events, gaps and None (heartbeat)."""
+        problems = validate_topics(topics)
+        if start not in ("latest", "earliest", "after_offset", "after_event_id"):
+            problems.append(FieldViolation("start", f"unknown start position {start!r}"))
+        if start == "after_event_id" and not after_event_id:
+            problems.append(FieldViolation("after_event_id", "is required with "
+                                                             "START_POSITION_AFTER_EVENT_ID"))
+        unknown = set(after_offsets or {}) - set(topics)
+        if unknown:
+            problems.append(FieldViolation("after_offsets", "names topics not subscribed to: "
+                                                            + ", ".join(sorted(unknown))))
+        if problems:
+            raise InvalidArgument("; ".join(f"{p.field}: {p.description}" for p in problems),
+                                  violations=problems)
+        sub = Subscriber(frozenset(topics), transport, self._policy.queue_size,
+                         self._policy.slow_consumer)
+        self._add(sub)
+        try:
+            positions = await self._positions(list(topics), start, dict(after_offsets or {}),
+                                              after_event_id)
+            for topic in topics:
+                after = positions.get(topic)
+                if after is None:
+                    continue
+                sub.seen[topic] = after
+                async for item in self._replay(topic, after):
+                    if isinstance(item, StoredEvent):
+                        sub.seen[topic] = item.offset
+                    yield item
+            async for live in self._tail(sub, heartbeat or self._policy.heartbeat):
+                yield live
+        finally:
+            self._remove(sub)
+
+    async def _positions(self, topics: list[str], start: str, offsets: dict[str, int],
+                         after_event_id: str) -> dict[str, int | None]:
+        """Per topic: replay after this offset, or None for 'latest' (no replay)."""
+        out: dict[str, int | None] = {}
+        for topic in topics:
+            if start == "earliest":
+                out[topic] = 0
+            elif start == "after_offset" and topic in offsets:
+                out[topic] = offsets[topic]
+            else:
+                out[topic] = None
+        if start == "after_event_id":
+            found = await self._find(topics, after_event_id)
+            if found is None:
+                raise InvalidArgument.of("after_event_id", "no retained event with this id in "
+                                                           "the subscribed topics")
+            out[found.topic] = found.offset
+        return out
+
+    async def _find(self, topics: list[str], event_id: str) -> StoredEvent | None:
+        for topic in topics:
+            after = 0
+            while True:
+                batch = await self._store.read_events(topic, after=after, limit=REPLAY_BATCH)
+                for e in batch:
+                    if e.id == event_id:
+                        return e
+                if len(batch) < REPLAY_BATCH:
+                    break
+                after = batch[-1].offset
+        return None
+
+    async def _replay(self, topic: str, after: int) -> AsyncIterator[StoredEvent | Gap]:
+        first, _ = await self._store.topic_bounds(topic)
+        if after + 1 < first:
+            self._observer.gap("retention")
+            yield Gap(topic, "retention", after + 1, first - 1)
+            after = first - 1
+        while True:
+            batch = await self._store.read_events(topic, after=after, limit=REPLAY_BATCH)
+            for e in batch:
+                yield e
+            if len(batch) < REPLAY_BATCH:
+                return
+            after = batch[-1].offset
+
+    async def _tail(self, sub: Subscriber, heartbeat: float) -> AsyncIterator[Item]:
+        while True:
+            if sub.closed_reason == "slow consumer":
+                raise SlowConsumer(
+                    f"subscriber fell more than {sub.capacity} events behind and was "
+                    "disconnected; resubscribe from the last offset received",
+                    metadata={"queue_size": str(sub.capacity)})
+            if sub.closed_reason:
+                raise Unavailable("the sidecar is shutting down; resubscribe",
+                                  reason="SHUTTING_DOWN")
+            if sub.dropped:
+                for topic, (lo, hi) in sorted(sub.dropped.items()):
+                    self._observer.gap("slow_consumer")
+                    yield Gap(topic, "slow_consumer", lo, hi)
+                sub.dropped.clear()
+            if sub.queue:
+                item = sub.queue.popleft()
+                if isinstance(item, StoredEvent):
+                    if item.offset <= sub.seen.get(item.topic, 0):
+                        continue  # already replayed: the seam
+                    sub.seen[item.topic] = item.offset
+                    self._observer.delivered_live(sub.transport, 1,
+                                                  max(0.0, self._clock.time() - item.time))
+                yield item
+                continue
+            sub.wake.clear()
+            if not await wait_for_event(sub.wake, self._clock, self._clock.time() + heartbeat):
+                yield None
+
+    async def close(self) -> None:
+        for subs in list(self._by_topic.values()):
+            for sub in list(subs):
+                sub.closed_reason = "shutting down"
+                sub.wake.set()
