@@ -11,6 +11,7 @@ from aiohttp import web
 
 from sidecar.clock import Clock
 from sidecar.core.events.models import DeliveryRecord, DeliveryStatus
+from sidecar.core.events.presence import Presence
 from sidecar.http_common import count_responses, json_error
 from sidecar.metrics import CONTENT_TYPE, Metrics
 from sidecar.storage import Storage
@@ -42,7 +43,7 @@ def _authorised(request: web.Request, token: str | None) -> bool:
 
 
 def event_routes(app: web.Application, storage: Storage, clock: Clock,
-                 token: str | None) -> None:
+                 token: str | None, presence_source: Presence | None = None) -> None:
     """Operator endpoints: list events by status, replay dead or failed ones."""
 
     async def list_events(request: web.Request) -> web.Response:
@@ -77,6 +78,19 @@ def event_routes(app: web.Application, storage: Storage, clock: Clock,
         count = await storage.requeue(group, event_ids=ids, statuses=statuses, now=clock.time())
         return web.json_response({"requeued": count})
 
+    async def presence(request: web.Request) -> web.Response:
+        topic = request.query.get("topic")
+        if presence_source is None:
+            return json_error(404, "WEBSOCKET_DISABLED", "the WebSocket edge is off")
+        if topic:
+            stats = presence_source.stats(topic)
+            return web.json_response({"topic": topic, "connections": stats.connections,
+                                      "users": stats.users})
+        return web.json_response({"rooms": [
+            {"topic": s.topic, "connections": s.connections, "users": s.users}
+            for s in presence_source.topics()]})
+
+    app.router.add_get("/presence", presence)
     app.router.add_get("/webhooks/events", list_events)
     app.router.add_post("/webhooks/replay", replay)
 

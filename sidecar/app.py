@@ -21,9 +21,11 @@ from sidecar.core.calls.pipeline import CallPipeline, Transport, TransportFactor
 from sidecar.core.events.groups import ConsumerGroups
 from sidecar.core.events.live import LiveBus, LivePolicy
 from sidecar.core.events.notify import TopicNotifier
+from sidecar.core.events.presence import Presence
 from sidecar.core.webhooks.ingest import WebhookIngest
 from sidecar.edge.app import build_edge_app
 from sidecar.edge.webhooks import WebhookEdge
+from sidecar.edge.websocket import WebSocketEdge
 from sidecar.errors import SidecarError
 from sidecar.http_listener import HttpListener
 from sidecar.metrics import CallMetrics, EventMetrics, LiveMetrics, Metrics
@@ -81,19 +83,25 @@ class Sidecar:
                                       self.event_metrics, self.live.deliver)
         self.groups = ConsumerGroups(self.storage, self.clock, config.webhooks.delivery,
                                      self.notifier, self.event_metrics)
+        self.presence = Presence()
+        self.websocket = (WebSocketEdge(rt.websocket, self.live, self.presence, self.clock,
+                                        self.metrics) if rt.websocket.enabled else None)
         self.grpc = GrpcServer(config.server.grpc,
                                SidecarServicer(calls=self.calls, webhooks=self.webhooks,
                                                groups=self.groups, live=self.live,
+                                               presence=self.presence if self.websocket else None,
                                                clock=self.clock),
                                self.metrics, extra_services)
         webhook_edge = WebhookEdge(self.webhooks, config.webhooks, self.clock,
                                    self.event_metrics)
-        self.edge = HttpListener(build_edge_app(config.server.edge, self.metrics, webhook_edge),
+        self.edge = HttpListener(build_edge_app(config.server.edge, self.metrics, webhook_edge,
+                                                self.websocket),
                                  config.server.edge.host, config.server.edge.port,
                                  name="edge", shutdown_timeout=grace)
         admin_app = build_admin_app(self.metrics, self.readiness)
         token = config.server.grpc.api_token
-        event_routes(admin_app, self.storage, self.clock, token.value if token else None)
+        event_routes(admin_app, self.storage, self.clock, token.value if token else None,
+                     self.presence if self.websocket else None)
         self.admin = HttpListener(admin_app,
                                   config.server.admin.host, config.server.admin.port,
                                   name="admin", shutdown_timeout=1.0)
@@ -153,6 +161,8 @@ class Sidecar:
         # instead of holding the drain open until the grace runs out.
         await self.live.close()
         await self.groups.close()
+        if self.websocket is not None:
+            await self.websocket.close_all()
         # gRPC and the edge drain together; the admin listener stays up until
         # the end so /readyz keeps saying "not ready" and metrics stay scrapable.
         draining = asyncio.gather(self.grpc.stop(grace), self.edge.stop())

@@ -129,8 +129,8 @@ async def test_edge_routes(sidecar: Sidecar) -> None:
             assert resp.status == 404
             assert (await resp.json())["error"]["reason"] == "WEBHOOK_SOURCE_NOT_FOUND"
         async with session.get(f"http://{sidecar.edge.address}/ws") as resp:
-            assert resp.status == 501
-            assert (await resp.json())["error"]["reason"] == "NOT_IMPLEMENTED"
+            assert resp.status == 404  # no JWT keys configured: the WebSocket edge is off
+            assert (await resp.json())["error"]["reason"] == "WEBSOCKET_DISABLED"
         async with session.get(f"http://{sidecar.edge.address}/nope") as resp:
             assert resp.status == 404
 

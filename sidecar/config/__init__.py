@@ -15,7 +15,9 @@ from sidecar.config.model import (
     HttpListenerConfig,
     IdempotencyConfig,
     IntegrationConfig,
+    JwtConfig,
     LoggingConfig,
+    RealtimeConfig,
     RetryConfig,
     RouteConfig,
     Secret,
@@ -25,6 +27,7 @@ from sidecar.config.model import (
     TlsConfig,
     WebhooksConfig,
     WebhookSourceConfig,
+    WebSocketConfig,
 )
 
 __all__ = [
@@ -43,7 +46,9 @@ __all__ = [
     "HttpListenerConfig",
     "IdempotencyConfig",
     "IntegrationConfig",
+    "JwtConfig",
     "LoggingConfig",
+    "RealtimeConfig",
     "RetryConfig",
     "RouteConfig",
     "Secret",
@@ -51,6 +56,7 @@ __all__ = [
     "StorageConfig",
     "TimeoutsConfig",
     "TlsConfig",
+    "WebSocketConfig",
     "WebhookSourceConfig",
     "WebhooksConfig",
     "dump_redacted",

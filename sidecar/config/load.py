@@ -796,7 +796,8 @@ def _webhooks(sec: _Section, env: Mapping[str, str], edge_limit: int) -> Webhook
         retention=sec.duration("retention", base.retention),
         per_ip_rate_limit=_rate_limit(sec.section("per_ip_rate_limit"), base.per_ip_rate_limit),
         max_concurrent=sec.integer("max_concurrent", base.max_concurrent, minimum=1),
-        max_headers=sec.integer("max_headers", base.max_headers, minimum=10),
+        # aiohttp's parser refuses more than 128 headers before we see the request.
+        max_headers=sec.integer("max_headers", base.max_headers, minimum=10, maximum=128),
     )
     sec.finish()
     return cfg

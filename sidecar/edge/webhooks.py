@@ -84,10 +84,12 @@ class WebhookEdge:
         if len(request.raw_headers) > self._config.max_headers:
             self._reject(name, "malformed")
             return json_error(431, "HEADERS_TOO_LARGE", "too many request headers")
+        # The client's own limit first: a throttled client must not use up the
+        # source's budget, or the real provider would be refused too.
+        wait = self._ip_buckets.wait_for(request.remote or "") if self._ip_buckets else 0.0
         bucket = self._source_buckets.get(name)
-        wait = bucket.try_acquire() if bucket is not None else 0.0
-        if not wait and self._ip_buckets is not None:
-            wait = self._ip_buckets.wait_for(request.remote or "")
+        if not wait and bucket is not None:
+            wait = bucket.try_acquire()
         if wait:
             self._reject(name, "rate_limited")
             return _too_many(wait)

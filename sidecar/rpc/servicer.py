@@ -17,10 +17,11 @@ from sidecar import __version__
 from sidecar.clock import Clock, SystemClock
 from sidecar.core.calls.models import CallRequest, CallResult
 from sidecar.core.calls.pipeline import CallPipeline
-from sidecar.core.events.groups import ConsumerGroups
+from sidecar.core.events.groups import ConsumerGroups, validate_topics
 from sidecar.core.events.live import Gap as LiveGap
 from sidecar.core.events.live import LiveBus
 from sidecar.core.events.models import AckOutcome, StoredEvent
+from sidecar.core.events.presence import Presence
 from sidecar.core.webhooks.ingest import WebhookIngest
 from sidecar.core.webhooks.verdict import VerifyResult, WebhookRequest
 from sidecar.errors import Internal, InvalidArgument, NotImplementedYet, SidecarError
@@ -137,8 +138,10 @@ def event_message(event: StoredEvent, attempt: int = 0) -> pb.Event:
 class SidecarServicer(pb_grpc.SidecarServiceServicer):
     def __init__(self, *, calls: CallPipeline | None = None,
                  webhooks: WebhookIngest | None = None, groups: ConsumerGroups | None = None,
-                 live: LiveBus | None = None, clock: Clock | None = None) -> None:
+                 live: LiveBus | None = None, presence: Presence | None = None,
+                 clock: Clock | None = None) -> None:
         self._live = live
+        self._presence = presence
         self._calls = calls
         self._webhooks = webhooks
         self._groups = groups
@@ -255,6 +258,21 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
             settled, unknown = await self._groups.ack(request.group, list(request.event_ids),
                                                       outcome, request.error)
             return pb.AckResponse(settled=settled, unknown_event_ids=unknown)
+        except Exception as exc:
+            await _fail(context, exc)
+            raise
+
+    async def GetPresence(self, request: pb.GetPresenceRequest,
+                          context: grpc.aio.ServicerContext) -> pb.GetPresenceResponse:
+        try:
+            if self._presence is None:
+                raise _not_yet("GetPresence", "the WebSocket edge is not configured")
+            problems = validate_topics([request.topic])
+            if problems:
+                raise InvalidArgument.of("topic", problems[0].description)
+            stats = self._presence.stats(request.topic)
+            return pb.GetPresenceResponse(topic=stats.topic, connections=stats.connections,
+                                          users=stats.users)
         except Exception as exc:
             await _fail(context, exc)
             raise

@@ -296,3 +296,19 @@ class AckResponse(_message.Message):
     settled: int
     unknown_event_ids: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, settled: _Optional[int] = ..., unknown_event_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetPresenceRequest(_message.Message):
+    __slots__ = ("topic",)
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    def __init__(self, topic: _Optional[str] = ...) -> None: ...
+
+class GetPresenceResponse(_message.Message):
+    __slots__ = ("topic", "connections", "users")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    connections: int
+    users: int
+    def __init__(self, topic: _Optional[str] = ..., connections: _Optional[int] = ..., users: _Optional[int] = ...) -> None: ...

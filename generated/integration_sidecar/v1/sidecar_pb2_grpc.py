@@ -60,6 +60,11 @@ class SidecarServiceStub:
                 request_serializer=integration__sidecar_dot_v1_dot_sidecar__pb2.AckRequest.SerializeToString,
                 response_deserializer=integration__sidecar_dot_v1_dot_sidecar__pb2.AckResponse.FromString,
                 _registered_method=True)
+        self.GetPresence = channel.unary_unary(
+                '/integration_sidecar.v1.SidecarService/GetPresence',
+                request_serializer=integration__sidecar_dot_v1_dot_sidecar__pb2.GetPresenceRequest.SerializeToString,
+                response_deserializer=integration__sidecar_dot_v1_dot_sidecar__pb2.GetPresenceResponse.FromString,
+                _registered_method=True)
 
 
 class SidecarServiceServicer:
@@ -162,6 +167,17 @@ class SidecarServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPresence(self, request, context):
+        """GetPresence reports how many WebSocket connections, and how many distinct
+        users, this sidecar has in a room (topic), e.g. `user:alice` or
+        `role:admin`. Read-only; per sidecar (not summed across replicas).
+
+        * INVALID_ARGUMENT (`INVALID_ARGUMENT`, with BadRequest): invalid topic.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SidecarServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -189,6 +205,11 @@ def add_SidecarServiceServicer_to_server(servicer, server):
                     servicer.Ack,
                     request_deserializer=integration__sidecar_dot_v1_dot_sidecar__pb2.AckRequest.FromString,
                     response_serializer=integration__sidecar_dot_v1_dot_sidecar__pb2.AckResponse.SerializeToString,
+            ),
+            'GetPresence': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPresence,
+                    request_deserializer=integration__sidecar_dot_v1_dot_sidecar__pb2.GetPresenceRequest.FromString,
+                    response_serializer=integration__sidecar_dot_v1_dot_sidecar__pb2.GetPresenceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -327,6 +348,33 @@ class SidecarService:
             '/integration_sidecar.v1.SidecarService/Ack',
             integration__sidecar_dot_v1_dot_sidecar__pb2.AckRequest.SerializeToString,
             integration__sidecar_dot_v1_dot_sidecar__pb2.AckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPresence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/integration_sidecar.v1.SidecarService/GetPresence',
+            integration__sidecar_dot_v1_dot_sidecar__pb2.GetPresenceRequest.SerializeToString,
+            integration__sidecar_dot_v1_dot_sidecar__pb2.GetPresenceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -132,6 +132,13 @@ class SidecarServiceStub:
       event ids, unspecified outcome.
     * NOT_FOUND (`CONSUMER_GROUP_NOT_FOUND`): the group does not exist.
     """
+    GetPresence: _grpc.UnaryUnaryMultiCallable[_sidecar_pb2.GetPresenceRequest, _sidecar_pb2.GetPresenceResponse]
+    """GetPresence reports how many WebSocket connections, and how many distinct
+    users, this sidecar has in a room (topic), e.g. `user:alice` or
+    `role:admin`. Read-only; per sidecar (not summed across replicas).
+
+    * INVALID_ARGUMENT (`INVALID_ARGUMENT`, with BadRequest): invalid topic.
+    """
 
 @_typing.type_check_only
 class SidecarServiceAsyncStub(SidecarServiceStub):
@@ -213,6 +220,13 @@ class SidecarServiceAsyncStub(SidecarServiceStub):
     * INVALID_ARGUMENT (`INVALID_ARGUMENT`, with BadRequest): empty group, no
       event ids, unspecified outcome.
     * NOT_FOUND (`CONSUMER_GROUP_NOT_FOUND`): the group does not exist.
+    """
+    GetPresence: _aio.UnaryUnaryMultiCallable[_sidecar_pb2.GetPresenceRequest, _sidecar_pb2.GetPresenceResponse]  # type: ignore[assignment]
+    """GetPresence reports how many WebSocket connections, and how many distinct
+    users, this sidecar has in a room (topic), e.g. `user:alice` or
+    `role:admin`. Read-only; per sidecar (not summed across replicas).
+
+    * INVALID_ARGUMENT (`INVALID_ARGUMENT`, with BadRequest): invalid topic.
     """
 
 class SidecarServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -322,6 +336,19 @@ class SidecarServiceServicer(metaclass=_abc_1.ABCMeta):
         * INVALID_ARGUMENT (`INVALID_ARGUMENT`, with BadRequest): empty group, no
           event ids, unspecified outcome.
         * NOT_FOUND (`CONSUMER_GROUP_NOT_FOUND`): the group does not exist.
+        """
+
+    @_abc_1.abstractmethod
+    def GetPresence(
+        self,
+        request: _sidecar_pb2.GetPresenceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sidecar_pb2.GetPresenceResponse, _abc.Awaitable[_sidecar_pb2.GetPresenceResponse]]:
+        """GetPresence reports how many WebSocket connections, and how many distinct
+        users, this sidecar has in a room (topic), e.g. `user:alice` or
+        `role:admin`. Read-only; per sidecar (not summed across replicas).
+
+        * INVALID_ARGUMENT (`INVALID_ARGUMENT`, with BadRequest): invalid topic.
         """
 
 def add_SidecarServiceServicer_to_server(servicer: SidecarServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
