@@ -389,7 +389,10 @@ def _base_url(sec: _Section, allow_http: bool) -> str:
             parts.port  # noqa: B018 - raises on a malformed port
         except ValueError:
             sec.err("base_url", f"has an invalid port; got {url!r}")
-    return url.rstrip("/") if parts.path not in ("", "/") else f"{parts.scheme}://{parts.netloc}"
+    # Canonical form: lower-case scheme (so nothing downstream can mistake
+    # HTTPS:// for plain HTTP), no trailing slash.
+    path = parts.path.rstrip("/") if parts.path not in ("", "/") else ""
+    return f"{parts.scheme.lower()}://{parts.netloc}{path}"
 
 
 def _headers(sec: _Section, key: str) -> tuple[tuple[str, str], ...]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from urllib.parse import urlsplit
 
 import aiohttp
 from multidict import CIMultiDict
@@ -33,7 +34,8 @@ _CHUNK = 64 * 1024
 
 def build_ssl_context(config: IntegrationConfig) -> ssl.SSLContext | bool:
     tls = config.tls
-    if not config.base_url.startswith("https:"):
+    # Verify unless the URL is explicitly plain http: never fail open.
+    if urlsplit(config.base_url).scheme.lower() == "http":
         return False
     if not tls.verify:
         ctx = ssl.create_default_context()
@@ -97,8 +99,11 @@ class AiohttpTransport:
                     if len(body) > limit:
                         raise TransportError(TransportErrorKind.TOO_LARGE,
                                              f"response body is over the {limit}-byte limit")
+                # Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
+                named = {t.strip().lower() for v in resp.headers.getall("Connection", [])
+                         for t in v.split(",")}
                 out_headers = tuple((k, v) for k, v in resp.headers.items()
-                                    if k.lower() not in HOP_BY_HOP)
+                                    if k.lower() not in HOP_BY_HOP and k.lower() not in named)
                 return UpstreamResponse(resp.status, out_headers, bytes(body))
         except TransportError:
             raise

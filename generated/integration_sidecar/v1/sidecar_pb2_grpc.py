@@ -87,13 +87,18 @@ class SidecarServiceServicer:
         * UNAVAILABLE (`CIRCUIT_OPEN`, with RetryInfo): the circuit breaker is
         open; no traffic was sent upstream.
         * UNAVAILABLE (`UPSTREAM_UNREACHABLE`): every attempt failed at the
-        transport level (connect error, reset, TLS failure).
+        transport level (connect error, reset, malformed HTTP).
+        * UNAVAILABLE (`UPSTREAM_TLS_ERROR`): the upstream's certificate could not
+        be verified, or the TLS handshake failed.
         * RESOURCE_EXHAUSTED (`RATE_LIMITED`, with RetryInfo): the integration's
         local rate limit is exhausted and waiting would pass the deadline.
         * RESOURCE_EXHAUSTED (`BULKHEAD_FULL`): too many concurrent calls to the
         integration and none freed up within the deadline.
         * DEADLINE_EXCEEDED (`DEADLINE_EXCEEDED`): the caller's deadline (or the
-        integration's total timeout) passed before a usable answer.
+        integration's total timeout) passed before a usable answer;
+        (`UPSTREAM_TIMEOUT`): attempts timed out within a longer deadline.
+        * RESOURCE_EXHAUSTED (`RESPONSE_TOO_LARGE`): the upstream's body is over
+        the integration's `max_response_bytes`.
         * ABORTED (`IDEMPOTENCY_IN_FLIGHT`): a call with the same idempotency key
         is still in flight.
         * FAILED_PRECONDITION (`IDEMPOTENCY_KEY_REUSED`): the idempotency key was

@@ -75,7 +75,7 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 #: RFC 9110 idempotent methods: safe to retry without a key.
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 FORBIDDEN_HEADERS = frozenset({
-    "host", "content-length", "connection", "keep-alive", "proxy-authenticate",
+    "host", "content-length", "connection", "keep-alive", "proxy-authenticate", "proxy-connection",
     "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade",
 })
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")

@@ -1,0 +1,333 @@
+"""The WebSocket edge over real sockets: JWT auth, rooms, resume, slow consumers,
+heartbeats, token expiry, presence; one bus feeding WebSocket and gRPC alike."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from integration_sidecar.v1 import sidecar_pb2 as pb
+from integration_sidecar.v1 import sidecar_pb2_grpc as pb_grpc
+
+from sidecar.app import Sidecar
+from tests.conftest import make_config
+
+HS_SECRET = "ws-test-hmac-secret-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def rsa_keys() -> tuple[bytes, bytes]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    return private, public
+
+
+class Env:
+    def __init__(self, sc: Sidecar, stub: pb_grpc.SidecarServiceStub,
+                 session: aiohttp.ClientSession, private_key: bytes) -> None:
+        self.sc, self.stub, self.session, self.private_key = sc, stub, session, private_key
+
+    def token(self, sub: str = "alice", alg: str = "HS256", **claims: Any) -> str:
+        payload = {"sub": sub, "exp": int(time.time()) + 600, **claims}
+        key: Any = HS_SECRET if alg.startswith("HS") else self.private_key
+        return jwt.encode(payload, key, algorithm=alg)
+
+    def url(self, **query: str) -> str:
+        q = "&".join(f"{k}={v}" for k, v in query.items())
+        return f"http://{self.sc.edge.address}/ws" + (f"?{q}" if q else "")
+
+    async def connect(self, token: str | None = None, **kw: Any) -> aiohttp.ClientWebSocketResponse:
+        headers = {"Authorization": f"Bearer {token or self.token()}", **kw.pop("headers", {})}
+        ws = await self.session.ws_connect(self.url(**kw.pop("query", {})), headers=headers,
+                                           **kw)
+        return ws
+
+    async def refused(self, headers: dict[str, str], url: str | None = None) -> tuple[int, str]:
+        async with self.session.get(url or self.url(), headers={
+                **headers, "Connection": "Upgrade", "Upgrade": "websocket",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}) as resp:
+            body = await resp.json()
+            return resp.status, body["error"]["reason"]
+
+    async def publish(self, topic: str, data: bytes = b'{"x": 1}',
+                      content_type: str = "application/json") -> pb.PublishResponse:
+        return await self.stub.Publish(pb.PublishRequest(topic=topic, data=data,
+                                                         content_type=content_type), timeout=5)
+
+
+async def frames(ws: aiohttp.ClientWebSocketResponse, n: int, *,
+                 events_only: bool = True) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    while len(out) < n:
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        assert msg.type == aiohttp.WSMsgType.TEXT, msg
+        frame = json.loads(msg.data)
+        if events_only and "control" in frame:
+            continue
+        out.append(frame)
+    return out
+
+
+async def subscribed(ws: aiohttp.ClientWebSocketResponse, count: int) -> set[str]:
+    got: set[str] = set()
+    while len(got) < count:
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        frame = json.loads(msg.data)
+        if frame.get("control") == "subscribed":
+            got.add(frame["topic"])
+    return got
+
+
+@pytest.fixture
+async def env(tmp_path: Path, rsa_keys: tuple[bytes, bytes]) -> AsyncIterator[Env]:
+    async with started(tmp_path, rsa_keys) as e:
+        yield e
+
+
+class started:
+    def __init__(self, tmp_path: Path, keys: tuple[bytes, bytes], **realtime: Any) -> None:
+        pub = tmp_path / "jwt.pub.pem"
+        pub.write_bytes(keys[1])
+        ws = {"jwt": {"algorithms": ["HS256", "RS256"], "hs256_secret_env": "WS_SECRET",
+                      "rs256_public_key_file": str(pub), "topics_claim": "topics"},
+              "allowed_origins": ["https://app.example"], **realtime.pop("websocket", {})}
+        self.config = make_config(tmp_path, {"realtime": {"websocket": ws, **realtime}},
+                                  env={"WS_SECRET": HS_SECRET})
+        self.private = keys[0]
+
+    async def __aenter__(self) -> Env:
+        self.sc = Sidecar(self.config)
+        await self.sc.start()
+        self.channel = grpc.aio.insecure_channel(self.sc.grpc.address)
+        self.session = aiohttp.ClientSession()
+        return Env(self.sc, pb_grpc.SidecarServiceStub(self.channel), self.session,
+                   self.private)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.session.close()
+        await self.channel.close()
+        await self.sc.stop()
+
+
+# --------------------------------------------------------------------------- auth
+
+
+async def test_missing_expired_wrong_and_none_tokens_are_refused(env: Env) -> None:
+    expired = jwt.encode({"sub": "a", "exp": int(time.time()) - 60}, HS_SECRET,
+                         algorithm="HS256")
+    wrong = jwt.encode({"sub": "a", "exp": int(time.time()) + 60},
+                       "not-the-secret-at-all-but-long-enough-32", algorithm="HS256")
+    unsigned = jwt.encode({"sub": "a"}, None, algorithm="none")
+    no_sub = jwt.encode({"exp": int(time.time()) + 60}, HS_SECRET, algorithm="HS256")
+    cases = [({}, "MISSING"), ({"Authorization": f"Bearer {expired}"}, "EXPIRED"),
+             ({"Authorization": f"Bearer {wrong}"}, "INVALID_SIGNATURE"),
+             ({"Authorization": f"Bearer {unsigned}"}, "ALGORITHM"),
+             ({"Authorization": f"Bearer {no_sub}"}, "INVALID_CLAIMS"),
+             ({"Authorization": "Bearer garbage"}, "MALFORMED")]
+    for headers, reason in cases:
+        assert await env.refused(headers) == (401, reason)
+    text = env.sc.metrics.exposition().decode()
+    assert 'sidecar_websocket_auth_failures_total{reason="expired"} 1.0' in text
+
+
+async def test_hs_rs_algorithm_confusion_is_refused(env: Env,
+                                                     rsa_keys: tuple[bytes, bytes]) -> None:
+    # The classic attack: sign HS256 with the server's *public* key as the HMAC secret.
+    import base64
+    import hashlib
+    import hmac
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    payload = b64(json.dumps({"sub": "mallory", "exp": int(time.time()) + 60}).encode())
+    sig = hmac.new(rsa_keys[1], f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    forged = f"{header}.{payload}.{b64(sig)}"
+    assert await env.refused({"Authorization": f"Bearer {forged}"}) == (401,
+                                                                        "INVALID_SIGNATURE")
+
+
+async def test_rs256_token_and_query_parameter_work(env: Env) -> None:
+    ws = await env.session.ws_connect(env.url(token=env.token("carol", alg="RS256")))
+    assert "user:carol" in await subscribed(ws, 2)
+    await ws.close()
+
+
+async def test_origin_check(env: Env) -> None:
+    token = env.token()
+    assert await env.refused({"Authorization": f"Bearer {token}",
+                              "Origin": "https://evil.example"}) == (403, "ORIGIN")
+    ws = await env.connect(token, headers={"Origin": "https://app.example"})
+    await ws.close()
+
+
+# --------------------------------------------------------------------------- rooms
+
+
+async def test_rooms_isolate_users_roles_and_broadcast(env: Env) -> None:
+    alice = await env.connect(env.token("alice", roles=["admin"]))
+    bob = await env.connect(env.token("bob"))
+    assert await subscribed(alice, 3) == {"user:alice", "role:admin", "broadcast"}
+    assert await subscribed(bob, 2) == {"user:bob", "broadcast"}
+    await env.publish("user:alice", b'{"to": "alice"}')
+    await env.publish("user:bob", b'{"to": "bob"}')
+    await env.publish("role:admin", b'{"to": "admins"}')
+    await env.publish("broadcast", b'{"to": "all"}')
+    got_alice = [f["data"]["to"] for f in await frames(alice, 3)]
+    got_bob = [f["data"]["to"] for f in await frames(bob, 2)]
+    assert got_alice == ["alice", "admins", "all"] and got_bob == ["bob", "all"]
+    binary = env.publish("user:bob", b"\x00\x01", "application/octet-stream")
+    frame = (await asyncio.gather(binary, frames(bob, 1)))[1][0]
+    assert frame["data_base64"] == "AAE=" and frame["topic"] == "user:bob"
+    await alice.close()
+    await bob.close()
+
+
+async def test_subscribe_only_to_topics_the_token_lists(env: Env) -> None:
+    ws = await env.connect(env.token("dave", topics=["orders:*"]))
+    await subscribed(ws, 2)
+    await ws.send_json({"type": "subscribe", "topic": "orders:42"})
+    assert await subscribed(ws, 1) == {"orders:42"}
+    await ws.send_json({"type": "subscribe", "topic": "user:alice"})
+    (err,) = await frames(ws, 1, events_only=False)
+    assert err == {"control": "error", "reason": "PERMISSION_DENIED",
+                   "message": "the token does not allow topic 'user:alice'"}
+    await env.publish("orders:42", b'{"id": 42}')
+    await env.publish("user:alice", b'{"secret": true}')
+    await env.publish("orders:42", b'{"id": 43}')
+    assert [f["data"]["id"] for f in await frames(ws, 2)] == [42, 43]
+    await ws.close()
+
+
+async def test_one_bus_feeds_grpc_and_websocket(env: Env) -> None:
+    ws = await env.connect(env.token("erin"))
+    await subscribed(ws, 2)
+    stream = env.stub.Subscribe(pb.SubscribeRequest(topics=["user:erin"]))
+    for _ in range(1000):  # the stream registers inside the sidecar; nothing to await
+        if env.sc.live.subscriber_count("user:erin") >= 2:
+            break
+        await asyncio.sleep(0.002)
+    published = await env.publish("user:erin")
+    (frame,) = await frames(ws, 1)
+    msg = await asyncio.wait_for(stream.read(), 5)
+    assert frame["id"] == msg.event.id == published.event_id
+    stream.cancel()
+    await ws.close()
+
+
+# --------------------------------------------------------------------------- resume
+
+
+async def test_resume_delivers_exactly_the_missed_events(env: Env) -> None:
+    token = env.token("frank")
+    ws = await env.connect(token)
+    await subscribed(ws, 2)
+    await env.publish("user:frank", b'{"n": 1}')
+    (first,) = await frames(ws, 1)
+    await ws.close()
+    for n in (2, 3, 4):
+        await env.publish("user:frank", json.dumps({"n": n}).encode())
+    offsets = json.dumps({"user:frank": first["offset"]})
+    again = await env.connect(token, query={"offsets": offsets})
+    assert [f["data"]["n"] for f in await frames(again, 3)] == [2, 3, 4]
+    await env.publish("user:frank", b'{"n": 5}')
+    assert [f["data"]["n"] for f in await frames(again, 1)] == [5]
+    await again.close()
+
+
+# --------------------------------------------------------------------------- liveness
+
+
+async def test_slow_client_is_disconnected_fast_one_keeps_receiving(
+        tmp_path: Path, rsa_keys: tuple[bytes, bytes]) -> None:
+    async with started(tmp_path, rsa_keys, queue_size=4) as env:
+        slow = await env.connect(env.token("slow"), max_msg_size=0)
+        fast = await env.connect(env.token("fast"), max_msg_size=0)
+        await subscribed(fast, 2)
+        big = json.dumps({"pad": "x" * 500_000}).encode()
+        received: list[int] = []
+
+        async def drain() -> None:
+            while len(received) < 60:
+                msg = await asyncio.wait_for(fast.receive(), 10)
+                frame = json.loads(msg.data)
+                if "control" not in frame:
+                    received.append(frame["offset"])
+
+        reader = asyncio.ensure_future(drain())
+        for _ in range(60):
+            await env.publish("broadcast", big)
+        await reader
+        assert received == list(range(1, 61))
+        # the slow client never read: it is cut off with 4008 (or the socket dies)
+        closed = None
+        for _ in range(200):
+            msg = await asyncio.wait_for(slow.receive(), 10)
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                            aiohttp.WSMsgType.ERROR):
+                closed = slow.close_code
+                break
+        assert closed in (4008, 1006)
+        text = env.sc.metrics.exposition().decode()
+        assert 'sidecar_slow_consumer_events_total{policy="disconnect",transport="ws"}' in text
+        await fast.close()
+
+
+async def test_heartbeat_closes_a_silent_peer(tmp_path: Path,
+                                              rsa_keys: tuple[bytes, bytes]) -> None:
+    async with started(tmp_path, rsa_keys, websocket={"ping_interval": "200ms"}) as env:
+        silent = await env.connect(env.token("ghost"), autoping=False)
+        t0 = time.monotonic()
+        while True:
+            msg = await asyncio.wait_for(silent.receive(), 5)
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                            aiohttp.WSMsgType.ERROR):
+                break
+        assert time.monotonic() - t0 < 3
+
+
+async def test_expired_token_closes_the_connection(env: Env) -> None:
+    ws = await env.connect(env.token("gina", exp=int(time.time()) + 1))
+    while True:
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+            break
+    assert ws.close_code == 4001
+
+
+async def test_presence_counts_connections_and_users(env: Env) -> None:
+    a1 = await env.connect(env.token("alice"))
+    a2 = await env.connect(env.token("alice"))
+    b = await env.connect(env.token("bob"))
+    for ws in (a1, a2, b):
+        await subscribed(ws, 2)
+    resp = await env.stub.GetPresence(pb.GetPresenceRequest(topic="user:alice"), timeout=5)
+    assert (resp.connections, resp.users) == (2, 1)
+    everyone = await env.stub.GetPresence(pb.GetPresenceRequest(topic="broadcast"), timeout=5)
+    assert (everyone.connections, everyone.users) == (3, 2)
+    async with env.session.get(f"http://{env.sc.admin.address}/presence",
+                               params={"topic": "broadcast"}) as r:
+        assert await r.json() == {"topic": "broadcast", "connections": 3, "users": 2}
+    await a2.close()
+    for _ in range(200):
+        if env.sc.presence.stats("user:alice").connections == 1:
+            break
+        await asyncio.sleep(0.005)
+    assert env.sc.presence.stats("user:alice").connections == 1
+    await a1.close()
+    await b.close()
