@@ -54,7 +54,7 @@ def test_wheel_ships_server_and_generated_packages_side_by_side(tmp_path: Path) 
     assert out[2] == "SidecarServiceStub"
 
 
-FORBIDDEN_IN_CORE = ("grpc", "aiohttp", "sqlite3", "sqlite_utils", "prometheus_client",
+FORBIDDEN_IN_CORE = ("grpc", "aiohttp", "sqlite3", "sqlite_utils", "redis", "prometheus_client",
                      "integration_sidecar", "google.protobuf", "google.rpc")
 
 

@@ -38,6 +38,7 @@ from sidecar.config.model import (
     JwtConfig,
     LoggingConfig,
     RealtimeConfig,
+    RedisConfig,
     RetryConfig,
     RouteConfig,
     Secret,
@@ -71,7 +72,8 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "SIDECAR_LOG_FORMAT": ("logging", "format"),
 }
 
-STORAGE_BACKENDS = ("sqlite",)
+STORAGE_BACKENDS = ("sqlite", "redis")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -336,12 +338,59 @@ def _server(sec: _Section, env: Mapping[str, str]) -> ServerConfig:
     return cfg
 
 
-def _storage(sec: _Section) -> StorageConfig:
+def _storage(sec: _Section, env: Mapping[str, str]) -> StorageConfig:
+    backend = sec.string("backend", "sqlite", choices=STORAGE_BACKENDS)
     cfg = StorageConfig(
-        backend=sec.string("backend", "sqlite", choices=STORAGE_BACKENDS),
+        backend=backend,
         data_dir=sec.string("data_dir", StorageConfig.data_dir) or StorageConfig.data_dir,
+        redis=_redis(sec.section("redis"), env, needed=backend == "redis"),
     )
     sec.finish()
+    return cfg
+
+
+def _redis_url_ok(value: str) -> bool:
+    parts = urlsplit(value)
+    if parts.scheme == "unix":
+        return bool(parts.path)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme in REDIS_SCHEMES and bool(parts.hostname)
+
+
+def _redis(sec: _Section, env: Mapping[str, str], *, needed: bool) -> RedisConfig:
+    """The URL is read (and must be set) only when the redis backend is chosen."""
+    url_env = sec.string("url_env", RedisConfig.url_env) or RedisConfig.url_env
+    url: Secret | None = None
+    if not _ENV_NAME_RE.match(url_env):
+        sec.err("url_env", f"must name an environment variable (letters, digits, _); "
+                           f"got {url_env!r}")
+    elif needed:
+        value = env.get(url_env, "")
+        if not value:
+            sec.err("url_env", f"environment variable {url_env} is not set or empty; it must "
+                               "hold the Redis URL, e.g. redis://:password@host:6379/0")
+        elif not _redis_url_ok(value):
+            # Never echo the value: it may hold a password.
+            sec.err("url_env", f"environment variable {url_env} must hold a URL like "
+                               "redis://host:6379/0, rediss://host:6380/0 (TLS) or "
+                               "unix:///path/redis.sock")
+        else:
+            url = Secret(env=url_env, value=value)
+    prefix = sec.string("key_prefix", RedisConfig.key_prefix)
+    if not prefix or len(prefix) > 100 or any(c.isspace() for c in prefix):
+        sec.err("key_prefix", f"must be 1-100 characters without spaces; got {prefix!r}")
+        prefix = RedisConfig.key_prefix
+    cfg = RedisConfig(
+        url_env=url_env,
+        url=url,
+        key_prefix=prefix,
+        socket_timeout=sec.duration("socket_timeout", RedisConfig.socket_timeout),
+    )
+    sec.finish({"url": "the URL may hold a password: put it in an environment variable "
+                       "and name it with url_env"})
     return cfg
 
 
@@ -922,7 +971,7 @@ def parse_config(raw: object, env: Mapping[str, str] | None = None, *, source: s
     if version != 1:
         root.err("version", f"unsupported config version {version}; this sidecar reads 1")
     server = _server(root.section("server"), env)
-    storage = _storage(root.section("storage"))
+    storage = _storage(root.section("storage"), env)
     logging = _logging(root.section("logging"))
     ints_sec = root.section("integrations")
     integrations = {

@@ -6,6 +6,7 @@ Built only by ``sidecar.config.load``; everything else reads these objects.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from sidecar.core.resilience.backoff import BackoffPolicy
 from sidecar.core.resilience.breaker import BreakerPolicy
@@ -27,6 +28,11 @@ DEFAULT_GRPC_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 DEFAULT_SHUTDOWN_GRACE = 15.0
 DEFAULT_EDGE_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_DATA_DIR = "./data"
+DEFAULT_REDIS_URL_ENV = "REDIS_URL"
+#: Several apps can share one Redis: every key of this sidecar starts with it.
+DEFAULT_REDIS_KEY_PREFIX = "sidecar:"
+#: Long enough for a loaded Redis, short enough that readiness notices an outage.
+DEFAULT_REDIS_SOCKET_TIMEOUT = 2.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_ATTEMPT_TIMEOUT = 10.0
 DEFAULT_TOTAL_TIMEOUT = 30.0
@@ -80,9 +86,29 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class RedisConfig:
+    #: The environment variable holding the URL (``redis://``, ``rediss://`` for
+    #: TLS, ``unix://``); it may carry a password, so it is a secret.
+    url_env: str = DEFAULT_REDIS_URL_ENV
+    url: Secret | None = None
+    key_prefix: str = DEFAULT_REDIS_KEY_PREFIX
+    socket_timeout: float = DEFAULT_REDIS_SOCKET_TIMEOUT
+
+    def url_secrets(self) -> list[Secret]:
+        """The URL and the password inside it, each to be redacted wherever it shows."""
+        if self.url is None:
+            return []
+        parts = urlsplit(self.url.value)
+        passwords = [parts.password or "", *parse_qs(parts.query).get("password", [])]
+        return [self.url, *(Secret(self.url.env, unquote(p)) for p in passwords if p)]
+
+
+@dataclass(frozen=True)
 class StorageConfig:
+    #: ``sqlite`` (embedded, one replica) or ``redis`` (shared by replicas).
     backend: str = "sqlite"
     data_dir: str = DEFAULT_DATA_DIR
+    redis: RedisConfig = RedisConfig()
 
 
 @dataclass(frozen=True)
@@ -359,6 +385,8 @@ class Config:
         found: list[Secret] = []
         if self.server.grpc.api_token:
             found.append(self.server.grpc.api_token)
+        if self.storage.redis.url:
+            found += self.storage.redis.url_secrets()
         found += [i.auth.secret for i in self.integrations.values() if i.auth.secret]
         for source in self.webhooks.sources.values():
             found += source.secrets

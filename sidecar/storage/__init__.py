@@ -1,14 +1,26 @@
-"""Storage backends behind one interface; ``open_storage`` picks one from config."""
+"""Storage backends behind one interface; ``make_storage`` picks one from config."""
+
+import os
 
 from sidecar.config import StorageConfig
 from sidecar.storage.base import ClaimStatus, IdempotencyClaim, Storage
+from sidecar.storage.redis import RedisStorage
 from sidecar.storage.sqlite import SqliteStorage
 
 
 def make_storage(config: StorageConfig) -> Storage:
     if config.backend == "sqlite":
         return SqliteStorage(config.data_dir)
+    if config.backend == "redis":
+        redis = config.redis
+        # Config validation already read the URL; a bare StorageConfig reads it here.
+        url = redis.url.value if redis.url is not None else os.environ.get(redis.url_env, "")
+        if not url:
+            raise ValueError(f"storage.redis: environment variable {redis.url_env} is not set")
+        return RedisStorage(url, key_prefix=redis.key_prefix,
+                            socket_timeout=redis.socket_timeout)
     raise ValueError(f"unknown storage backend {config.backend!r}")  # config validation stops it
 
 
-__all__ = ["ClaimStatus", "IdempotencyClaim", "SqliteStorage", "Storage", "make_storage"]
+__all__ = ["ClaimStatus", "IdempotencyClaim", "RedisStorage", "SqliteStorage", "Storage",
+           "make_storage"]

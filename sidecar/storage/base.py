@@ -1,4 +1,4 @@
-"""The storage interface every backend implements (SQLite now, Redis later).
+"""The storage interface every backend implements (SQLite and Redis).
 
 It holds idempotency records now; webhook events and the event log join it
 with the features that need them. Times are Unix seconds passed in by the
