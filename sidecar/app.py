@@ -69,8 +69,13 @@ class Sidecar:
         self.storage = storage or make_storage(config.storage)
         self.clock = clock or SystemClock()
         grace = config.server.shutdown_grace
-        self.calls = CallPipeline(config, self.storage, transport_factory or _aiohttp_transport,
-                                  self.clock, observer=CallMetrics(self.metrics))
+        shared = getattr(self.storage, "rate_limiter", None)
+        self.calls = CallPipeline(
+            config, self.storage, transport_factory or _aiohttp_transport, self.clock,
+            observer=CallMetrics(self.metrics),
+            # With a shared backend every replica draws from one bucket per integration.
+            rate_limiter=(lambda name, policy: shared(name, policy, self.clock)) if shared
+            else None)
         self.event_metrics = EventMetrics(self.metrics)
         self.notifier = TopicNotifier()
         rt = config.realtime

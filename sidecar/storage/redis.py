@@ -53,11 +53,14 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
+from sidecar.clock import Clock
+from sidecar.core.resilience.rate_limit import RateLimiter, RateLimitPolicy
 from sidecar.errors import StorageUnavailable
 from sidecar.storage.base import ClaimStatus, IdempotencyClaim
 from sidecar.storage.migrations import SchemaTooNew
 from sidecar.storage.redis_events import RedisEventsMixin
 from sidecar.storage.redis_keys import RedisKeys, num, ttl_ms
+from sidecar.storage.redis_ratelimit import SharedTokenBucket
 from sidecar.storage.redis_scripts import RedisScripts
 
 #: Version of the key layout above; bump it with a conversion when it changes.
@@ -118,6 +121,7 @@ class RedisStorage(RedisEventsMixin):
         self._health_check_interval = health_check_interval
         self._keys = RedisKeys(key_prefix)
         self._client: Redis | None = None
+        self._follower: Redis | None = None
         self._scripts_obj: RedisScripts | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -156,10 +160,28 @@ class RedisStorage(RedisEventsMixin):
 
     async def close(self) -> None:
         client, self._client = self._client, None
+        follower, self._follower = self._follower, None
         self._scripts_obj = None
-        if client is not None:
-            with contextlib.suppress(redis_errors.RedisError, OSError):
-                await client.aclose()
+        for c in (client, follower):
+            if c is not None:
+                with contextlib.suppress(redis_errors.RedisError, OSError):
+                    await c.aclose()
+
+    def rate_limiter(self, name: str, policy: RateLimitPolicy, clock: Clock) -> RateLimiter:
+        """A bucket shared by every replica on this Redis (and key prefix)."""
+        return SharedTokenBucket(lambda: self.redis, f"{self.key_prefix}rl:{name}", policy,
+                                 clock, self._errors)
+
+    def _follow_client(self) -> Redis:
+        if self._client is None:
+            raise StorageUnavailable("storage is closed")
+        if self._follower is None:
+            self._follower = Redis.from_url(
+                self._url, socket_timeout=self._socket_timeout,
+                socket_connect_timeout=self._socket_timeout,
+                retry=Retry(ExponentialBackoff(), RETRIES),
+                health_check_interval=self._health_check_interval)
+        return self._follower
 
     @property
     def redis(self) -> Redis:

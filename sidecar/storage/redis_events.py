@@ -89,6 +89,9 @@ class RedisEventsMixin:
     def _errors(self) -> contextlib.AbstractContextManager[None]:  # pragma: no cover
         raise NotImplementedError
 
+    def _follow_client(self) -> Redis:  # pragma: no cover - provided by the host
+        raise NotImplementedError
+
     async def _xrange(self, topic: str, start: str, end: str = "+",
                       count: int | None = None) -> list[Entry]:
         entries = await self.redis.xrange(self._keys.stream(topic), min=start, max=end,
@@ -106,6 +109,29 @@ class RedisEventsMixin:
                            event.content_type, dict(event.attributes), now)
 
     # ------------------------------------------------------------------ event log
+
+    #: Replicas learn of each other's events by following the topic streams.
+    follows_events = True
+
+    async def follow(self, positions: Mapping[str, int], *, block: float,
+                     count: int = 500) -> list[StoredEvent]:
+        """Events after each topic's offset, waiting up to ``block`` seconds for one."""
+        if not positions:
+            return []
+        by_key = {self._keys.stream(t): t for t in positions}
+        streams: dict[Any, Any] = {self._keys.stream(t): f"0-{after}"
+                                   for t, after in positions.items()}
+        with self._errors():
+            # A connection of its own: a blocking read must not hold a pooled one
+            # that calls need.
+            reply = cast(list[tuple[bytes, list[Entry]]], await self._follow_client().xread(
+                streams, count=count, block=max(1, int(block * 1000))))
+        out: list[StoredEvent] = []
+        for key, entries in reply or []:
+            topic = by_key[_text(key)]
+            for entry_id, fields in entries:
+                out.append(_event(topic, entry_id, fields))
+        return out
 
     async def append_event(self, event: NewEvent, *, now: float) -> StoredEvent:
         with self._errors():

@@ -2,11 +2,22 @@
 
 sqlite3 blocks, so every statement runs on one dedicated thread; the event
 loop only awaits it. One writer thread also means no lock contention.
+
+Group commit. Event appends and webhook ingests (``_write``) that arrive while
+the thread is busy wait in a queue and then share one transaction, so one
+fsync covers many of them: the first write of an idle moment starts at once;
+writes arriving meanwhile form the next batch (at most ``MAX_WRITE_BATCH``).
+Each write runs in its own savepoint, so one that fails is rolled back alone
+and fails alone; each caller gets its result only after the transaction that
+holds its rows has committed (``synchronous=FULL``, as before).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
+import functools
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +35,18 @@ from sidecar.storage.sqlite_events import SqliteEventsMixin
 T = TypeVar("T")
 
 DB_FILENAME = "sidecar.db"
+#: Most writes one group commit carries (bounds the time a transaction holds
+#: the thread, and the work redone if SQLite abandons a transaction).
+MAX_WRITE_BATCH = 256
+
+#: A queued write: the work (run on the database thread) and its caller's future.
+_Write = tuple[Callable[[], Any], "asyncio.Future[Any]"]
+#: What one write of a batch came to: (True, result) or (False, exception).
+_Outcome = tuple[bool, Any]
+
+
+def _not_failed(outcome: _Outcome | None) -> bool:
+    return outcome is None or bool(outcome[0])
 
 
 class SqliteStorage(SqliteEventsMixin):
@@ -43,6 +66,8 @@ class SqliteStorage(SqliteEventsMixin):
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite_utils.Database | None = None
         self.applied_migrations: list[int] = []
+        self._writes: collections.deque[_Write] = collections.deque()
+        self._writing = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -98,13 +123,111 @@ class SqliteStorage(SqliteEventsMixin):
     async def _run(self, fn: Callable[[], T]) -> T:
         if self._executor is None:
             raise StorageUnavailable("storage is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        except sqlite3.OperationalError as exc:
+            # Disk full, I/O error, locked: the store cannot serve right now.
+            raise StorageUnavailable(f"database {self.path.name}: {exc}") from exc
 
     @property
     def db(self) -> sqlite_utils.Database:
         if self._db is None:
             raise StorageUnavailable("storage is closed")
         return self._db
+
+    # ------------------------------------------------------------------ group commit
+
+    async def _write(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` (statements, no transaction control) in a group commit.
+
+        Returns once the transaction holding ``fn``'s statements has committed;
+        raises what ``fn`` raised (its statements rolled back, the batch's others
+        unaffected) or, when the commit itself fails, that error.
+        """
+        if self._executor is None:
+            raise StorageUnavailable("storage is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._writes.append((fn, future))
+        if not self._writing:
+            self._start_batch(loop)
+        return await future
+
+    def _start_batch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hand every queued write (up to the bound) to the thread as one batch."""
+        while self._writes:
+            batch: list[_Write] = []
+            while self._writes and len(batch) < MAX_WRITE_BATCH:
+                write = self._writes.popleft()
+                if not write[1].done():  # a cancelled caller's write is skipped
+                    batch.append(write)
+            if not batch:
+                continue
+            executor = self._executor
+            if executor is None:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(StorageUnavailable("storage is closed"))
+                continue
+            self._writing = True
+            done = asyncio.wrap_future(
+                executor.submit(self._commit_batch, [fn for fn, _ in batch]), loop=loop)
+            done.add_done_callback(functools.partial(self._finish_batch, loop, batch))
+            return
+        self._writing = False
+
+    def _finish_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Write],
+                      done: asyncio.Future[list[_Outcome]]) -> None:
+        error = (asyncio.CancelledError() if done.cancelled() else done.exception())
+        outcomes: list[_Outcome] = ([(False, error)] * len(batch) if error is not None
+                                    else done.result())
+        for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+            if future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+        self._writing = False
+        if self._writes:
+            self._start_batch(loop)
+
+    def _commit_batch(self, fns: Sequence[Callable[[], Any]]) -> list[_Outcome]:
+        """On the database thread: every write in one transaction, each in a savepoint."""
+        conn = self.db.conn
+        outcomes: list[_Outcome | None] = [None] * len(fns)
+        todo = list(range(len(fns)))
+        while todo:
+            lost_at: int | None = None
+            conn.execute("BEGIN")
+            try:
+                for i in todo:
+                    conn.execute("SAVEPOINT batch_item")
+                    try:
+                        outcomes[i] = (True, fns[i]())
+                    except Exception as exc:
+                        outcomes[i] = (False, exc)
+                        if not conn.in_transaction:
+                            # The error ended the whole transaction (SQLite does that
+                            # on some I/O errors): the writes before it are gone too.
+                            lost_at = i
+                            break
+                        conn.execute("ROLLBACK TO batch_item")
+                    conn.execute("RELEASE batch_item")
+                if lost_at is None:
+                    conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):  # keep the original error
+                        conn.execute("ROLLBACK")
+                raise
+            if lost_at is None:
+                break
+            # Run the batch again without the write that failed (each round drops one).
+            todo = [i for i in todo if i != lost_at and _not_failed(outcomes[i])]
+            for i in todo:
+                outcomes[i] = None
+        return [o if o is not None else (False, RuntimeError("write not run")) for o in outcomes]
 
     async def check(self) -> None:
         def _check() -> None:

@@ -56,6 +56,7 @@ from sidecar.core.resilience import (
 )
 from sidecar.core.resilience.breaker import Permit
 from sidecar.core.resilience.bulkhead import Bulkhead, BulkheadFullError
+from sidecar.core.resilience.rate_limit import RateLimiter, RateLimitPolicy
 from sidecar.errors import (
     Aborted,
     DeadlineExceeded,
@@ -93,6 +94,9 @@ class Transport(Protocol):
 
 
 TransportFactory = Callable[[IntegrationConfig], Transport]
+#: Builds the rate limiter for an integration (or ``integration/route``):
+#: a local bucket, or one every replica shares.
+RateLimiterFactory = Callable[[str, RateLimitPolicy], RateLimiter]
 
 
 @dataclass
@@ -104,7 +108,7 @@ class _Policy:
     retry: RetryConfig
     breaker: CircuitBreaker | None
     failure_statuses: frozenset[int]
-    bucket: TokenBucket | None
+    bucket: RateLimiter | None
     fallback: FallbackConfig
     cache: LastGoodCache | None
 
@@ -147,8 +151,11 @@ class CallPipeline:
         *,
         observer: CallObserver | None = None,
         rand: Callable[[], float] = random.random,
+        rate_limiter: RateLimiterFactory | None = None,
     ) -> None:
         self._storage = storage
+        self._limiter: RateLimiterFactory = rate_limiter or (
+            lambda name, policy: TokenBucket(policy, clock))
         self._clock = clock
         self._observer: CallObserver = observer or NullObserver()
         self._rand = rand
@@ -181,7 +188,7 @@ class CallPipeline:
     def _build(self, cfg: IntegrationConfig, routes: list[RouteConfig],
                transport: Transport) -> _Integration:
         base_breaker = self._breaker(cfg.name, "", cfg)
-        base_bucket = TokenBucket(cfg.rate_limit, self._clock) if cfg.rate_limit else None
+        base_bucket = (self._limiter(cfg.name, cfg.rate_limit) if cfg.rate_limit else None)
 
         def cache(fb: FallbackConfig) -> LastGoodCache | None:
             return LastGoodCache(fb.max_entries, fb.max_age) if fb.enabled else None
@@ -199,7 +206,8 @@ class CallPipeline:
                 retry=r.retry or cfg.retry,
                 breaker=breaker,
                 failure_statuses=(r.circuit_breaker or cfg.circuit_breaker).failure_statuses,
-                bucket=TokenBucket(r.rate_limit, self._clock) if r.rate_limit else base_bucket,
+                bucket=(self._limiter(f"{cfg.name}/{r.name}", r.rate_limit) if r.rate_limit
+                        else base_bucket),
                 fallback=fallback,
                 cache=cache(fallback) if r.fallback else default.cache,
             )))
@@ -465,14 +473,13 @@ class CallPipeline:
             raise DeadlineExceeded("the deadline passed before the next attempt",
                                    metadata={"integration": cfg.name})
         if policy.bucket is not None:
-            waited = policy.bucket.try_acquire() > 0
-            if waited:
-                try:
-                    await policy.bucket.acquire(remaining)
-                except RateLimitedError as exc:
-                    self._observer.rate_limited(cfg.name, policy.name, "rejected")
-                    exc.metadata.setdefault("integration", cfg.name)
-                    raise
+            try:
+                waited = await policy.bucket.acquire(remaining)
+            except RateLimitedError as exc:
+                self._observer.rate_limited(cfg.name, policy.name, "rejected")
+                exc.metadata.setdefault("integration", cfg.name)
+                raise
+            if waited > 0:
                 self._observer.rate_limited(cfg.name, policy.name, "waited")
         permit: Permit | None = policy.breaker.acquire() if policy.breaker else None
         t0: float | None = None
@@ -509,7 +516,7 @@ class CallPipeline:
         if response.status == 429 and policy.bucket is not None:
             pause = self._server_hint(response, policy)
             if pause:
-                policy.bucket.pause_until(self._clock.monotonic() + pause)
+                await policy.bucket.pause_for(pause)
         return response
 
     def _server_hint(self, resp: UpstreamResponse, policy: _Policy) -> float | None:

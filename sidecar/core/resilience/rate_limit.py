@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from sidecar.clock import Clock
 from sidecar.errors import ResourceExhausted
@@ -65,6 +65,20 @@ class _Reservation:
         self.tat_after = tat_after
         #: Set when a pause pushed ``ready_at`` past ``deadline``.
         self.rejected_until: float | None = None
+
+
+class RateLimiter(Protocol):
+    """A token bucket, local to this process or shared by every replica."""
+
+    @property
+    def policy(self) -> RateLimitPolicy: ...
+
+    async def acquire(self, max_wait: float, tokens: int = 1) -> float:
+        """Take ``tokens`` (waiting up to ``max_wait`` when the policy waits); returns the
+        seconds waited, or raises ``RateLimitedError``."""
+
+    async def pause_for(self, seconds: float) -> None:
+        """Hand out nothing for ``seconds`` (an upstream 429 with Retry-After)."""
 
 
 class TokenBucket:
@@ -182,6 +196,9 @@ class TokenBucket:
             tat = ready + self._span
             waiter.tat_after = tat
         self._tat = tat
+
+    async def pause_for(self, seconds: float) -> None:
+        self.pause_until(self._clock.monotonic() + seconds)
 
     def _next(self, tokens: int, now: float) -> tuple[float, float]:
         """The TAT after taking ``tokens`` now, and the seconds until they are due."""
