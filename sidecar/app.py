@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from sidecar import __version__
 from sidecar.admin import Readiness, build_admin_app, event_routes
@@ -25,7 +27,6 @@ from sidecar.core.events.presence import Presence
 from sidecar.core.webhooks.ingest import WebhookIngest
 from sidecar.edge.app import build_edge_app
 from sidecar.edge.webhooks import WebhookEdge
-from sidecar.edge.websocket import WebSocketEdge
 from sidecar.errors import SidecarError
 from sidecar.http_listener import HttpListener
 from sidecar.metrics import CallMetrics, EventMetrics, LiveMetrics, Metrics
@@ -33,6 +34,9 @@ from sidecar.rpc.server import GrpcServer, ServiceRegistrar
 from sidecar.rpc.servicer import SidecarServicer
 from sidecar.storage import Storage, make_storage
 from sidecar.upstream.transport import AiohttpTransport
+
+if TYPE_CHECKING:
+    from sidecar.edge.websocket import WebSocketEdge
 
 log = logging.getLogger("sidecar")
 
@@ -89,8 +93,13 @@ class Sidecar:
         self.groups = ConsumerGroups(self.storage, self.clock, config.webhooks.delivery,
                                      self.notifier, self.event_metrics)
         self.presence = Presence()
-        self.websocket = (WebSocketEdge(rt.websocket, self.live, self.presence, self.clock,
-                                        self.metrics) if rt.websocket.enabled else None)
+        self.websocket: WebSocketEdge | None = None
+        if rt.websocket.enabled:
+            # Imported only when on: PyJWT and cryptography cost memory otherwise.
+            from sidecar.edge.websocket import WebSocketEdge
+
+            self.websocket = WebSocketEdge(rt.websocket, self.live, self.presence, self.clock,
+                                           self.metrics)
         self.grpc = GrpcServer(config.server.grpc,
                                SidecarServicer(calls=self.calls, webhooks=self.webhooks,
                                                groups=self.groups, live=self.live,
@@ -258,6 +267,10 @@ async def serve(config: Config, *, extra_services: Sequence[ServiceRegistrar] = 
             message = exc.message if isinstance(exc, SidecarError) else str(exc)
             log.error("sidecar failed to start: %s", message)
             return 1
+        # Everything built so far lives as long as the process: keep it out of
+        # the collector's scans, so full collections take well under a
+        # millisecond instead of tens (they showed up in the p99).
+        gc.freeze()
         await stop.wait()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

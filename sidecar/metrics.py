@@ -8,6 +8,7 @@ keys, topics or ids.
 from __future__ import annotations
 
 import platform
+from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
@@ -213,16 +214,29 @@ class CallMetrics:
 
     def __init__(self, metrics: Metrics) -> None:
         self._m = metrics
+        # Label children looked up once per label set (names come from config).
+        self._calls: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._attempts: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def call_finished(self, integration: str, route: str, outcome: str, status: int,
                       attempts: int, duration: float) -> None:
-        self._m.calls.labels(integration, route, outcome).inc()
-        self._m.call_seconds.labels(integration, route).observe(duration)
+        key = (integration, route, outcome)
+        pair = self._calls.get(key)
+        if pair is None:
+            pair = self._calls[key] = (self._m.calls.labels(*key),
+                                       self._m.call_seconds.labels(integration, route))
+        pair[0].inc()
+        pair[1].observe(duration)
 
     def attempt_finished(self, integration: str, route: str, outcome: str,
                          duration: float) -> None:
-        self._m.attempts.labels(integration, route, outcome).inc()
-        self._m.attempt_seconds.labels(integration, route).observe(duration)
+        key = (integration, route, outcome)
+        pair = self._attempts.get(key)
+        if pair is None:
+            pair = self._attempts[key] = (self._m.attempts.labels(*key),
+                                          self._m.attempt_seconds.labels(integration, route))
+        pair[0].inc()
+        pair[1].observe(duration)
 
     def retried(self, integration: str, route: str, reason: str) -> None:
         self._m.retries.labels(integration, route, reason).inc()

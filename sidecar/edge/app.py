@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
 from sidecar.config import EdgeConfig
 from sidecar.edge.webhooks import WebhookEdge
-from sidecar.edge.websocket import WebSocketEdge
 from sidecar.http_common import count_responses, json_error
 from sidecar.metrics import Metrics
+
+if TYPE_CHECKING:
+    from sidecar.edge.websocket import WebSocketEdge
 
 
 async def _webhooks(request: web.Request) -> web.Response:

@@ -77,6 +77,9 @@ class MetricsInterceptor(ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, metrics: Metrics) -> None:
         self._m = metrics
+        # method -> (the handler we wrapped, its wrapper): registered handlers are
+        # the same object on every call, so each is wrapped once, not per RPC.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self, continuation: Continuation, details: grpc.HandlerCallDetails
@@ -84,9 +87,19 @@ class MetricsInterceptor(ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None:
             return handler
-        service, method = _split(details.method)
+        cached = self._wrapped.get(details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(details.method, handler)
+        if len(self._wrapped) < 1000:  # bounded: method names come from clients
+            self._wrapped[details.method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        service, method = _split(full_method)
         labels = (_rpc_type(handler), service, method)
         m = self._m
+        started = m.grpc_started.labels(*labels)
 
         def finish(context: grpc.aio.ServicerContext, start: float,
                    failed: BaseException | None) -> None:
@@ -96,7 +109,7 @@ class MetricsInterceptor(ServerInterceptor):  # type: ignore[misc]
 
         def unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                m.grpc_started.labels(*labels).inc()
+                started.inc()
                 start = time.perf_counter()
                 failed: BaseException | None = None
                 try:
@@ -113,7 +126,7 @@ class MetricsInterceptor(ServerInterceptor):  # type: ignore[misc]
             # A streaming handler is either an async generator or a coroutine that
             # calls context.write() itself (grpc_health's Watch); serve both.
             async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> None:
-                m.grpc_started.labels(*labels).inc()
+                started.inc()
                 start = time.perf_counter()
                 failed: BaseException | None = None
                 sent = m.grpc_msg_sent.labels(*labels)

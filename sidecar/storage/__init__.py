@@ -1,10 +1,10 @@
 """Storage backends behind one interface; ``make_storage`` picks one from config."""
 
 import os
+from typing import Any
 
 from sidecar.config import StorageConfig
 from sidecar.storage.base import ClaimStatus, IdempotencyClaim, Storage
-from sidecar.storage.redis import RedisStorage
 from sidecar.storage.sqlite import SqliteStorage
 
 
@@ -12,6 +12,9 @@ def make_storage(config: StorageConfig) -> Storage:
     if config.backend == "sqlite":
         return SqliteStorage(config.data_dir)
     if config.backend == "redis":
+        # Imported only when used: redis-py costs memory a SQLite sidecar need not pay.
+        from sidecar.storage.redis import RedisStorage
+
         redis = config.redis
         # Config validation already read the URL; a bare StorageConfig reads it here.
         url = redis.url.value if redis.url is not None else os.environ.get(redis.url_env, "")
@@ -20,6 +23,14 @@ def make_storage(config: StorageConfig) -> Storage:
         return RedisStorage(url, key_prefix=redis.key_prefix,
                             socket_timeout=redis.socket_timeout)
     raise ValueError(f"unknown storage backend {config.backend!r}")  # config validation stops it
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RedisStorage":
+        from sidecar.storage.redis import RedisStorage
+
+        return RedisStorage
+    raise AttributeError(name)
 
 
 __all__ = ["ClaimStatus", "IdempotencyClaim", "RedisStorage", "SqliteStorage", "Storage",

@@ -272,11 +272,12 @@ class CallPipeline:
             attempts = result.attempts if result else 0
             self._observer.call_finished(cfg.name, policy.name, outcome, status, attempts,
                                          duration)
-            log.info("call finished", extra={
-                "integration": cfg.name, "route": policy.name, "method": method,
-                "outcome": outcome, "status": status, "attempts": attempts,
-                "latency_ms": round(duration * 1000, 1), "trace_id": _trace_id(req),
-            })
+            if log.isEnabledFor(logging.INFO):
+                log.info("call finished", extra={
+                    "integration": cfg.name, "route": policy.name, "method": method,
+                    "outcome": outcome, "status": status, "attempts": attempts,
+                    "latency_ms": round(duration * 1000, 1), "trace_id": _trace_id(req),
+                })
 
     def _validate(self, req: CallRequest, method: str, cfg: IntegrationConfig) -> None:
         problems: list[FieldViolation] = []
@@ -387,39 +388,52 @@ class CallPipeline:
         async def attempt() -> UpstreamResponse:
             return await self._attempt(integ, policy, state, method, url, headers, req.body)
 
-        def should_retry(rs: RetryCallState) -> bool:
-            if not may_retry or rs.outcome is None:
-                return False
-            if rs.outcome.failed:
-                exc = rs.outcome.exception()
+        def retry_reason(resp: UpstreamResponse | None, exc: BaseException | None) -> str:
+            """Why this outcome should be retried, or "" when it should not."""
+            if not may_retry:
+                return ""
+            if exc is not None:
                 if isinstance(exc, TransportError) and exc.kind.value in retry.on_errors:
-                    state.last_retry_reason = exc.kind.value
-                    return True
-                return False
-            resp: UpstreamResponse = rs.outcome.result()
-            if resp.status in retry.on_status:
-                state.last_retry_reason = f"status_{resp.status}"
-                return True
-            return False
+                    return exc.kind.value
+                return ""
+            if resp is not None and resp.status in retry.on_status:
+                return f"status_{resp.status}"
+            return ""
 
-        def wait(rs: RetryCallState) -> float:
-            resp = None if rs.outcome is None or rs.outcome.failed else rs.outcome.result()
+        def delay(resp: UpstreamResponse | None, retry_number: int) -> float:
             if resp is not None and retry.honor_retry_after:
                 hinted = self._server_hint(resp, policy)
                 if hinted is not None:
                     return hinted
-            return backoff_delay(retry.backoff, rs.attempt_number, self._rand)
+            return backoff_delay(retry.backoff, retry_number, self._rand)
 
-        def stop(rs: RetryCallState) -> bool:
-            if rs.attempt_number >= retry.max_attempts:
+        def must_stop(attempts_made: int, sleep: float) -> bool:
+            if attempts_made >= retry.max_attempts:
                 return True
-            if self._clock.monotonic() + (rs.upcoming_sleep or 0.0) >= state.deadline:
+            if self._clock.monotonic() + sleep >= state.deadline:
                 return True  # no attempt may start after the deadline
             if integ.budget is not None and not integ.budget.try_spend():
                 self._observer.budget_exhausted(cfg.name)
                 log.warning("retry budget exhausted", extra={"integration": cfg.name})
                 return True
             return False
+
+        def outcome(rs: RetryCallState) -> tuple[UpstreamResponse | None, BaseException | None]:
+            assert rs.outcome is not None
+            if rs.outcome.failed:
+                return None, rs.outcome.exception()
+            return rs.outcome.result(), None
+
+        def should_retry(rs: RetryCallState) -> bool:
+            state.last_retry_reason = retry_reason(*outcome(rs))
+            return bool(state.last_retry_reason)
+
+        def wait(rs: RetryCallState) -> float:
+            # tenacity counts from the second overall attempt: its Nth is retry N+1.
+            return delay(outcome(rs)[0], rs.attempt_number + 1)
+
+        def stop(rs: RetryCallState) -> bool:
+            return must_stop(rs.attempt_number + 1, rs.upcoming_sleep or 0.0)
 
         def before_sleep(rs: RetryCallState) -> None:
             self._observer.retried(cfg.name, policy.name, state.last_retry_reason)
@@ -428,13 +442,34 @@ class CallPipeline:
             assert rs.outcome is not None
             return rs.outcome.result()  # type: ignore[no-any-return]
 
-        retrying = AsyncRetrying(
-            stop=stop, wait=wait, retry=should_retry, before_sleep=before_sleep,
-            sleep=self._clock.sleep, retry_error_callback=final,
-        )
+        async def run() -> UpstreamResponse:
+            # The first attempt goes straight out: most calls need no retry, and
+            # tenacity's machinery costs more than the rest of the pipeline.
+            first: UpstreamResponse | None = None
+            try:
+                first = await attempt()
+                failure: BaseException | None = None
+            except TransportError as exc:
+                failure = exc
+            reason = retry_reason(first, failure)
+            pause = delay(first, 1) if reason else 0.0
+            if not reason or must_stop(1, pause):
+                if failure is not None:
+                    raise failure
+                assert first is not None
+                return first
+            state.last_retry_reason = reason
+            self._observer.retried(cfg.name, policy.name, reason)
+            await self._clock.sleep(pause)
+            retrying = AsyncRetrying(
+                stop=stop, wait=wait, retry=should_retry, before_sleep=before_sleep,
+                sleep=self._clock.sleep, retry_error_callback=final,
+            )
+            return await retrying(attempt)
+
         response: UpstreamResponse | None = None
         try:
-            response = await retrying(attempt)
+            response = await run()
         except (BreakerOpenError, RateLimitedError, BulkheadFullError, DeadlineExceeded):
             # A retry could not go out. An answer from an earlier attempt is still
             # usable; otherwise an open breaker may be served from the fallback.

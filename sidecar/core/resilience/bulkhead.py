@@ -32,7 +32,10 @@ class Bulkhead:
         return sum(1 for w in self._waiters if not w.done())
 
     async def acquire(self, max_wait: float) -> None:
-        if self._in_use < self.limit and not self.waiting:
+        # Waiters that gave up leave their futures behind; drop them first.
+        while self._waiters and self._waiters[0].done():
+            self._waiters.popleft()
+        if self._in_use < self.limit and not self._waiters:
             self._in_use += 1
             return
         if max_wait <= 0:
