@@ -1,4 +1,5 @@
-"""Server interceptors: gRPC metrics for every RPC, and the optional API token."""
+"""Server interceptors: gRPC metrics for every RPC, and the optional API token,
+applied as handler wrappers at registration (``InterceptedServer``)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,10 @@ import asyncio
 import hmac
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 import grpc
-from grpc.aio import ServerInterceptor
 
 from sidecar.errors import Unauthenticated
 from sidecar.metrics import Metrics
@@ -18,7 +18,6 @@ from sidecar.rpc.status import abort_with
 
 HEALTH_SERVICE_PREFIX = "/grpc.health.v1.Health/"
 
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]]
 
 
 def _rpc_type(handler: grpc.RpcMethodHandler) -> str:
@@ -72,30 +71,13 @@ def _rewrap(
     return grpc.stream_stream_rpc_method_handler(stream(handler.stream_stream), **kw)
 
 
-class MetricsInterceptor(ServerInterceptor):  # type: ignore[misc]
+class MetricsInterceptor:
     """Records grpc_server_started/handled/handling_seconds/msg_sent for every RPC."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._m = metrics
-        # method -> (the handler we wrapped, its wrapper): registered handlers are
-        # the same object on every call, so each is wrapped once, not per RPC.
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    async def intercept_service(
-        self, continuation: Continuation, details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        cached = self._wrapped.get(details.method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(details.method, handler)
-        if len(self._wrapped) < 1000:  # bounded: method names come from clients
-            self._wrapped[details.method] = (handler, wrapped)
-        return wrapped
-
-    def _wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         service, method = _split(full_method)
         labels = (_rpc_type(handler), service, method)
         m = self._m
@@ -149,15 +131,17 @@ class MetricsInterceptor(ServerInterceptor):  # type: ignore[misc]
         return _rewrap(handler, unary, stream)
 
 
-class ApiTokenInterceptor(ServerInterceptor):  # type: ignore[misc]
+class ApiTokenInterceptor:
     """Refuses calls without ``authorization: Bearer <token>`` (health is exempt for probes)."""
 
     def __init__(self, token: str, metrics: Metrics) -> None:
         self._token = token.encode()
         self._m = metrics
+        self._error = Unauthenticated(
+            "missing or invalid API token: send metadata 'authorization: Bearer <token>'")
 
-    def _authorised(self, details: grpc.HandlerCallDetails) -> bool:
-        for key, value in details.invocation_metadata or ():
+    def _authorised(self, context: grpc.aio.ServicerContext) -> bool:
+        for key, value in context.invocation_metadata() or ():
             if key == "authorization":
                 raw = value.encode() if isinstance(value, str) else bytes(value)
                 scheme, _, token = raw.partition(b" ")
@@ -166,31 +150,84 @@ class ApiTokenInterceptor(ServerInterceptor):  # type: ignore[misc]
                     return hmac.compare_digest(token.strip(), self._token)
         return False
 
-    async def intercept_service(
-        self, continuation: Continuation, details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or details.method.startswith(HEALTH_SERVICE_PREFIX):
+    def wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if full_method.startswith(HEALTH_SERVICE_PREFIX):
             return handler
-        if self._authorised(details):
-            return handler
-        self._m.grpc_auth_failures.inc()
-        error = Unauthenticated(
-            "missing or invalid API token: send metadata 'authorization: Bearer <token>'"
-        )
 
-        def unary(_: Any) -> Callable[..., Awaitable[Any]]:
-            async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                await abort_with(context, error)
+        def unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if not self._authorised(context):
+                    self._m.grpc_auth_failures.inc()
+                    await abort_with(context, self._error)
+                return await behavior(request, context)
 
-            return refuse
+            return checked
 
-        def stream(_: Any) -> Callable[..., AsyncIterator[Any]]:
-            async def refuse(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[
-                    Any]:
-                await abort_with(context, error)
-                yield  # pragma: no cover - makes this an async generator
+        def stream(behavior: Callable[..., Any]) -> Callable[..., Awaitable[None]]:
+            async def checked(request: Any, context: grpc.aio.ServicerContext) -> None:
+                if not self._authorised(context):
+                    self._m.grpc_auth_failures.inc()
+                    await abort_with(context, self._error)
+                result = behavior(request, context)
+                if inspect.isasyncgen(result):
+                    async for item in result:
+                        await context.write(item)
+                else:
+                    await result
 
-            return refuse
+            return checked
 
         return _rewrap(handler, unary, stream)
+
+
+class HandlerWrapper(Protocol):
+    def wrap(self, full_method: str,
+             handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler: ...
+
+
+class _WrappedGeneric(grpc.GenericRpcHandler):  # type: ignore[misc]
+    def __init__(self, inner: grpc.GenericRpcHandler,
+                 wrap: Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]) -> None:
+        self._inner = inner
+        self._wrap = wrap
+        self._cache: dict[str, grpc.RpcMethodHandler | None] = {}
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        if details.method not in self._cache:
+            handler = self._inner.service(details)
+            wrapped = self._wrap(details.method, handler) if handler is not None else None
+            if len(self._cache) < 1000:  # bounded: method names come from clients
+                self._cache[details.method] = wrapped
+            return wrapped
+        return self._cache[details.method]
+
+
+class InterceptedServer:
+    """Registers services on a grpc.aio server with every handler wrapped once.
+
+    The interceptors above wrap each method handler at registration rather than
+    through ``grpc.aio.ServerInterceptor``, whose per-RPC dispatch cost about a
+    tenth of the sidecar's Call throughput (measured with ``make bench``).
+    Wrappers apply outermost first.
+    """
+
+    def __init__(self, server: grpc.aio.Server, wrappers: Sequence[HandlerWrapper]) -> None:
+        self._server = server
+        self._wrappers = list(wrappers)
+
+    def _wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        for wrapper in reversed(self._wrappers):
+            handler = wrapper.wrap(full_method, handler)
+        return handler
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(
+            tuple(_WrappedGeneric(h, self._wrap) for h in handlers))
+
+    def add_registered_method_handlers(self, service: str,
+                                       handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self._server.add_registered_method_handlers(
+            service, {name: self._wrap(f"/{service}/{name}", h) for name, h in handlers.items()})
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from integration_sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 from sidecar.config import GrpcListenerConfig
 from sidecar.metrics import Metrics
-from sidecar.rpc.interceptors import ApiTokenInterceptor, MetricsInterceptor
+from sidecar.rpc.interceptors import (
+    ApiTokenInterceptor,
+    HandlerWrapper,
+    InterceptedServer,
+    MetricsInterceptor,
+)
 from sidecar.rpc.servicer import SERVICE_NAME, SidecarServicer
 
 #: Named health services, as Kubernetes gRPC probes ask for them
@@ -37,11 +43,10 @@ class GrpcServer:
     ) -> None:
         self.config = config
         self.health = health.aio.HealthServicer()
-        interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics)]
+        wrappers: list[HandlerWrapper] = [MetricsInterceptor(metrics)]
         if config.api_token is not None:
-            interceptors.append(ApiTokenInterceptor(config.api_token.value, metrics))
+            wrappers.append(ApiTokenInterceptor(config.api_token.value, metrics))
         self.server = grpc.aio.server(
-            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
@@ -53,14 +58,18 @@ class GrpcServer:
                 ("grpc.keepalive_permit_without_calls", 1),
             ],
         )
-        pb_grpc.add_SidecarServiceServicer_to_server(servicer, self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        target: Any = InterceptedServer(self.server, wrappers)
+        pb_grpc.add_SidecarServiceServicer_to_server(servicer, target)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, target)
         names: list[str] = [SERVICE_NAME, health.SERVICE_NAME]
         for register in extra_services:
-            register(self.server)
+            register(target)
         if config.reflection:
             names.append(reflection.SERVICE_NAME)
-            reflection.enable_server_reflection(names, self.server)
+            # Registered directly: enable_server_reflection picks the sync servicer
+            # for anything that is not a grpc.aio.Server, like our wrapper.
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+                reflection.aio.ReflectionServicer(names), target)
         self.address = ""
 
     async def start(self) -> str:
