@@ -93,18 +93,16 @@ class AiohttpTransport:
                     raise TransportError(TransportErrorKind.TOO_LARGE,
                                          f"response of {resp.content_length} bytes is over "
                                          f"the {limit}-byte limit")
-                body = bytearray()
-                async for chunk in resp.content.iter_chunked(_CHUNK):
-                    body += chunk
-                    if len(body) > limit:
-                        raise TransportError(TransportErrorKind.TOO_LARGE,
-                                             f"response body is over the {limit}-byte limit")
+                if resp.content_length is not None:
+                    body = await resp.read()  # length known and within the limit
+                else:
+                    body = await self._read_capped(resp, limit)
                 # Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
                 named = {t.strip().lower() for v in resp.headers.getall("Connection", [])
                          for t in v.split(",")}
                 out_headers = tuple((k, v) for k, v in resp.headers.items()
                                     if k.lower() not in HOP_BY_HOP and k.lower() not in named)
-                return UpstreamResponse(resp.status, out_headers, bytes(body))
+                return UpstreamResponse(resp.status, out_headers, body)
         except TransportError:
             raise
         except (TimeoutError, aiohttp.ServerTimeoutError):
@@ -132,6 +130,16 @@ class AiohttpTransport:
                                  f"connection error: {exc.strerror or exc}") from None
         except aiohttp.ClientError as exc:
             raise TransportError(TransportErrorKind.PROTOCOL, type(exc).__name__) from None
+
+    @staticmethod
+    async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+        body = bytearray()
+        async for chunk in resp.content.iter_chunked(_CHUNK):
+            body += chunk
+            if len(body) > limit:
+                raise TransportError(TransportErrorKind.TOO_LARGE,
+                                     f"response body is over the {limit}-byte limit")
+        return bytes(body)
 
     async def close(self) -> None:
         if self._session is not None:
