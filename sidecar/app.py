@@ -88,6 +88,9 @@ class Sidecar:
                                        heartbeat=rt.heartbeat, max_data_bytes=rt.max_data_bytes,
                                        idempotency_retention=rt.idempotency_retention),
                             LiveMetrics(self.metrics), self.notifier.notify)
+        if getattr(self.storage, "follows_events", False):
+            # Shared backend: every replica's events reach this one's subscribers.
+            self.live.follow(self.storage, self.notifier.topics)  # type: ignore[arg-type]
         self.webhooks = WebhookIngest(config.webhooks, self.storage, self.clock,
                                       self.event_metrics, self.live.deliver)
         self.groups = ConsumerGroups(self.storage, self.clock, config.webhooks.delivery,
@@ -139,6 +142,7 @@ class Sidecar:
             raise
         self._started = True
         await self._refresh_readiness()
+        await self.live.start()
         self._watch = asyncio.create_task(self._watch_readiness(), name="readiness")
         self._pruner = asyncio.create_task(self._prune_forever(), name="prune")
         log.info("sidecar started", extra={
@@ -174,6 +178,7 @@ class Sidecar:
         # Streams end with UNAVAILABLE (SHUTTING_DOWN) so clients resubscribe elsewhere
         # instead of holding the drain open until the grace runs out.
         await self.live.close()
+        await self.live.stop_following()
         await self.groups.close()
         if self.websocket is not None:
             await self.websocket.close_all()

@@ -24,12 +24,13 @@ import base64
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
-from sidecar.clock import Clock
+from sidecar.clock import Clock, SystemClock
 from sidecar.config import WebSocketConfig
 from sidecar.core.events.live import Gap, LiveBus, SlowConsumer
 from sidecar.core.events.models import StoredEvent
@@ -63,11 +64,32 @@ def event_frame(event: StoredEvent) -> str:
     return json.dumps(frame, separators=(",", ":"))
 
 
+class _FrameCache:
+    """Frames of the most recent events: a room's connections all get the same event
+    object from the bus, so its frame is serialised once, not once per connection."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._size = size
+        self._frames: dict[str, tuple[StoredEvent, str]] = {}
+
+    def frame(self, event: StoredEvent) -> str:
+        hit = self._frames.get(event.id)
+        if hit is not None and hit[0] is event:
+            return hit[1]
+        text = event_frame(event)
+        if len(self._frames) >= self._size:
+            del self._frames[next(iter(self._frames))]  # the oldest
+        self._frames[event.id] = (event, text)
+        return text
+
+
 @dataclass(eq=False)
 class _Connection:
     ws: web.WebSocketResponse
     identity: Identity
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    #: The token-expiry timer, then the task closing the connection with 4001.
+    expiry: asyncio.TimerHandle | asyncio.Task[None] | None = None
 
 
 class WebSocketEdge:
@@ -80,6 +102,7 @@ class WebSocketEdge:
         self._metrics = metrics
         self._verifier = TokenVerifier(config.jwt)
         self._connections: set[_Connection] = set()
+        self._frames = _FrameCache()
 
     def _refuse(self, status: int, reason: str, message: str) -> web.Response:
         self._metrics.ws_auth_failures.labels(reason).inc()
@@ -116,7 +139,7 @@ class WebSocketEdge:
         conn = _Connection(ws, identity)
         self._connections.add(conn)
         self._metrics.ws_connections.inc()
-        expiry = asyncio.ensure_future(self._expire(conn))
+        self._schedule_expiry(conn)
         try:
             rooms = [f"user:{identity.user}", *(f"role:{r}" for r in identity.roles),
                      "broadcast"]
@@ -127,7 +150,8 @@ class WebSocketEdge:
                     await self._client_subscribe(conn, topic, offset)
             await self._read(conn)
         finally:
-            expiry.cancel()
+            if conn.expiry is not None:
+                conn.expiry.cancel()
             for topic, task in list(conn.tasks.items()):
                 task.cancel()
                 self._presence.leave(topic, identity.user)
@@ -187,7 +211,7 @@ class WebSocketEdge:
             async for item in self._live.subscribe(
                     [topic], start="latest" if offset is None else "after_offset",
                     after_offsets={} if offset is None else {topic: offset}, transport="ws",
-                    heartbeat=3600.0):
+                    heartbeat=math.inf):
                 if item is None:
                     continue  # WebSocket pings are the heartbeat
                 if isinstance(item, Gap):
@@ -195,7 +219,7 @@ class WebSocketEdge:
                         "control": "gap", "topic": item.topic, "from_offset": item.from_offset,
                         "to_offset": item.to_offset, "reason": item.reason}))
                 else:
-                    await ws.send_str(event_frame(item))
+                    await ws.send_str(self._frames.frame(item))
         except SlowConsumer:
             log.warning("closing slow WebSocket client", extra={"user": conn.identity.user})
             await ws.close(code=CLOSE_SLOW_CONSUMER, message=b"slow consumer")
@@ -212,11 +236,26 @@ class WebSocketEdge:
             await conn.ws.send_str(json.dumps({"control": "error", "reason": reason,
                                                "message": message}))
 
-    async def _expire(self, conn: _Connection) -> None:
+    def _schedule_expiry(self, conn: _Connection) -> None:
+        """Close the connection with 4001 when its token expires."""
         exp = conn.identity.expires_at
         if exp is None:
             return
+        if type(self._clock) is SystemClock:
+            # A timer handle, not a sleeping task, for every connection's lifetime.
+            conn.expiry = asyncio.get_running_loop().call_later(
+                max(0.0, exp - self._clock.time()), self._close_expired, conn)
+        else:
+            conn.expiry = asyncio.ensure_future(self._expire(conn, exp))
+
+    def _close_expired(self, conn: _Connection) -> None:
+        conn.expiry = asyncio.ensure_future(self._close_token_expired(conn))
+
+    async def _expire(self, conn: _Connection, exp: float) -> None:
         await self._clock.sleep(max(0.0, exp - self._clock.time()))
+        await self._close_token_expired(conn)
+
+    async def _close_token_expired(self, conn: _Connection) -> None:
         await conn.ws.close(code=CLOSE_TOKEN_EXPIRED, message=b"token expired")
 
     async def close_all(self) -> None:

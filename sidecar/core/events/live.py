@@ -13,12 +13,14 @@ import asyncio
 import collections
 import json
 import logging
+import math
 import re
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sidecar.clock import Clock
+from sidecar.clock import Clock, SystemClock
+from sidecar.core.events.follow import EventFeed, EventFollower
 from sidecar.core.events.groups import validate_topics
 from sidecar.core.events.models import NewEvent, StoredEvent, new_event_id
 from sidecar.core.events.notify import wait_for_event
@@ -156,6 +158,7 @@ class LiveBus:
         self._observer = observer
         self._notify = notify
         self._by_topic: dict[str, set[Subscriber]] = collections.defaultdict(set)
+        self._follower: EventFollower | None = None
 
     # ------------------------------------------------------------------ publish
 
@@ -215,8 +218,30 @@ class LiveBus:
         self.deliver(stored)
         return Published(stored.id, stored.offset, replayed=False)
 
+    def follow(self, feed: EventFeed, more_interest: Callable[[], Iterable[str]]) -> None:
+        """Take events from a shared log instead of from this process alone.
+
+        Every replica then hears of every event (its own included) through the
+        feed, in offset order; ``more_interest`` adds topics group members wait on.
+        """
+        self._follower = EventFollower(
+            feed, self._fan_out, lambda: [*self._by_topic, *more_interest()])
+
+    async def start(self) -> None:
+        if self._follower is not None:
+            self._follower.start()
+
+    async def stop_following(self) -> None:
+        if self._follower is not None:
+            await self._follower.stop()
+
     def deliver(self, event: StoredEvent) -> None:
-        """Fan ``event`` out to this process's live subscribers (and group members)."""
+        """A new event from this process: fan it out (unless a shared feed will)."""
+        if self._follower is None:
+            self._fan_out(event)
+
+    def _fan_out(self, event: StoredEvent) -> None:
+        """Hand ``event`` to this process's live subscribers and wake group members."""
         self._notify(event.topic)
         for sub in list(self._by_topic.get(event.topic, ())):
             if not sub.offer(event):
@@ -249,7 +274,10 @@ class LiveBus:
                         after_offsets: Mapping[str, int] | None = None,
                         after_event_id: str = "", transport: str = "grpc",
                         heartbeat: float | None = None) -> AsyncIterator[Item]:
-        """Replay from ``start``, then tail live. Yields events, gaps and None (heartbeat)."""
+        """Replay from ``start``, then tail live. Yields events, gaps and None (heartbeat).
+
+        ``heartbeat``: seconds of idleness before a None; ``math.inf`` for none at all.
+        """
         problems = validate_topics(topics)
         if start not in ("latest", "earliest", "after_offset", "after_event_id"):
             problems.append(FieldViolation("start", f"unknown start position {start!r}"))
@@ -267,6 +295,10 @@ class LiveBus:
                          self._policy.slow_consumer)
         self._add(sub)
         try:
+            if self._follower is not None:
+                # Fix where following starts before replaying, so the replay and
+                # the feed overlap (duplicates are dropped at the seam) with no gap.
+                await self._follower.ensure(topics)
             positions = await self._positions(list(topics), start, dict(after_offsets or {}),
                                               after_event_id)
             for topic in topics:
@@ -355,8 +387,26 @@ class LiveBus:
                 yield item
                 continue
             sub.wake.clear()
-            if not await wait_for_event(sub.wake, self._clock, self._clock.time() + heartbeat):
+            if not await self._wait(sub.wake, heartbeat):
                 yield None
+
+    async def _wait(self, wake: asyncio.Event, heartbeat: float) -> bool:
+        """Wait for ``wake`` at most ``heartbeat`` seconds; True if woken."""
+        if type(self._clock) is not SystemClock:
+            # Another clock (tests): its sleep is the only way to wait on it.
+            return await wait_for_event(wake, self._clock, self._clock.time() + heartbeat)
+        # The real clock: wait in this task, under a timer handle only when a heartbeat
+        # can be due, and with no helper tasks (this wait happens once per delivery to
+        # a subscriber that keeps up, and idle subscribers spend their life in it).
+        if heartbeat == math.inf:
+            await wake.wait()
+            return True
+        try:
+            async with asyncio.timeout(heartbeat):
+                await wake.wait()
+        except TimeoutError:
+            return wake.is_set()
+        return True
 
     async def close(self) -> None:
         for subs in list(self._by_topic.values()):

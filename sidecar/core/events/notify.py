@@ -21,6 +21,10 @@ class TopicNotifier:
         for t in topics:
             self._waiters[t].add(event)
 
+    def topics(self) -> list[str]:
+        """Topics someone in this process waits on."""
+        return list(self._waiters)
+
     def unsubscribe(self, topics: Iterable[str], event: asyncio.Event) -> None:
         for t in topics:
             waiters = self._waiters.get(t)
