@@ -22,6 +22,7 @@ from sidecar.config import Config, IntegrationConfig
 from sidecar.core.calls.pipeline import CallPipeline, Transport, TransportFactory
 from sidecar.core.events.groups import ConsumerGroups
 from sidecar.core.events.live import LiveBus, LivePolicy
+from sidecar.core.events.models import DeliveryStatus
 from sidecar.core.events.notify import TopicNotifier
 from sidecar.core.events.presence import Presence
 from sidecar.core.webhooks.ingest import WebhookIngest
@@ -220,7 +221,9 @@ class Sidecar:
         self.metrics.ready.set(1 if ready else 0)
         if storage == "ok":
             with contextlib.suppress(SidecarError):
-                self.event_metrics.set_group_counts(await self.storage.count_deliveries())
+                counts = await self.storage.count_deliveries()
+                self.event_metrics.set_group_counts(counts)
+                self.event_metrics.set_oldest_unacked(await self._oldest_unacked(counts))
         if not self._stopping:
             await self.grpc.set_ready(ready)
 
@@ -249,6 +252,25 @@ class Sidecar:
                 await self.prune_once()
             except SidecarError as exc:
                 log.warning("pruning failed: %s", exc.message)
+
+    async def _oldest_unacked(self, counts: dict[tuple[str, str, str], int]
+                              ) -> dict[tuple[str, str], float]:
+        """Per group and topic with open work, the age of its oldest such event."""
+        open_work = {(g, t) for (g, t, status), n in counts.items()
+                     if n and status in ("pending", "delivered", "failed")}
+        now = self.clock.time()
+        ages: dict[tuple[str, str], float] = {}
+        for group, topic in sorted(open_work)[:100]:  # bounded work per refresh
+            oldest = [
+                r.received_at
+                for status in (DeliveryStatus.PENDING, DeliveryStatus.DELIVERED,
+                               DeliveryStatus.FAILED)
+                for r in await self.storage.list_deliveries(group=group, topic=topic,
+                                                            status=status, limit=1)
+            ]
+            if oldest:
+                ages[(group, topic)] = max(0.0, now - min(oldest))
+        return ages
 
     async def _watch_readiness(self) -> None:
         while True:

@@ -158,6 +158,11 @@ class Metrics:
             "sidecar_acks_total", "Events settled by Ack, by outcome.",
             ["group", "outcome"], registry=r,
         )
+        self.oldest_pending = Gauge(
+            "sidecar_group_oldest_unacked_age_seconds",
+            "Age of the oldest event a durable group has not completed (pending, delivered "
+            "or failed).", ["group", "topic"], registry=r,
+        )
         self.events_by_status = Gauge(
             "sidecar_group_events",
             "Events per durable group and topic by status (pending, delivered, failed, "
@@ -281,6 +286,11 @@ class EventMetrics:
 
     def acked(self, group: str, outcome: str, count: int) -> None:
         self._m.acks.labels(group, outcome).inc(count)
+
+    def set_oldest_unacked(self, ages: dict[tuple[str, str], float]) -> None:
+        self._m.oldest_pending.clear()
+        for (group, topic), age in ages.items():
+            self._m.oldest_pending.labels(group, topic).set(age)
 
     def set_group_counts(self, counts: dict[tuple[str, str, str], int]) -> None:
         self._m.events_by_status.clear()

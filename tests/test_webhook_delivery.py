@@ -199,3 +199,20 @@ async def test_verify_webhook_rpc(env: Env) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await env.stub.VerifyWebhook(pb.VerifyWebhookRequest(source="nope"), timeout=5)
     assert rich_error(info.value).reason == "WEBHOOK_SOURCE_NOT_FOUND"
+
+
+async def test_group_gauges_show_counts_and_oldest_unacked_age(env: Env) -> None:
+    await env.send("evt_g1")
+    await env.send("evt_g2")
+    stream = env.subscribe(max_in_flight=1)
+    await next_event(stream)
+    env.clock.advance(7.0)
+    await env.sc._refresh_readiness()
+    text = env.sc.metrics.exposition().decode()
+    assert 'sidecar_group_events{group="app",status="delivered",topic="webhooks.stripe"} 1.0' in (
+        text)
+    assert 'sidecar_group_events{group="app",status="pending",topic="webhooks.stripe"} 1.0' in (
+        text)
+    assert ('sidecar_group_oldest_unacked_age_seconds{group="app",topic="webhooks.stripe"} 7.0'
+            in text)
+    stream.cancel()
