@@ -95,7 +95,8 @@ class Sidecar:
         self.webhooks = WebhookIngest(config.webhooks, self.storage, self.clock,
                                       self.event_metrics, self.live.deliver)
         self.groups = ConsumerGroups(self.storage, self.clock, config.webhooks.delivery,
-                                     self.notifier, self.event_metrics)
+                                     self.notifier, self.event_metrics,
+                                     interest=self.live.ensure_following)
         self.presence = Presence()
         self.websocket: WebSocketEdge | None = None
         if rt.websocket.enabled:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -77,8 +77,12 @@ def validate_topics(topics: Sequence[str]) -> list[FieldViolation]:
 
 class ConsumerGroups:
     def __init__(self, store: GroupStore, clock: Clock, config: DeliveryConfig,
-                 notifier: TopicNotifier, observer: GroupObserver) -> None:
+                 notifier: TopicNotifier, observer: GroupObserver,
+                 interest: Callable[[Sequence[str]], Awaitable[None]] | None = None) -> None:
         self._store = store
+        #: Called before a member first claims: with a shared log this fixes where
+        #: the replica starts following the topics, so no event slips by unseen.
+        self._interest = interest
         self._clock = clock
         self._config = config
         self._notifier = notifier
@@ -114,6 +118,8 @@ class ConsumerGroups:
         self._members[key] = member
         self._notifier.subscribe(topics, member.wake)
         try:
+            if self._interest is not None:
+                await self._interest(topics)
             async for item in self._pull(member, list(topics)):
                 yield item
         finally:

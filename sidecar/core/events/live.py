@@ -231,6 +231,11 @@ class LiveBus:
         if self._follower is not None:
             self._follower.start()
 
+    async def ensure_following(self, topics: Sequence[str]) -> None:
+        """With a shared feed: follow ``topics`` from their current end, starting now."""
+        if self._follower is not None:
+            await self._follower.ensure(topics)
+
     async def stop_following(self) -> None:
         if self._follower is not None:
             await self._follower.stop()
