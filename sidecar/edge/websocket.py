@@ -65,21 +65,30 @@ def event_frame(event: StoredEvent) -> str:
 
 
 class _FrameCache:
-    """Frames of the most recent events: a room's connections all get the same event
-    object from the bus, so its frame is serialised once, not once per connection."""
+    """Frames of the latest events: an event goes to every connection in its room, so
+    its frame is serialised once, not once per connection.
 
-    def __init__(self, size: int = 256) -> None:
-        self._size = size
-        self._frames: dict[str, tuple[StoredEvent, str]] = {}
+    Holds frames only, never events: a frame depends on nothing but the event, and an
+    event id names one immutable event. Bounded by entries and by characters (frames
+    are ASCII: ``json.dumps`` escapes the rest), the oldest going first.
+    """
+
+    def __init__(self, entries: int = 64, chars: int = 8 * 1024 * 1024) -> None:
+        self._entries = entries
+        self._chars = chars
+        self._frames: dict[str, str] = {}
+        self._held = 0
 
     def frame(self, event: StoredEvent) -> str:
-        hit = self._frames.get(event.id)
-        if hit is not None and hit[0] is event:
-            return hit[1]
+        text = self._frames.get(event.id)
+        if text is not None:
+            return text
         text = event_frame(event)
-        if len(self._frames) >= self._size:
-            del self._frames[next(iter(self._frames))]  # the oldest
-        self._frames[event.id] = (event, text)
+        if len(text) <= self._chars // 2:  # a default max-size event (1 MiB) fits
+            self._frames[event.id] = text
+            self._held += len(text)
+            while len(self._frames) > self._entries or self._held > self._chars:
+                self._held -= len(self._frames.pop(next(iter(self._frames))))
         return text
 
 
