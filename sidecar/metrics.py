@@ -303,13 +303,19 @@ class LiveMetrics:
 
     def __init__(self, metrics: Metrics) -> None:
         self._m = metrics
+        self._by_transport: dict[str, tuple[Any, Any]] = {}
 
     def published(self, topic_class: str) -> None:
         self._m.published.labels(topic_class).inc()
 
     def delivered_live(self, transport: str, count: int, latency: float) -> None:
-        self._m.live_deliveries.labels(transport).inc(count)
-        self._m.publish_to_delivery.labels(transport).observe(latency)
+        pair = self._by_transport.get(transport)
+        if pair is None:  # label children looked up once: this runs per delivery
+            pair = self._by_transport[transport] = (
+                self._m.live_deliveries.labels(transport),
+                self._m.publish_to_delivery.labels(transport))
+        pair[0].inc(count)
+        pair[1].observe(latency)
 
     def subscribers_changed(self, transport: str, delta: int) -> None:
         self._m.live_subscribers.labels(transport).inc(delta)
