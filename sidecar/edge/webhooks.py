@@ -107,8 +107,8 @@ class WebhookEdge:
                 name, WebhookRequest(tuple(request.headers.items()), bytes(body),
                                      str(request.url)))
         except SidecarError as exc:
-            log.error("webhook could not be stored", extra={"source": name,
-                                                             "reason": exc.reason})
+            log.error("webhook could not be stored: %s", exc.message,
+                      extra={"source": name, "reason": exc.reason})
             resp = json_error(503, "UNAVAILABLE", "webhook could not be stored; retry later")
             resp.headers["Retry-After"] = "5"
             return resp

@@ -68,8 +68,9 @@ SCHEMA_VERSION = 1
 DEFAULT_KEY_PREFIX = "sidecar:"
 #: Seconds a command may take before the call fails (and the pool retries).
 DEFAULT_SOCKET_TIMEOUT = 2.0
-#: Connections per replica; a caller waits up to the socket timeout for one.
-DEFAULT_MAX_CONNECTIONS = 64
+#: Connections per replica, at least the webhook edge's default concurrency (256), so
+#: a burst never waits on the pool; a caller waits up to the socket timeout for one.
+DEFAULT_MAX_CONNECTIONS = 256
 #: Seconds a pooled connection may idle before it is PINGed on reuse, so a
 #: connection Redis dropped (restart, idle timeout) is replaced, not failed on.
 DEFAULT_HEALTH_CHECK_INTERVAL = 30.0
