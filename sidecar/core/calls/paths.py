@@ -7,6 +7,7 @@ and control characters are refused.
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import quote, unquote, urlencode
 
@@ -25,6 +26,7 @@ def _bad(description: str) -> InvalidArgument:
                            violations=[FieldViolation("path", description)])
 
 
+@functools.lru_cache(maxsize=4096)
 def safe_path(path: str) -> str:
     """Normalise ``path`` to ``/seg/seg`` relative to the base, or raise InvalidArgument."""
     if _CONTROL.search(path):
