@@ -8,7 +8,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from aiohttp import web
 
 from sidecar.clock import FakeClock
 from tests.call_support import call, integration, running
@@ -327,6 +326,3 @@ async def test_upstream_429_pauses_the_bucket(tmp_path: Path, upstream: Upstream
         assert (await stub.Call(call(), timeout=5)).status == 200
     assert len(upstream.seen) == 2
 
-
-async def handler_never_called(request: web.Request) -> web.StreamResponse:
-    raise AssertionError("must not be reached")

@@ -7,7 +7,6 @@ core decides retries and breaker outcomes without knowing aiohttp.
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from urllib.parse import urlsplit
 
@@ -146,6 +145,3 @@ class AiohttpTransport:
             await self._session.close()
             self._session = None
 
-
-async def close_all(transports: list[AiohttpTransport]) -> None:
-    await asyncio.gather(*(t.close() for t in transports), return_exceptions=True)

@@ -31,7 +31,7 @@ from sidecar.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from sidecar.storage.base import ClaimStatus
+from sidecar.storage.base import ClaimStatus, IdempotencyClaim
 
 log = logging.getLogger("sidecar.live")
 
@@ -52,7 +52,7 @@ class LiveStore(Protocol):
     async def topic_bounds(self, topic: str) -> tuple[int, int]: ...
 
     async def idempotency_claim(self, scope: str, key: str, fingerprint: str, *, now: float,
-                                lease: float) -> object: ...
+                                lease: float) -> IdempotencyClaim: ...
 
     async def idempotency_complete(self, scope: str, key: str, response: bytes, *, now: float,
                                    ttl: float) -> None: ...
@@ -195,11 +195,10 @@ class LiveBus:
         if idempotency_key:
             claim = await self._store.idempotency_claim(scope, idempotency_key, "publish",
                                                         now=now, lease=30.0)
-            status = getattr(claim, "status", None)
-            if status is ClaimStatus.COMPLETED:
-                doc = json.loads(getattr(claim, "response", b"{}") or b"{}")
+            if claim.status is ClaimStatus.COMPLETED and claim.response is not None:
+                doc = json.loads(claim.response)
                 return Published(doc["event_id"], int(doc["offset"]), replayed=True)
-            if status is not ClaimStatus.CLAIMED:
+            if claim.status is not ClaimStatus.CLAIMED:
                 raise Aborted("a publish with this idempotency key is still in progress",
                               reason="IDEMPOTENCY_IN_FLIGHT", metadata={"topic": topic})
         try:
