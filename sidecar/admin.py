@@ -1,8 +1,10 @@
 """The admin listener: ``/metrics`` for Prometheus, ``/healthz`` and ``/readyz`` for
-probes, and the operator endpoints for webhook events (list, replay)."""
+probes, and the operator endpoints for webhook events (list, replay); the status
+page (``sidecar.status``) shares their access rule."""
 
 from __future__ import annotations
 
+import base64
 import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -34,12 +36,21 @@ def _record(r: DeliveryRecord) -> dict[str, object]:
             "received_at": r.received_at}
 
 
-def _authorised(request: web.Request, token: str | None) -> bool:
+def authorised(request: web.Request, token: str | None) -> bool:
+    """The operator endpoints' rule: with a token configured, ``Bearer <token>``, or
+    the token as the password of Basic credentials (what a browser can send)."""
     if token is None:
         return True
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(),
-                                                              token.encode())
+    scheme = scheme.lower()
+    if scheme == "basic":
+        try:
+            value = base64.b64decode(value.strip(), validate=True).decode().partition(":")[2]
+        except ValueError:  # bad base64 or not UTF-8
+            return False
+    elif scheme != "bearer":
+        return False
+    return hmac.compare_digest(value.strip().encode(), token.encode())
 
 
 def event_routes(app: web.Application, storage: Storage, clock: Clock,
@@ -47,7 +58,7 @@ def event_routes(app: web.Application, storage: Storage, clock: Clock,
     """Operator endpoints: list events by status, replay dead or failed ones."""
 
     async def list_events(request: web.Request) -> web.Response:
-        if not _authorised(request, token):
+        if not authorised(request, token):
             return json_error(401, "API_TOKEN_INVALID", "send Authorization: Bearer <token>")
         q = request.query
         try:
@@ -62,7 +73,7 @@ def event_routes(app: web.Application, storage: Storage, clock: Clock,
         return web.json_response({"events": [_record(r) for r in records]})
 
     async def replay(request: web.Request) -> web.Response:
-        if not _authorised(request, token):
+        if not authorised(request, token):
             return json_error(401, "API_TOKEN_INVALID", "send Authorization: Bearer <token>")
         try:
             body = await request.json()

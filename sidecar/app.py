@@ -19,6 +19,8 @@ from sidecar import __version__
 from sidecar.admin import Readiness, build_admin_app, event_routes
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config, IntegrationConfig
+from sidecar.core.calls.fan_out import FanOutObserver
+from sidecar.core.calls.health_window import CallHealth
 from sidecar.core.calls.pipeline import CallPipeline, Transport, TransportFactory
 from sidecar.core.events.groups import ConsumerGroups
 from sidecar.core.events.live import LiveBus, LivePolicy
@@ -33,6 +35,7 @@ from sidecar.http_listener import HttpListener
 from sidecar.metrics import CallMetrics, EventMetrics, LiveMetrics, Metrics
 from sidecar.rpc.server import GrpcServer, ServiceRegistrar
 from sidecar.rpc.servicer import SidecarServicer
+from sidecar.status import status_routes
 from sidecar.storage import Storage, make_storage
 from sidecar.upstream.transport import AiohttpTransport
 
@@ -75,9 +78,12 @@ class Sidecar:
         self.clock = clock or SystemClock()
         grace = config.server.shutdown_grace
         shared = getattr(self.storage, "rate_limiter", None)
+        # Rolling call statistics for the status page, next to the metrics.
+        self.call_health = CallHealth(self.clock)
+        self.call_observer = FanOutObserver(CallMetrics(self.metrics), self.call_health)
         self.calls = CallPipeline(
             config, self.storage, transport_factory or _aiohttp_transport, self.clock,
-            observer=CallMetrics(self.metrics),
+            observer=self.call_observer,
             # With a shared backend every replica draws from one bucket per integration.
             rate_limiter=(lambda name, policy: shared(name, policy, self.clock)) if shared
             else None)
@@ -121,6 +127,7 @@ class Sidecar:
         token = config.server.grpc.api_token
         event_routes(admin_app, self.storage, self.clock, token.value if token else None,
                      self.presence if self.websocket else None)
+        status_routes(admin_app, self, self.call_health)
         self.admin = HttpListener(admin_app,
                                   config.server.admin.host, config.server.admin.port,
                                   name="admin", shutdown_timeout=1.0)

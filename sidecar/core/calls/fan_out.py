@@ -1,0 +1,48 @@
+"""One ``CallObserver`` that forwards every report to several (metrics, status page)."""
+
+from __future__ import annotations
+
+from sidecar.core.calls.models import DeprecationInfo
+from sidecar.core.calls.observer import CallObserver
+
+
+class FanOutObserver:
+    """Reports go to each observer in order; the pipeline still sees one."""
+
+    def __init__(self, *observers: CallObserver) -> None:
+        self._observers = observers
+
+    def call_finished(self, integration: str, route: str, outcome: str, status: int,
+                      attempts: int, duration: float) -> None:
+        for o in self._observers:
+            o.call_finished(integration, route, outcome, status, attempts, duration)
+
+    def attempt_finished(self, integration: str, route: str, outcome: str,
+                         duration: float) -> None:
+        for o in self._observers:
+            o.attempt_finished(integration, route, outcome, duration)
+
+    def retried(self, integration: str, route: str, reason: str) -> None:
+        for o in self._observers:
+            o.retried(integration, route, reason)
+
+    def budget_exhausted(self, integration: str) -> None:
+        for o in self._observers:
+            o.budget_exhausted(integration)
+
+    def rate_limited(self, integration: str, route: str, action: str) -> None:
+        for o in self._observers:
+            o.rate_limited(integration, route, action)
+
+    def idempotent_replay(self, integration: str) -> None:
+        for o in self._observers:
+            o.idempotent_replay(integration)
+
+    def deprecation_seen(self, integration: str, route: str, info: DeprecationInfo) -> None:
+        for o in self._observers:
+            o.deprecation_seen(integration, route, info)
+
+    def breaker_changed(self, integration: str, scope: str, state: str, *,
+                        initial: bool = False) -> None:
+        for o in self._observers:
+            o.breaker_changed(integration, scope, state, initial=initial)
