@@ -12,6 +12,8 @@ import sys
 import time
 from collections.abc import Iterable
 
+from sidecar.core.tracing import current as current_trace
+
 REDACTED = "<redacted>"
 #: Fields of a LogRecord that are not user-supplied ``extra`` values.
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
@@ -47,6 +49,21 @@ class SecretScrubber(logging.Filter):
         for key, value in list(vars(record).items()):
             if key not in _STANDARD_ATTRS and isinstance(value, str):
                 setattr(record, key, self.scrub(value))
+        return True
+
+
+class TraceIdFilter(logging.Filter):
+    """Adds ``trace_id`` to every record logged while a request is being handled.
+
+    The gRPC and edge handlers set the request's trace in a context variable;
+    whatever logs during the request (pipeline, storage, breaker, transport)
+    then carries its id without passing it along.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        trace = current_trace.get()
+        if trace is not None and "trace_id" not in record.__dict__:
+            record.trace_id = trace.trace_id
         return True
 
 
@@ -91,6 +108,7 @@ def configure_logging(level: str, fmt: str, secrets: Iterable[str] = ()) -> Secr
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     scrubber = SecretScrubber(secrets)
+    handler.addFilter(TraceIdFilter())
     handler.addFilter(scrubber)
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -17,6 +17,7 @@ from aiohttp import web
 from sidecar.clock import Clock
 from sidecar.config import WebhooksConfig
 from sidecar.core.resilience.rate_limit import RateLimitPolicy, TokenBucket
+from sidecar.core.tracing import TRACEPARENT, TRACESTATE, current, from_headers, new_trace
 from sidecar.core.webhooks.ingest import IngestObserver, WebhookIngest
 from sidecar.core.webhooks.verdict import VerifyResult, WebhookRequest
 from sidecar.errors import NotFound, SidecarError
@@ -71,6 +72,18 @@ class WebhookEdge:
         self._observer.webhook_received(source, result, 0.0)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        # The provider's trace (or a new one) for every log line of this request.
+        trace = from_headers((k, v) for k in (TRACEPARENT, TRACESTATE)
+                             for v in request.headers.getall(k, ())) or new_trace()
+        token = current.set(trace)
+        try:
+            resp = await self._handle(request)
+        finally:
+            current.reset(token)
+        resp.headers[TRACEPARENT] = trace.traceparent
+        return resp
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["source"]
         try:
             source = self._ingest.source(name)
@@ -105,7 +118,7 @@ class WebhookEdge:
                     return self._too_large(name, limit)
             outcome = await self._ingest.receive(
                 name, WebhookRequest(tuple(request.headers.items()), bytes(body),
-                                     str(request.url)))
+                                     str(request.url)), trace=current.get())
         except SidecarError as exc:
             log.error("webhook could not be stored: %s", exc.message,
                       extra={"source": name, "reason": exc.reason})

@@ -5,8 +5,9 @@ RPCs whose feature has not landed answer UNIMPLEMENTED naming what is missing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -22,6 +23,15 @@ from sidecar.core.events.live import Gap as LiveGap
 from sidecar.core.events.live import LiveBus
 from sidecar.core.events.models import AckOutcome, StoredEvent
 from sidecar.core.events.presence import Presence
+from sidecar.core.tracing import (
+    TRACEPARENT,
+    TRACESTATE,
+    TraceContext,
+    current,
+    from_headers,
+    new_trace,
+    with_trace,
+)
 from sidecar.core.webhooks.ingest import WebhookIngest
 from sidecar.core.webhooks.verdict import VerifyResult, WebhookRequest
 from sidecar.errors import Internal, InvalidArgument, NotImplementedYet, SidecarError
@@ -40,10 +50,13 @@ def _not_yet(rpc: str, what: str) -> NotImplementedYet:
 
 
 async def _fail(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    trace = current.get()
+    # Errors carry the trace too: that is when the caller most needs to find the logs.
+    extra = ((TRACEPARENT, trace.traceparent),) if trace is not None else ()
     if isinstance(exc, SidecarError):
-        await abort_with(context, exc)
+        await abort_with(context, exc, extra)
     log.exception("unexpected error in RPC handler")
-    await abort_with(context, Internal("internal error; see the sidecar's log"))
+    await abort_with(context, Internal("internal error; see the sidecar's log"), extra)
 
 
 def _metadata(context: grpc.aio.ServicerContext, *names: str) -> list[tuple[str, str]]:
@@ -52,6 +65,28 @@ def _metadata(context: grpc.aio.ServicerContext, *names: str) -> list[tuple[str,
         if key in names and isinstance(value, str):
             out.append((key, value))
     return out
+
+
+def _caller_trace(context: grpc.aio.ServicerContext) -> TraceContext | None:
+    """The caller's valid W3C trace context from metadata; malformed counts as absent."""
+    return from_headers(_metadata(context, TRACEPARENT, TRACESTATE))
+
+
+@contextlib.contextmanager
+def _traced(trace: TraceContext) -> Iterator[TraceContext]:
+    """Log lines emitted inside carry ``trace``'s id."""
+    token = current.set(trace)
+    try:
+        yield trace
+    finally:
+        # A stream closed from elsewhere runs this in another context: nothing to undo.
+        with contextlib.suppress(ValueError):
+            current.reset(token)
+
+
+def _trailer(context: grpc.aio.ServicerContext, trace: TraceContext) -> None:
+    """Hand the trace back (trailing metadata ``traceparent``), e.g. when the sidecar started it."""
+    context.set_trailing_metadata(((TRACEPARENT, trace.traceparent),))
 
 
 def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
@@ -63,23 +98,26 @@ def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
 
 
 def call_request(request: pb.CallRequest, context: grpc.aio.ServicerContext,
-                 clock: Clock) -> CallRequest:
+                 clock: Clock, trace: TraceContext | None = None) -> CallRequest:
     remaining = context.time_remaining()
     key = request.idempotency_key
     if not key:
         found = _metadata(context, "idempotency-key")
         key = found[0][1] if found else ""
+    headers = tuple((h.name, h.value) for h in request.headers)
     return CallRequest(
         integration=request.integration,
         method=request.method,
         path=request.path,
         query=tuple((q.name, q.value) for q in request.query),
-        headers=tuple((h.name, h.value) for h in request.headers),
+        headers=headers,
         body=request.body,
         idempotency_key=key,
         api_version=request.api_version,
         deadline=None if remaining is None else clock.monotonic() + remaining,
-        trace_headers=tuple(_metadata(context, "traceparent", "tracestate")),
+        # Metadata is the place for trace context; a caller that put it in the
+        # request's headers instead is understood too.
+        trace=trace or _caller_trace(context) or from_headers(headers) or new_trace(),
     )
 
 
@@ -149,17 +187,29 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
 
     async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext
                    ) -> pb.CallResponse:
+        call = call_request(request, context, self._clock)
+        assert call.trace is not None
+        token = current.set(call.trace)
         try:
             if self._calls is None:
                 raise _not_yet("Call", "no call pipeline is configured")
-            result = await self._calls.call(call_request(request, context, self._clock))
+            result = await self._calls.call(call)
+            _trailer(context, call.trace)
             return call_response(result)
         except Exception as exc:
             await _fail(context, exc)
             raise
+        finally:
+            current.reset(token)
 
     async def VerifyWebhook(self, request: pb.VerifyWebhookRequest,
                             context: grpc.aio.ServicerContext) -> pb.VerifyWebhookResponse:
+        with _traced(_caller_trace(context) or new_trace()) as trace:
+            return await self._verify_webhook(request, context, trace)
+
+    async def _verify_webhook(self, request: pb.VerifyWebhookRequest,
+                              context: grpc.aio.ServicerContext,
+                              trace: TraceContext) -> pb.VerifyWebhookResponse:
         try:
             if self._webhooks is None:
                 raise _not_yet("VerifyWebhook", "no webhook sources are configured")
@@ -173,7 +223,9 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
                 request.source,
                 WebhookRequest(tuple((h.name, h.value) for h in request.headers), request.body,
                                request.url),
-                record=request.record)
+                record=request.record, trace=trace)
+            # The webhook's own trace (its traceparent header) when it has one.
+            _trailer(context, outcome.trace or trace)
             verdict = outcome.verdict
             resp = pb.VerifyWebhookResponse(
                 result=_VERIFY_RESULTS[verdict.result], reason=verdict.reason,
@@ -189,43 +241,45 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
 
     async def Publish(self, request: pb.PublishRequest, context: grpc.aio.ServicerContext
                       ) -> pb.PublishResponse:
-        try:
-            if self._live is None:
-                raise _not_yet("Publish", "the event bus is not configured")
-            attributes = dict(request.attributes)
-            for key, value in _metadata(context, "traceparent", "tracestate"):
-                attributes.setdefault(key, value)
-            published = await self._live.publish(
-                request.topic, request.type, request.data, request.content_type, attributes,
-                request.idempotency_key)
-            return pb.PublishResponse(event_id=published.event_id, offset=published.offset,
-                                      replayed=published.replayed)
-        except Exception as exc:
-            await _fail(context, exc)
-            raise
+        # Trace context in the attributes wins, then the metadata's; else a new trace.
+        attributes, trace = with_trace(request.attributes, _caller_trace(context))
+        with _traced(trace):
+            try:
+                if self._live is None:
+                    raise _not_yet("Publish", "the event bus is not configured")
+                published = await self._live.publish(
+                    request.topic, request.type, request.data, request.content_type,
+                    attributes, request.idempotency_key)
+                _trailer(context, trace)
+                return pb.PublishResponse(event_id=published.event_id, offset=published.offset,
+                                          replayed=published.replayed)
+            except Exception as exc:
+                await _fail(context, exc)
+                raise
 
     async def Subscribe(self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext
                         ) -> AsyncIterator[pb.SubscribeResponse]:
-        try:
-            if not request.group:
-                async for item in self._live_stream(request):
-                    yield item
-                return
-            if self._groups is None:
-                raise _not_yet("Subscribe", "durable groups are not configured")
-            async for delivery in self._groups.consume(
-                    request.group, list(request.topics), consumer=request.consumer,
-                    max_in_flight=request.max_in_flight):
-                if delivery is None:
-                    beat = pb.SubscribeResponse()
-                    beat.heartbeat.time.GetCurrentTime()
-                    yield beat
-                else:
-                    yield pb.SubscribeResponse(event=event_message(delivery.event,
-                                                                   delivery.attempt))
-        except Exception as exc:
-            await _fail(context, exc)
-            raise
+        with _traced(_caller_trace(context) or new_trace()):
+            try:
+                if not request.group:
+                    async for item in self._live_stream(request):
+                        yield item
+                    return
+                if self._groups is None:
+                    raise _not_yet("Subscribe", "durable groups are not configured")
+                async for delivery in self._groups.consume(
+                        request.group, list(request.topics), consumer=request.consumer,
+                        max_in_flight=request.max_in_flight):
+                    if delivery is None:
+                        beat = pb.SubscribeResponse()
+                        beat.heartbeat.time.GetCurrentTime()
+                        yield beat
+                    else:
+                        yield pb.SubscribeResponse(event=event_message(delivery.event,
+                                                                       delivery.attempt))
+            except Exception as exc:
+                await _fail(context, exc)
+                raise
 
     async def _live_stream(self, request: pb.SubscribeRequest
                            ) -> AsyncIterator[pb.SubscribeResponse]:
@@ -249,6 +303,11 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
 
     async def Ack(self, request: pb.AckRequest, context: grpc.aio.ServicerContext
                   ) -> pb.AckResponse:
+        with _traced(_caller_trace(context) or new_trace()):
+            return await self._ack(request, context)
+
+    async def _ack(self, request: pb.AckRequest, context: grpc.aio.ServicerContext
+                   ) -> pb.AckResponse:
         try:
             if self._groups is None:
                 raise _not_yet("Ack", "durable groups are not configured")

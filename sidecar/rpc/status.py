@@ -52,7 +52,9 @@ def to_status(error: errors.SidecarError) -> tuple[grpc.StatusCode, str, bytes]:
     return code, error.message, status.SerializeToString()
 
 
-async def abort_with(context: grpc.aio.ServicerContext, error: errors.SidecarError) -> None:
-    """End the RPC with ``error``'s status and rich details (raises)."""
+async def abort_with(context: grpc.aio.ServicerContext, error: errors.SidecarError,
+                     metadata: tuple[tuple[str, str], ...] = ()) -> None:
+    """End the RPC with ``error``'s status and rich details, plus ``metadata`` (raises)."""
     code, message, details = to_status(error)
-    await context.abort(code, message, trailing_metadata=((STATUS_DETAILS_KEY, details),))
+    await context.abort(code, message,
+                        trailing_metadata=((STATUS_DETAILS_KEY, details), *metadata))

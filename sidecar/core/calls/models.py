@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from sidecar.core.tracing import TraceContext
+
 Headers = tuple[tuple[str, str], ...]
 
 
@@ -20,8 +22,9 @@ class CallRequest:
     api_version: str = ""
     #: Absolute deadline on the pipeline's clock (monotonic seconds), or None.
     deadline: float | None = None
-    #: W3C trace context to forward upstream (``traceparent``, ``tracestate``).
-    trace_headers: Headers = ()
+    #: The caller's W3C trace (or one the adapter started). Each upstream attempt
+    #: gets its trace id with a new parent span id; None: the pipeline starts one.
+    trace: TraceContext | None = None
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ from sidecar.core.resilience import (
 from sidecar.core.resilience.breaker import Permit
 from sidecar.core.resilience.bulkhead import Bulkhead, BulkheadFullError
 from sidecar.core.resilience.rate_limit import RateLimiter, RateLimitPolicy
+from sidecar.core.tracing import TRACEPARENT, TRACESTATE, TraceContext, new_span_id, new_trace
 from sidecar.errors import (
     Aborted,
     DeadlineExceeded,
@@ -79,6 +80,8 @@ FORBIDDEN_HEADERS = frozenset({
     "host", "content-length", "connection", "keep-alive", "proxy-authenticate", "proxy-connection",
     "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade",
 })
+#: Set by the sidecar on each attempt from the call's trace, never by the caller.
+TRACE_HEADERS = frozenset({TRACEPARENT, TRACESTATE})
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 #: An abandoned in-flight idempotency claim (crashed sidecar) frees up this
@@ -136,9 +139,12 @@ class _Attempts:
     """State shared by the attempts of one call."""
 
     deadline: float
+    trace: TraceContext
     attempts: int = 0
     last_response: UpstreamResponse | None = None
     last_retry_reason: str = ""
+    #: Parent span id sent with the latest attempt (each attempt is a new hop).
+    span_id: str = ""
 
 
 class CallPipeline:
@@ -251,16 +257,17 @@ class CallPipeline:
         deadline = start + policy.timeouts.total
         if req.deadline is not None:
             deadline = min(deadline, req.deadline)
-        headers = self._headers(req, cfg, version)
+        trace = req.trace or new_trace()
+        headers = self._headers(req, cfg, version, trace)
         outcome = "error"
         result: CallResult | None = None
         try:
             if req.idempotency_key:
                 result = await self._with_key(req, integ, policy, method, url, headers,
-                                              deadline, start)
+                                              _Attempts(deadline, trace), start)
             else:
                 result = await self._execute(req, integ, policy, method, url, headers,
-                                             deadline, start)
+                                             _Attempts(deadline, trace), start)
             outcome = _outcome(result)
             return result
         except SidecarError as exc:
@@ -276,7 +283,7 @@ class CallPipeline:
                 log.info("call finished", extra={
                     "integration": cfg.name, "route": policy.name, "method": method,
                     "outcome": outcome, "status": status, "attempts": attempts,
-                    "latency_ms": round(duration * 1000, 1), "trace_id": _trace_id(req),
+                    "latency_ms": round(duration * 1000, 1), "trace_id": trace.trace_id,
                 })
 
     def _validate(self, req: CallRequest, method: str, cfg: IntegrationConfig) -> None:
@@ -310,15 +317,17 @@ class CallPipeline:
             raise InvalidArgument("; ".join(f"{p.field}: {p.description}" for p in problems),
                                   violations=problems)
 
-    def _headers(self, req: CallRequest, cfg: IntegrationConfig,
-                 version: str) -> tuple[tuple[str, str], ...]:
+    def _headers(self, req: CallRequest, cfg: IntegrationConfig, version: str,
+                 trace: TraceContext) -> tuple[tuple[str, str], ...]:
+        """Headers every attempt sends; ``traceparent`` is added per attempt."""
         auth = cfg.auth
-        reserved = {auth.header.lower()} if auth.secret else set()
-        out = [(k, v) for k, v in cfg.headers]
+        reserved = TRACE_HEADERS | {auth.header.lower()} if auth.secret else TRACE_HEADERS
+        out = [(k, v) for k, v in cfg.headers if k.lower() not in TRACE_HEADERS]
         overridden = {k.lower() for k, _ in req.headers}
         out = [(k, v) for k, v in out if k.lower() not in overridden]
         out += [(k, v) for k, v in req.headers if k.lower() not in reserved]
-        out += list(req.trace_headers)
+        if trace.tracestate:
+            out.append((TRACESTATE, trace.tracestate))
         if version and cfg.api_version.location == "header":
             out = [(k, v) for k, v in out if k.lower() != cfg.api_version.header.lower()]
             out.append((cfg.api_version.header, version))
@@ -336,7 +345,7 @@ class CallPipeline:
 
     async def _with_key(self, req: CallRequest, integ: _Integration, policy: _Policy,
                         method: str, url: str, headers: tuple[tuple[str, str], ...],
-                        deadline: float, start: float) -> CallResult:
+                        state: _Attempts, start: float) -> CallResult:
         cfg = integ.config
         ctype = next((v for k, v in req.headers if k.lower() == "content-type"), "")
         fp = fingerprint(method, url, req.body, ctype)
@@ -359,7 +368,7 @@ class CallPipeline:
                 "this idempotency key was already used with a different request",
                 reason="IDEMPOTENCY_KEY_REUSED", metadata=meta)
         try:
-            result = await self._execute(req, integ, policy, method, url, headers, deadline,
+            result = await self._execute(req, integ, policy, method, url, headers, state,
                                          start)
         except BaseException:
             await _shielded(self._storage.idempotency_release(cfg.name, req.idempotency_key))
@@ -377,9 +386,8 @@ class CallPipeline:
 
     async def _execute(self, req: CallRequest, integ: _Integration, policy: _Policy,
                        method: str, url: str, headers: tuple[tuple[str, str], ...],
-                       deadline: float, start: float) -> CallResult:
+                       state: _Attempts, start: float) -> CallResult:
         cfg = integ.config
-        state = _Attempts(deadline)
         retry = policy.retry
         may_retry = method in IDEMPOTENT or bool(req.idempotency_key)
         if integ.budget is not None:
@@ -435,8 +443,16 @@ class CallPipeline:
         def stop(rs: RetryCallState) -> bool:
             return must_stop(rs.attempt_number + 1, rs.upcoming_sleep or 0.0)
 
+        def retrying_after(reason: str, attempts_made: int, pause: float) -> None:
+            self._observer.retried(cfg.name, policy.name, reason)
+            log.warning("upstream attempt failed; retrying", extra={
+                "integration": cfg.name, "route": policy.name, "reason": reason,
+                "attempt": attempts_made, "span_id": state.span_id,
+                "retry_in_ms": round(pause * 1000, 1)})
+
         def before_sleep(rs: RetryCallState) -> None:
-            self._observer.retried(cfg.name, policy.name, state.last_retry_reason)
+            retrying_after(state.last_retry_reason, rs.attempt_number + 1,
+                           rs.upcoming_sleep or 0.0)
 
         def final(rs: RetryCallState) -> UpstreamResponse:
             assert rs.outcome is not None
@@ -459,7 +475,7 @@ class CallPipeline:
                 assert first is not None
                 return first
             state.last_retry_reason = reason
-            self._observer.retried(cfg.name, policy.name, reason)
+            retrying_after(reason, 1, pause)
             await self._clock.sleep(pause)
             retrying = AsyncRetrying(
                 stop=stop, wait=wait, retry=should_retry, before_sleep=before_sleep,
@@ -526,7 +542,11 @@ class CallPipeline:
             try:
                 t0 = self._clock.monotonic()
                 timeout = min(policy.timeouts.attempt, state.deadline - t0)
-                request = UpstreamRequest(method, url, headers, body, timeout=timeout,
+                state.span_id = span = new_span_id()
+                request = UpstreamRequest(method, url,
+                                          (*headers, (TRACEPARENT,
+                                                      state.trace.child_traceparent(span))),
+                                          body, timeout=timeout,
                                           connect_timeout=min(policy.timeouts.connect, timeout))
                 state.attempts += 1
                 response = await integ.transport.send(request)
@@ -625,15 +645,6 @@ def _outcome(result: CallResult) -> str:
     if result.status >= 400:
         return "client_error"
     return "success"
-
-
-def _trace_id(req: CallRequest) -> str:
-    for k, v in req.trace_headers:
-        if k.lower() == "traceparent":
-            parts = v.split("-")
-            if len(parts) >= 3:
-                return parts[1]
-    return ""
 
 
 async def _shielded(aw: Awaitable[None]) -> None:

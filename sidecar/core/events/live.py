@@ -24,6 +24,7 @@ from sidecar.core.events.follow import EventFeed, EventFollower
 from sidecar.core.events.groups import validate_topics
 from sidecar.core.events.models import NewEvent, StoredEvent, new_event_id
 from sidecar.core.events.notify import wait_for_event
+from sidecar.core.tracing import TRACEPARENT, TRACESTATE
 from sidecar.errors import (
     Aborted,
     FieldViolation,
@@ -170,7 +171,9 @@ class LiveBus:
         if len(data) > self._policy.max_data_bytes:
             problems.append(FieldViolation("data", f"{len(data)} bytes is over the limit of "
                                                    f"{self._policy.max_data_bytes}"))
-        if len(attributes) > MAX_ATTRIBUTES:
+        # The trace context the sidecar adds does not count against the caller.
+        if len(attributes) - (TRACEPARENT in attributes) - (TRACESTATE in attributes) \
+                > MAX_ATTRIBUTES:
             problems.append(FieldViolation("attributes", f"at most {MAX_ATTRIBUTES} entries"))
         for k, v in attributes.items():
             if not k or len(k) > MAX_ATTR_KEY or len(v) > MAX_ATTR_VALUE:

@@ -14,6 +14,7 @@ from typing import Protocol
 from sidecar.clock import Clock
 from sidecar.config import WebhooksConfig, WebhookSourceConfig
 from sidecar.core.events.models import IngestResult, NewEvent, StoredEvent, new_event_id
+from sidecar.core.tracing import TraceContext, from_headers, new_trace
 from sidecar.core.webhooks.schemes import SchemeConfig, verify
 from sidecar.core.webhooks.verdict import Verdict, VerifyResult, WebhookRequest
 from sidecar.errors import NotFound
@@ -58,6 +59,8 @@ class IngestOutcome:
     #: Set when the webhook was valid and recording was asked for.
     stored: StoredEvent | None = None
     duplicate: bool = False
+    #: The trace stored with the event: the webhook's ``traceparent``, else the one given.
+    trace: TraceContext | None = None
 
     @property
     def result(self) -> str:
@@ -86,18 +89,22 @@ class WebhookIngest:
         return src
 
     async def receive(self, source_name: str, request: WebhookRequest, *,
-                      record: bool = True) -> IngestOutcome:
+                      record: bool = True, trace: TraceContext | None = None
+                      ) -> IngestOutcome:
+        """``trace``: the request's context when the webhook has no valid ``traceparent``
+        (VerifyWebhook's metadata); without either, the event starts a new trace."""
         start = self._clock.monotonic()
         source = self.source(source_name)
         now = self._clock.time()
         verdict = verify(self._schemes[source_name], request, now)
         outcome = IngestOutcome(verdict)
         if verdict.valid and verdict.challenge is None and record:
+            event_trace = from_headers(request.headers) or trace or new_trace()
             result = await self._store.ingest_webhook(
-                self._event(source, request, verdict, now), source=source.name,
+                self._event(source, request, verdict, now, event_trace), source=source.name,
                 dedup_key=verdict.event_id or _content_key(request.body),
                 audit_headers=_audit(request), now=now, dedup_ttl=self._config.retention)
-            outcome = IngestOutcome(verdict, result.event, result.duplicate)
+            outcome = IngestOutcome(verdict, result.event, result.duplicate, event_trace)
             if not result.duplicate:
                 self._notify(result.event)
         elapsed = self._clock.monotonic() - start
@@ -111,13 +118,10 @@ class WebhookIngest:
 
     @staticmethod
     def _event(source: WebhookSourceConfig, request: WebhookRequest, verdict: Verdict,
-               now: float) -> NewEvent:
-        attributes = {"source": source.name}
+               now: float, trace: TraceContext) -> NewEvent:
+        attributes = {"source": source.name, **trace.attributes()}
         if verdict.event_id:
             attributes["provider_event_id"] = verdict.event_id
-        for name, value in request.headers:
-            if name.lower() in ("traceparent", "tracestate"):
-                attributes[name.lower()] = value
         content_type = next((v for k, v in request.headers if k.lower() == "content-type"), "")
         return NewEvent(id=new_event_id(now), topic=source.topic_name, type=verdict.event_type,
                         data=request.body, content_type=content_type, attributes=attributes)
