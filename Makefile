@@ -8,11 +8,12 @@ PY     := $(BIN)/python
 CONFIG ?= deploy/config/sidecar.example.yaml
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv run test protos protos-check lint bench clean
+.PHONY: help venv run test test-node protos protos-check lint bench clean
 
 help:
 	@echo "make run          start the sidecar on $(CONFIG) (SQLite, no other service)"
 	@echo "make test         run the whole test suite"
+	@echo "make test-node    run the Node.js client's tests"
 	@echo "make protos       regenerate generated/ from protos/"
 	@echo "make protos-check fail if generated/ is stale"
 	@echo "make lint         ruff + mypy on sidecar/ and clients/"
@@ -29,8 +30,26 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/integration-sidecar serve --config $(CONFIG)
 
-test: $(STAMP)
+test: $(STAMP) test-node
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The Node.js client's tests (clients/node) against a real sidecar from $(VENV).
+# Like tests/system_tools.py: without node/npm they fail under CI=true, skip elsewhere.
+NODE_DIR   := clients/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+
+test-node: $(STAMP)
+	@if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then \
+		what="the Node.js client tests need node and npm on PATH (Debian: apt-get install nodejs npm)"; \
+		if [ "$$CI" = "true" ]; then echo "test-node: FAILED: $$what; in CI they must run" >&2; exit 1; fi; \
+		echo "test-node: SKIPPED: $$what"; \
+	else \
+		$(MAKE) --no-print-directory $(NODE_STAMP) && cd $(NODE_DIR) && node --test test/*.test.js; \
+	fi
+
+$(NODE_STAMP): $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund
+	touch $(NODE_STAMP)
 
 protos: $(STAMP)
 	$(PY) protos/generate.py
