@@ -3,6 +3,7 @@
 One event loop runs the grpc.aio server, the aiohttp edge and the admin
 listener. Shutdown (SIGTERM/SIGINT): health goes NOT_SERVING, listeners stop
 accepting, in-flight work drains within the grace period, storage closes.
+SIGHUP reloads the configuration (see ``sidecar.reload``).
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import gc
 import logging
 import signal
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sidecar import __version__
 from sidecar.admin import Readiness, build_admin_app, event_routes
 from sidecar.clock import Clock, SystemClock
-from sidecar.config import Config, IntegrationConfig
+from sidecar.config import Config, ConfigError, IntegrationConfig, load_config
 from sidecar.core.calls.fan_out import FanOutObserver
 from sidecar.core.calls.health_window import CallHealth
 from sidecar.core.calls.pipeline import CallPipeline, Transport, TransportFactory
@@ -32,9 +34,19 @@ from sidecar.edge.app import build_edge_app
 from sidecar.edge.webhooks import WebhookEdge
 from sidecar.errors import SidecarError
 from sidecar.http_listener import HttpListener
+from sidecar.logs import SecretScrubber
 from sidecar.metrics import CallMetrics, EventMetrics, LiveMetrics, Metrics
+from sidecar.reload import (
+    FileWatch,
+    Reloader,
+    ReloadOutcome,
+    effective_config,
+    restart_required,
+    watched_files,
+)
 from sidecar.rpc.server import GrpcServer, ServiceRegistrar
 from sidecar.rpc.servicer import SidecarServicer
+from sidecar.server_tls import TlsFileError, TlsMaterial, read_material
 from sidecar.status import status_routes
 from sidecar.storage import Storage, make_storage
 from sidecar.upstream.transport import AiohttpTransport
@@ -71,8 +83,14 @@ class Sidecar:
         extra_services: Sequence[ServiceRegistrar] = (),
         clock: Clock | None = None,
         transport_factory: TransportFactory | None = None,
+        config_path: str | Path | None = None,
+        log_scrubber: SecretScrubber | None = None,
     ) -> None:
         self.config = config
+        #: What a reload re-reads (with the environment); None: built-in defaults.
+        self.config_path = str(config_path) if config_path is not None else None
+        self._scrubber = log_scrubber
+        self._secret_values = {s.value for s in config.secrets()}
         self.metrics = metrics or Metrics()
         self.storage = storage or make_storage(config.storage)
         self.clock = clock or SystemClock()
@@ -117,12 +135,12 @@ class Sidecar:
                                                presence=self.presence if self.websocket else None,
                                                clock=self.clock),
                                self.metrics, extra_services)
-        webhook_edge = WebhookEdge(self.webhooks, config.webhooks, self.clock,
-                                   self.event_metrics)
-        self.edge = HttpListener(build_edge_app(config.server.edge, self.metrics, webhook_edge,
-                                                self.websocket),
+        self.webhook_edge = WebhookEdge(self.webhooks, config.webhooks, self.clock,
+                                        self.event_metrics)
+        self.edge = HttpListener(build_edge_app(config.server.edge, self.metrics,
+                                                self.webhook_edge, self.websocket),
                                  config.server.edge.host, config.server.edge.port,
-                                 name="edge", shutdown_timeout=grace)
+                                 name="edge", shutdown_timeout=grace, tls=config.server.edge.tls)
         admin_app = build_admin_app(self.metrics, self.readiness)
         token = config.server.grpc.api_token
         event_routes(admin_app, self.storage, self.clock, token.value if token else None,
@@ -130,12 +148,17 @@ class Sidecar:
         status_routes(admin_app, self, self.call_health)
         self.admin = HttpListener(admin_app,
                                   config.server.admin.host, config.server.admin.port,
-                                  name="admin", shutdown_timeout=1.0)
+                                  name="admin", shutdown_timeout=1.0,
+                                  tls=config.server.admin.tls)
         self._stopping = False
         self._started = False
         self._watch: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
         self._last_checks: dict[str, str] = {"storage": "not checked yet"}
+        self._reload_lock = asyncio.Lock()
+        self.reloader = Reloader(self.reload)
+        self._reload_after_start = False
+        self._file_watch: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -154,6 +177,10 @@ class Sidecar:
         await self.live.start()
         self._watch = asyncio.create_task(self._watch_readiness(), name="readiness")
         self._pruner = asyncio.create_task(self._prune_forever(), name="prune")
+        self.metrics.config_last_reload_success.set(self.clock.time())
+        self._restart_file_watch()
+        if self._reload_after_start:
+            self.reloader.request()
         log.info("sidecar started", extra={
             "version": __version__, "grpc": self.grpc.address, "edge": self.edge.address,
             "admin": self.admin.address, "storage": self.storage.backend,
@@ -178,7 +205,8 @@ class Sidecar:
         grace = self.config.server.shutdown_grace
         log.info("sidecar stopping", extra={"grace_seconds": grace})
         self.metrics.ready.set(0)
-        for task in (self._watch, self._pruner):
+        await self.reloader.close()
+        for task in (self._watch, self._pruner, self._file_watch):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -201,6 +229,98 @@ class Sidecar:
         await self.storage.close()
         await self.admin.stop()
         log.info("sidecar stopped")
+
+    # ------------------------------------------------------------------ reload
+
+    def request_reload(self) -> None:
+        """SIGHUP: reload soon; one arriving during a reload queues one more."""
+        if self._stopping:
+            return
+        if not self._started:
+            self._reload_after_start = True
+            return
+        self.reloader.request()
+
+    async def reload(self, config: Config | None = None) -> ReloadOutcome:
+        """Re-read the config file and environment (or take ``config``) and apply
+        what can change live. An invalid config changes nothing: the reason is
+        logged at ERROR and counted in ``sidecar_config_reloads_total``."""
+        async with self._reload_lock:
+            try:
+                # Read off the event loop: a slow volume must not stall calls.
+                new = config if config is not None else await asyncio.to_thread(
+                    load_config, self.config_path)
+                outcome = self._apply(new)
+            except ConfigError as exc:
+                outcome = ReloadOutcome(False, tuple(str(p) for p in exc.problems))
+            except TlsFileError as exc:
+                outcome = ReloadOutcome(False, (str(exc),))
+            except Exception as exc:  # e.g. an upstream CA file unreadable
+                outcome = ReloadOutcome(False, (f"{type(exc).__name__}: {exc}",))
+            if not outcome.ok:
+                self.metrics.config_reloads.labels("failure").inc()
+                log.error("config reload failed; the previous configuration stays in force",
+                          extra={"problems": list(outcome.problems)})
+                return outcome
+            self.metrics.config_reloads.labels("success").inc()
+            self.metrics.config_last_reload_success.set(self.clock.time())
+            self.metrics.config_restart_required.set(1 if outcome.restart_required else 0)
+            log.info("config reloaded", extra={
+                "integrations_added": list(outcome.integrations_added),
+                "integrations_removed": list(outcome.integrations_removed),
+                "integrations_changed": list(outcome.integrations_changed),
+                "restart_required": list(outcome.restart_required)})
+            if outcome.restart_required:
+                log.warning("config changes need a restart to apply",
+                            extra={"fields": list(outcome.restart_required)})
+            return outcome
+
+    def _apply(self, new: Config) -> ReloadOutcome:
+        """Everything that can fail first, then the swap: no await, so no call,
+        stream or request ever sees half of a reload."""
+        running = self.config
+        effective = effective_config(running, new)
+        restart = restart_required(effective, new)
+        tls: list[tuple[GrpcServer | HttpListener, TlsMaterial]] = []
+        for listener, tls_config, field in (
+                (self.grpc, effective.server.grpc.tls, "server.grpc.tls"),
+                (self.edge, effective.server.edge.tls, "server.edge.tls"),
+                (self.admin, effective.server.admin.tls, "server.admin.tls")):
+            if tls_config is not None:
+                tls.append((listener, read_material(tls_config, field)))
+        changes = self.calls.reconfigure(effective)
+        # From here on nothing can fail on bad input: it was all checked above.
+        for listener, material in tls:
+            listener.reload_tls(material)
+        if effective.webhooks != running.webhooks:
+            self.webhooks.update(effective.webhooks)
+            self.webhook_edge.update(effective.webhooks)
+        websocket = effective.realtime.websocket
+        if self.websocket is not None and websocket != running.realtime.websocket:
+            self.websocket.update(websocket)
+        if effective.logging.level != running.logging.level:
+            logging.getLogger().setLevel(effective.logging.level.upper())
+        # Old secrets stay redacted too: a call started before may still log.
+        self._secret_values |= {s.value for s in effective.secrets()}
+        if self._scrubber is not None:
+            self._scrubber.update(self._secret_values)
+        self.config = effective
+        if effective.reload != running.reload:
+            self._restart_file_watch()
+        return ReloadOutcome(True, integrations_added=changes.added,
+                             integrations_removed=changes.removed,
+                             integrations_changed=changes.changed,
+                             restart_required=tuple(restart))
+
+    def _restart_file_watch(self) -> None:
+        if self._file_watch is not None:
+            self._file_watch.cancel()
+            self._file_watch = None
+        settings = self.config.reload
+        if settings.watch:
+            watch = FileWatch(lambda: watched_files(self.config, self.config_path),
+                              settings.watch_interval, self.request_reload)
+            self._file_watch = asyncio.create_task(watch.run(), name="config-watch")
 
     # ------------------------------------------------------------------ readiness
 
@@ -286,15 +406,19 @@ class Sidecar:
             await self._refresh_readiness()
 
 
-async def serve(config: Config, *, extra_services: Sequence[ServiceRegistrar] = ()) -> int:
-    """Run until SIGTERM or SIGINT; returns the process exit code."""
-    sidecar = Sidecar(config, extra_services=extra_services)
+async def serve(config: Config, *, extra_services: Sequence[ServiceRegistrar] = (),
+                config_path: str | Path | None = None,
+                log_scrubber: SecretScrubber | None = None) -> int:
+    """Run until SIGTERM or SIGINT, reloading on SIGHUP; returns the exit code."""
+    sidecar = Sidecar(config, extra_services=extra_services, config_path=config_path,
+                      log_scrubber=log_scrubber)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     # Handlers go in before start-up, so a signal that arrives as soon as the
-    # "started" line is out still drains gracefully.
+    # "started" line is out still drains gracefully (or reloads).
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, sidecar.request_reload)
     try:
         try:
             await sidecar.start()
@@ -308,7 +432,7 @@ async def serve(config: Config, *, extra_services: Sequence[ServiceRegistrar] = 
         gc.freeze()
         await stop.wait()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     await sidecar.stop()
     return 0

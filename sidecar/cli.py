@@ -37,9 +37,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from sidecar.app import serve
 
     config = _load(args)
-    configure_logging(config.logging.level, config.logging.format,
-                      [s.value for s in config.secrets()])
-    return _run(serve(config))
+    scrubber = configure_logging(config.logging.level, config.logging.format,
+                                 [s.value for s in config.secrets()])
+    # SIGHUP re-reads the same file (and the environment).
+    return _run(serve(config, config_path=args.config, log_scrubber=scrubber))
 
 
 def _cmd_config_show(args: argparse.Namespace) -> int:

@@ -3,25 +3,34 @@
 from __future__ import annotations
 
 import socket
+import ssl
 
 from aiohttp import web
+
+from sidecar.config import ServerTlsConfig
+from sidecar.server_tls import TlsMaterial, load_chain, read_material, server_context
 
 
 class HttpListener:
     """Explicit lifecycle: ``start`` binds, ``stop`` closes the socket, then drains."""
 
     def __init__(self, app: web.Application, host: str, port: int, *, name: str,
-                 shutdown_timeout: float) -> None:
+                 shutdown_timeout: float, tls: ServerTlsConfig | None = None) -> None:
         self.name = name
         self._host, self._port = host, port
+        self._tls = tls
+        self._ssl: ssl.SSLContext | None = None
         # handle_signals=False: the wiring owns signals for every listener.
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None,
                                      shutdown_timeout=shutdown_timeout)
         self.address = ""
 
     async def start(self) -> str:
+        if self._tls is not None:
+            self._ssl = server_context(read_material(self._tls, self.tls_field))
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, reuse_port=False)
+        site = web.TCPSite(self._runner, self._host, self._port, reuse_port=False,
+                           ssl_context=self._ssl)
         await site.start()
         # aiohttp exposes the bound socket only on the site's asyncio server.
         sockets = getattr(site._server, "sockets", None) or ()
@@ -32,6 +41,15 @@ class HttpListener:
                 host = f"[{host}]"
             self.address = f"{host}:{port}"
         return self.address
+
+    @property
+    def tls_field(self) -> str:
+        return f"server.{self.name}.tls"
+
+    def reload_tls(self, material: TlsMaterial) -> None:
+        """Later handshakes use ``material``: loaded into the context the socket serves."""
+        if self._ssl is not None:
+            load_chain(self._ssl, material)
 
     @property
     def port(self) -> int:

@@ -75,6 +75,23 @@ class Metrics:
             "sidecar_storage_up", "1 when the storage backend answered its last check.",
             ["backend"], registry=r,
         )
+        self.config_reloads = Counter(
+            "sidecar_config_reloads_total",
+            "Configuration reloads (SIGHUP or file watch), by result (success, failure).",
+            ["result"], registry=r,
+        )
+        for result in ("success", "failure"):
+            self.config_reloads.labels(result)
+        self.config_last_reload_success = Gauge(
+            "sidecar_config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully (start-up or reload).",
+            registry=r,
+        )
+        self.config_restart_required = Gauge(
+            "sidecar_config_restart_required",
+            "1 when the config file changes settings that apply only after a restart.",
+            registry=r,
+        )
 
         # Outbound calls (labels: integration and route names from config).
         self.calls = Counter(

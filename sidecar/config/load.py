@@ -39,10 +39,12 @@ from sidecar.config.model import (
     LoggingConfig,
     RealtimeConfig,
     RedisConfig,
+    ReloadConfig,
     RetryConfig,
     RouteConfig,
     Secret,
     ServerConfig,
+    ServerTlsConfig,
     StorageConfig,
     TimeoutsConfig,
     TlsConfig,
@@ -287,7 +289,34 @@ def _as_duration(value: Any) -> float | None:
 # --------------------------------------------------------------------------- sections
 
 
-def _grpc(sec: _Section, env: Mapping[str, str]) -> GrpcListenerConfig:
+def _server_tls(sec: _Section, base_dir: Path, *, client_ca: bool) -> ServerTlsConfig | None:
+    """``tls`` of a listener: present (and ``enabled`` not false) turns TLS on."""
+    if not sec.raw or not sec.boolean("enabled", True):
+        sec.finish()
+        return None
+
+    def path(key: str, *, required: bool) -> str:
+        value = sec.string(key, required=required)
+        return str(base_dir / value) if value else ""
+
+    cfg = ServerTlsConfig(cert_file=path("cert_file", required=True),
+                          key_file=path("key_file", required=True),
+                          client_ca_file=path("client_ca_file", required=False)
+                          if client_ca else "")
+    sec.finish({"client_ca_file": "client certificates are checked on the gRPC listener "
+                                  "only"} if not client_ca else None)
+    if cfg.cert_file and cfg.key_file:
+        # Imported here: the TLS module imports this package's models.
+        from sidecar.server_tls import TlsFileError, read_material
+
+        try:
+            read_material(cfg, sec.path)
+        except TlsFileError as exc:
+            sec.problems.add(exc.field, exc.message)
+    return cfg
+
+
+def _grpc(sec: _Section, env: Mapping[str, str], base_dir: Path) -> GrpcListenerConfig:
     address = sec.string("address", GrpcListenerConfig.address)
     if not address.startswith("unix:"):
         _check_host_port(sec, "address", address)
@@ -299,6 +328,7 @@ def _grpc(sec: _Section, env: Mapping[str, str]) -> GrpcListenerConfig:
                                       minimum=1024, maximum=256 * 1024 * 1024),
         api_token=sec.secret("api_token_env", env, required=False),
         reflection=sec.boolean("reflection", True),
+        tls=_server_tls(sec.section("tls"), base_dir, client_ca=True),
     )
     sec.finish({"api_token": "secrets come from the environment: use api_token_env"})
     return cfg
@@ -310,26 +340,28 @@ def _check_host_port(sec: _Section, key: str, address: str) -> None:
         sec.err(key, f"must be host:port (port 0-65535) or unix:///path; got {address!r}")
 
 
-def _http_listener(sec: _Section, host: str, port: int) -> HttpListenerConfig:
+def _http_listener(sec: _Section, host: str, port: int, base_dir: Path) -> HttpListenerConfig:
     return HttpListenerConfig(
         host=sec.string("host", host) or host,
         port=sec.integer("port", port, minimum=0, maximum=65535),
+        tls=_server_tls(sec.section("tls"), base_dir, client_ca=False),
     )
 
 
-def _server(sec: _Section, env: Mapping[str, str]) -> ServerConfig:
-    grpc = _grpc(sec.section("grpc"), env)
+def _server(sec: _Section, env: Mapping[str, str], base_dir: Path) -> ServerConfig:
+    grpc = _grpc(sec.section("grpc"), env, base_dir)
     edge_sec = sec.section("edge")
-    edge_listener = _http_listener(edge_sec, DEFAULT_EDGE_HOST, DEFAULT_EDGE_PORT)
+    edge_listener = _http_listener(edge_sec, DEFAULT_EDGE_HOST, DEFAULT_EDGE_PORT, base_dir)
     edge = EdgeConfig(
         host=edge_listener.host,
         port=edge_listener.port,
         max_body_bytes=edge_sec.integer("max_body_bytes", EdgeConfig.max_body_bytes,
                                         minimum=1024, maximum=64 * 1024 * 1024),
+        tls=edge_listener.tls,
     )
     edge_sec.finish()
     admin_sec = sec.section("admin")
-    admin = _http_listener(admin_sec, DEFAULT_ADMIN_HOST, DEFAULT_ADMIN_PORT)
+    admin = _http_listener(admin_sec, DEFAULT_ADMIN_HOST, DEFAULT_ADMIN_PORT, base_dir)
     admin_sec.finish()
     cfg = ServerConfig(grpc=grpc, edge=edge, admin=admin,
                        shutdown_grace=sec.duration("shutdown_grace", ServerConfig.shutdown_grace,
@@ -391,6 +423,15 @@ def _redis(sec: _Section, env: Mapping[str, str], *, needed: bool) -> RedisConfi
     )
     sec.finish({"url": "the URL may hold a password: put it in an environment variable "
                        "and name it with url_env"})
+    return cfg
+
+
+def _reload(sec: _Section) -> ReloadConfig:
+    cfg = ReloadConfig(watch=sec.boolean("watch", ReloadConfig.watch),
+                       watch_interval=sec.duration("watch_interval", ReloadConfig.watch_interval))
+    if cfg.watch_interval < 0.05:
+        sec.err("watch_interval", f"must be at least 50ms; got {cfg.watch_interval:g}s")
+    sec.finish()
     return cfg
 
 
@@ -970,7 +1011,7 @@ def parse_config(raw: object, env: Mapping[str, str] | None = None, *, source: s
     version = root.integer("version", 1)
     if version != 1:
         root.err("version", f"unsupported config version {version}; this sidecar reads 1")
-    server = _server(root.section("server"), env)
+    server = _server(root.section("server"), env, base_dir or Path.cwd())
     storage = _storage(root.section("storage"), env)
     logging = _logging(root.section("logging"))
     ints_sec = root.section("integrations")
@@ -982,11 +1023,12 @@ def parse_config(raw: object, env: Mapping[str, str] | None = None, *, source: s
     routes = _routes(root, integrations)
     webhooks = _webhooks(root.section("webhooks"), env, server.edge.max_body_bytes)
     realtime = _realtime(root.section("realtime"), env, base_dir or Path.cwd())
+    reload = _reload(root.section("reload"))
     root.finish()
     if problems.items:
         raise ConfigError(problems.items, source)
     return Config(server=server, storage=storage, logging=logging, integrations=integrations,
-                  routes=routes, webhooks=webhooks, realtime=realtime)
+                  routes=routes, webhooks=webhooks, realtime=realtime, reload=reload)
 
 
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:

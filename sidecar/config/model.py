@@ -54,6 +54,16 @@ class Secret:
 
 
 @dataclass(frozen=True)
+class ServerTlsConfig:
+    """TLS on one of the sidecar's own listeners: PEM files, re-read on every reload."""
+
+    cert_file: str
+    key_file: str
+    #: gRPC only: clients must present a certificate signed by this CA (mTLS).
+    client_ca_file: str = ""
+
+
+@dataclass(frozen=True)
 class GrpcListenerConfig:
     #: ``host:port`` or ``unix:///path/to/socket``; port 0 picks a free port.
     address: str = DEFAULT_GRPC_ADDRESS
@@ -61,12 +71,15 @@ class GrpcListenerConfig:
     #: When set, callers must send ``authorization: Bearer <token>``.
     api_token: Secret | None = None
     reflection: bool = True
+    #: None: plaintext (the default, for a loopback-only listener).
+    tls: ServerTlsConfig | None = None
 
 
 @dataclass(frozen=True)
 class HttpListenerConfig:
     host: str
     port: int
+    tls: ServerTlsConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,7 @@ class EdgeConfig:
     host: str = DEFAULT_EDGE_HOST
     port: int = DEFAULT_EDGE_PORT
     max_body_bytes: int = DEFAULT_EDGE_MAX_BODY_BYTES
+    tls: ServerTlsConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -370,6 +384,20 @@ class RealtimeConfig:
     websocket: WebSocketConfig = WebSocketConfig()
 
 
+#: Often enough that a rotated certificate or edited ConfigMap is picked up
+#: within seconds; a stat() of a few files costs nothing.
+DEFAULT_WATCH_INTERVAL = 5.0
+
+
+@dataclass(frozen=True)
+class ReloadConfig:
+    """Hot reload: SIGHUP always; optionally also when the watched files change."""
+
+    #: Poll the config file and the listeners' TLS files and reload on a change.
+    watch: bool = False
+    watch_interval: float = DEFAULT_WATCH_INTERVAL
+
+
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig = ServerConfig()
@@ -379,6 +407,7 @@ class Config:
     routes: tuple[RouteConfig, ...] = ()
     webhooks: WebhooksConfig = WebhooksConfig()
     realtime: RealtimeConfig = RealtimeConfig()
+    reload: ReloadConfig = ReloadConfig()
 
     def secrets(self) -> list[Secret]:
         """Every secret value in the config, for log redaction."""

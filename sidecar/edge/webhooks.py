@@ -59,6 +59,7 @@ class WebhookEdge:
                  observer: IngestObserver) -> None:
         self._ingest = ingest
         self._config = config
+        self._clock = clock
         self._observer = observer
         self._source_buckets = {
             name: TokenBucket(src.rate_limit, clock)
@@ -67,6 +68,20 @@ class WebhookEdge:
         self._ip_buckets = (_IpBuckets(config.per_ip_rate_limit, clock)
                             if config.per_ip_rate_limit else None)
         self._in_flight = 0
+
+    def update(self, config: WebhooksConfig) -> None:
+        """Reload: a source or per-IP limit keeps its buckets unless its policy changed."""
+        old = self._config
+        self._source_buckets = {
+            name: self._source_buckets[name]
+            if name in self._source_buckets and old.sources[name].rate_limit == src.rate_limit
+            else TokenBucket(src.rate_limit, self._clock)
+            for name, src in config.sources.items() if src.rate_limit is not None
+        }
+        if config.per_ip_rate_limit != old.per_ip_rate_limit:
+            self._ip_buckets = (_IpBuckets(config.per_ip_rate_limit, self._clock)
+                                if config.per_ip_rate_limit else None)
+        self._config = config
 
     def _reject(self, source: str, result: str) -> None:
         self._observer.webhook_received(source, result, 0.0)

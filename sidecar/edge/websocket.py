@@ -113,6 +113,11 @@ class WebSocketEdge:
         self._connections: set[_Connection] = set()
         self._frames = _FrameCache()
 
+    def update(self, config: WebSocketConfig) -> None:
+        """Reload: keys, origins and limits apply to connections made from now on."""
+        self._verifier = TokenVerifier(config.jwt)
+        self._config = config
+
     def _refuse(self, status: int, reason: str, message: str) -> web.Response:
         self._metrics.ws_auth_failures.labels(reason).inc()
         return json_error(status, reason.upper(), message)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ from sidecar.rpc.interceptors import (
     MetricsInterceptor,
 )
 from sidecar.rpc.servicer import SERVICE_NAME, SidecarServicer
+from sidecar.server_tls import TlsMaterial, read_material
 
 #: Named health services, as Kubernetes gRPC probes ask for them
 #: (``grpc: {port: 50051, service: readiness}``); "" is the overall status.
@@ -31,6 +33,12 @@ ServiceRegistrar = Callable[[grpc.aio.Server], None]
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+TLS_FIELD = "server.grpc.tls"
+
+
+def _certificate_config(material: TlsMaterial) -> Any:
+    return grpc.ssl_server_certificate_configuration(
+        [(material.key, material.cert_chain)], root_certificates=material.client_ca)
 
 
 class GrpcServer:
@@ -71,10 +79,22 @@ class GrpcServer:
             reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
                 reflection.aio.ReflectionServicer(names), target)
         self.address = ""
+        self._tls_lock = threading.Lock()
+        self._next_tls: Any = None
 
     async def start(self) -> str:
         """Bind and start; returns the bound address (the real port if 0 was asked)."""
-        port = self.server.add_insecure_port(self.config.address)
+        tls = self.config.tls
+        if tls is None:
+            port = self.server.add_insecure_port(self.config.address)
+        else:
+            material = read_material(tls, TLS_FIELD)
+            # Dynamic credentials: gRPC asks _next_certificates before each
+            # handshake, so a reload changes the certificate without a restart.
+            credentials = grpc.dynamic_ssl_server_credentials(
+                _certificate_config(material), self._next_certificates,
+                require_client_authentication=material.client_ca is not None)
+            port = self.server.add_secure_port(self.config.address, credentials)
         if self.config.address.startswith("unix:"):
             self.address = self.config.address
         else:
@@ -83,6 +103,17 @@ class GrpcServer:
         await self.server.start()
         await self.set_status(LIVENESS, serving=True)
         return self.address
+
+    def reload_tls(self, material: TlsMaterial) -> None:
+        """New connections get ``material``; open ones (and their streams) keep theirs."""
+        with self._tls_lock:
+            self._next_tls = _certificate_config(material)
+
+    def _next_certificates(self) -> Any:
+        # Called by gRPC's core, off the event loop: None keeps the current ones.
+        with self._tls_lock:
+            config, self._next_tls = self._next_tls, None
+        return config
 
     async def set_status(self, service: str, *, serving: bool) -> None:
         await self.health.set(service, SERVING if serving else NOT_SERVING)

@@ -124,7 +124,12 @@ class _Integration:
     routes: list[tuple[RouteConfig, _Policy]]
     budget: RetryBudget | None
     bulkhead: Bulkhead
+    #: The routes it was built with, to tell on reload whether anything changed.
+    route_configs: tuple[RouteConfig, ...] = ()
     deprecations_logged: set[str] = field(default_factory=set)
+    #: Calls running on it; a retired integration closes its transport at zero.
+    active: int = 0
+    retired: bool = False
 
     def match(self, method: str, path: str) -> _Policy:
         norm = "/" + path.lstrip("/")
@@ -132,6 +137,18 @@ class _Integration:
             if route.method in ("*", method) and route_matches(route.path, norm):
                 return policy
         return self.default
+
+
+@dataclass(frozen=True)
+class IntegrationChanges:
+    """What a reconfiguration did, by integration name."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
 
 
 @dataclass
@@ -165,10 +182,52 @@ class CallPipeline:
         self._clock = clock
         self._observer: CallObserver = observer or NullObserver()
         self._rand = rand
+        self._transport_factory = transport_factory
         self._integrations: dict[str, _Integration] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         for name, icfg in config.integrations.items():
             routes = [r for r in config.routes if r.integration == name]
             self._integrations[name] = self._build(icfg, routes, transport_factory(icfg))
+
+    def reconfigure(self, config: Config) -> IntegrationChanges:
+        """Swap in ``config``'s integrations for new calls.
+
+        An integration whose config and routes are unchanged keeps everything
+        (breaker state, rate-limit bucket, retry budget, bulkhead, fallback
+        cache, connection pool). An added or changed one is built new; a
+        changed or removed one is retired: calls already running finish on it,
+        then its connections close. Raises (and changes nothing) if building fails.
+        """
+        fresh: dict[str, _Integration] = {}
+        added: list[str] = []
+        changed: list[str] = []
+        try:
+            for name, icfg in config.integrations.items():
+                routes = tuple(r for r in config.routes if r.integration == name)
+                old = self._integrations.get(name)
+                if old is not None and old.config == icfg and old.route_configs == routes:
+                    fresh[name] = old
+                    continue
+                (added if old is None else changed).append(name)
+                fresh[name] = self._build(icfg, list(routes), self._transport_factory(icfg))
+        except BaseException:
+            for name in (*added, *changed):
+                if name in fresh:
+                    self._close_soon(fresh[name])
+            raise
+        removed = [name for name in self._integrations if name not in fresh]
+        retired = [self._integrations[n] for n in (*changed, *removed)]
+        self._integrations = fresh
+        for integ in retired:
+            integ.retired = True
+            if not integ.active:
+                self._close_soon(integ)
+        return IntegrationChanges(tuple(added), tuple(removed), tuple(changed))
+
+    def _close_soon(self, integ: _Integration) -> None:
+        task = asyncio.ensure_future(integ.transport.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     # ------------------------------------------------------------------ building
 
@@ -221,6 +280,7 @@ class CallPipeline:
             config=cfg, transport=transport, default=default, routes=built,
             budget=RetryBudget(cfg.retry_budget, self._clock) if cfg.retry_budget else None,
             bulkhead=Bulkhead(cfg.bulkhead.max_concurrent, self._clock, name=cfg.name),
+            route_configs=tuple(routes),
         )
 
     def breakers(self) -> Mapping[str, CircuitBreaker]:
@@ -234,7 +294,7 @@ class CallPipeline:
 
     async def close(self) -> None:
         await asyncio.gather(*(i.transport.close() for i in self._integrations.values()),
-                             return_exceptions=True)
+                             *self._closing, return_exceptions=True)
 
     # ------------------------------------------------------------------ the call
 
@@ -247,6 +307,15 @@ class CallPipeline:
             raise NotFound(f"integration {req.integration!r} is not configured",
                            reason="INTEGRATION_NOT_FOUND",
                            metadata={"integration": req.integration})
+        integ.active += 1
+        try:
+            return await self._call(req, integ, start)
+        finally:
+            integ.active -= 1
+            if integ.retired and not integ.active:
+                self._close_soon(integ)
+
+    async def _call(self, req: CallRequest, integ: _Integration, start: float) -> CallResult:
         method = (req.method or "GET").upper()
         self._validate(req, method, integ.config)
         policy = integ.match(method, req.path)

@@ -81,6 +81,11 @@ class WebhookIngest:
         self._observer = observer
         self._notify = notify
 
+    def update(self, config: WebhooksConfig) -> None:
+        """Reload: sources, secrets and retention apply from the next request on."""
+        self._schemes = {name: scheme_config(src) for name, src in config.sources.items()}
+        self._config = config
+
     def source(self, name: str) -> WebhookSourceConfig:
         src = self._config.sources.get(name)
         if src is None:
