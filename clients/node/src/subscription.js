@@ -6,7 +6,9 @@
  */
 const { Backoff, sleep } = require('./backoff');
 const convert = require('./convert');
-const { SidecarError, UnavailableError, fromGrpcError, isReconnectable } = require('./errors');
+const {
+  InvalidArgumentError, SidecarError, UnavailableError, fromGrpcError, isReconnectable,
+} = require('./errors');
 
 const START_POSITIONS = {
   latest: 'START_POSITION_LATEST',
@@ -146,8 +148,18 @@ class Subscription {
     return null;
   }
 
+  /**
+   * After a broken stream the sidecar may not have noticed yet that this group
+   * member left, and refuses the same consumer name for a moment: wait and retry.
+   */
+  _stillConnectedElsewhere(error) {
+    return Boolean(this._group) && this._options.consumer && error instanceof InvalidArgumentError &&
+      error.fieldViolations.length > 0 && error.fieldViolations.every((v) => v.field === 'consumer');
+  }
+
   async *_run() {
     let failures = 0;
+    let connectedBefore = false;
     try {
       while (!this._closed) {
         const call = this._opener._openStream(this._request(), this._options);
@@ -156,6 +168,7 @@ class Subscription {
         try {
           for await (const message of call) {
             failures = 0;
+            connectedBefore = true;
             const item = this._accept(message);
             if (item) yield item;
           }
@@ -163,7 +176,8 @@ class Subscription {
         } catch (err) {
           if (this._closed) return;
           error = err instanceof SidecarError ? err : fromGrpcError(err);
-          if (!isReconnectable(error)) throw error;
+          const retry = isReconnectable(error) || (connectedBefore && this._stillConnectedElsewhere(error));
+          if (!retry) throw error;
         } finally {
           call.cancel();
           this._call = null;
