@@ -8,7 +8,7 @@ the sidecar starts a trace of its own, as the W3C recommendation asks.
 from __future__ import annotations
 
 import contextvars
-import os
+import random
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -25,9 +25,13 @@ TRACESTATE_MAX_MEMBERS = 32
 TRACESTATE_MAX_CHARS = 512
 TRACESTATE_LONG_MEMBER = 128
 
-_HEX = frozenset("0123456789abcdef")
+_TRACEPARENT = re.compile(
+    r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.DOTALL)
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
+#: Ids as OpenTelemetry's SDKs make them: random, unique, cheap on the Call path.
+#: They identify, they protect nothing, so a CSPRNG is not needed.
+_bits = random.getrandbits
 _TS_KEY = re.compile(
     r"[a-z][a-z0-9_\-*/]{0,255}"
     r"|[a-z0-9][a-z0-9_\-*/]{0,240}@[a-z][a-z0-9_\-*/]{0,13}")
@@ -64,17 +68,12 @@ class TraceContext:
 
 
 def new_span_id() -> str:
-    return os.urandom(8).hex()
+    return f"{_bits(64) or 1:016x}"  # all zeros is the one invalid id
 
 
 def new_trace() -> TraceContext:
     """A fresh trace, not sampled: the sidecar records no spans of its own."""
-    ids = os.urandom(24).hex()
-    return TraceContext(ids[:32], ids[32:], 0, "", started=True)
-
-
-def _is_hex(text: str) -> bool:
-    return all(c in _HEX for c in text)
+    return TraceContext(f"{_bits(128) or 1:032x}", new_span_id(), 0, "", True)
 
 
 def parse_traceparent(value: str) -> tuple[str, str, int] | None:
@@ -84,16 +83,11 @@ def parse_traceparent(value: str) -> tuple[str, str, int] | None:
     first four fields (the spec's forward compatibility) and is forwarded as
     version 00; version ff is invalid.
     """
-    value = value.strip(" \t")
-    if len(value) < 55 or value[2] != "-" or value[35] != "-" or value[52] != "-":
+    m = _TRACEPARENT.fullmatch(value.strip(" \t"))
+    if m is None:
         return None
-    version = value[:2]
-    if not _is_hex(version) or version == "ff":
-        return None
-    if len(value) > 55 and (version == "00" or value[55] != "-"):
-        return None
-    trace_id, parent_id, flags = value[3:35], value[36:52], value[53:55]
-    if not (_is_hex(trace_id) and _is_hex(parent_id) and _is_hex(flags)):
+    version, trace_id, parent_id, flags, rest = m.groups()
+    if version == "ff" or (rest is not None and version == "00"):
         return None
     if trace_id == _ZERO_TRACE or parent_id == _ZERO_SPAN:
         return None
