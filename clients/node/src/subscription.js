@@ -32,7 +32,7 @@ class Subscription {
     this._base = this._baseOffsets(options);
     // Per topic: the offset of the last event (or end of the last gap) yielded.
     this._offsets = new Map();
-    this._reconnect = options.reconnect === false ? null : new Backoff(options.reconnect || {}, options.random);
+    this._reconnect = options.reconnect === false ? null : new Backoff(options.reconnect || {});
     this._stop = new AbortController();
     this._call = null;
     this._closed = false;
