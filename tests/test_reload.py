@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import grpc
+import jwt
 import pytest
 import yaml
 from aiohttp import web
+from integration_sidecar.v1 import sidecar_pb2 as pb
 from integration_sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 from sidecar.app import Sidecar
@@ -313,4 +316,44 @@ async def test_file_watch_reloads_when_the_file_changes(tmp_path: Path,
         assert metric(sc, "sidecar_config_reloads_total", result="success") == 1
         assert sc.config.integrations["svc"].retry.max_attempts == 3
     finally:
+        await sc.stop()
+
+
+async def test_websocket_jwt_key_rotates_and_open_connections_stay(tmp_path: Path) -> None:
+    env = {"OLD_KEY": "old-hmac-key-0123456789abcdef0123",
+           "NEW_KEY": "new-hmac-key-0123456789abcdef0123"}
+
+    def realtime(var: str) -> dict[str, Any]:
+        return {"realtime": {"websocket": {"jwt": {"hs256_secret_env": var}}}}
+
+    def token(key: str) -> str:
+        return jwt.encode({"sub": "alice", "exp": int(time.time()) + 600}, env[key],
+                          algorithm="HS256")
+
+    sc, ch = await running(make_config(tmp_path, realtime("OLD_KEY"), env))
+    try:
+        stub = pb_grpc.SidecarServiceStub(ch)
+        url = f"http://{sc.edge.address}/ws"
+        async with aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(url, headers={
+                "Authorization": f"Bearer {token('OLD_KEY')}"})
+            outcome = await sc.reload(make_config(tmp_path, realtime("NEW_KEY"), env))
+            assert outcome.ok and outcome.restart_required == ()
+            async with http.get(url, headers={"Authorization": f"Bearer {token('OLD_KEY')}"}
+                                ) as resp:
+                assert resp.status == 401
+            fresh = await http.ws_connect(url, headers={
+                "Authorization": f"Bearer {token('NEW_KEY')}"})
+            sent = await stub.Publish(pb.PublishRequest(topic="user:alice", data=b"{}"),
+                                      timeout=5)
+            for conn in (ws, fresh):  # opened before and after the reload
+                while True:
+                    frame = await asyncio.wait_for(conn.receive_json(), 5)
+                    if "control" not in frame:
+                        break
+                assert frame["id"] == sent.event_id
+            await ws.close()
+            await fresh.close()
+    finally:
+        await ch.close()
         await sc.stop()
