@@ -21,6 +21,12 @@ Conventions shared by every RPC:
   UNAUTHENTICATED (reason `API_TOKEN_INVALID`). The standard health service
   never needs the token, so that Kubernetes probes work.
 * The caller's gRPC deadline bounds all the work an RPC does on its behalf.
+* W3C trace context travels in the metadata `traceparent` and `tracestate`.
+  A missing or malformed `traceparent` is never an error: the sidecar then
+  starts a trace of its own. Call, VerifyWebhook and Publish hand the
+  trace they used back in the trailing metadata `traceparent` (also when
+  they fail), and the sidecar's log lines written while an RPC runs carry
+  its `trace_id`.
 * An RPC that this build of the sidecar does not implement yet answers
   UNIMPLEMENTED with reason `NOT_IMPLEMENTED` and a message saying what is
   missing.
