@@ -19,8 +19,8 @@ from integration_sidecar.v1 import sidecar_pb2 as pb
 from integration_sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 from sidecar.app import Sidecar
-from sidecar.config import Config
-from sidecar.reload import Reloader
+from sidecar.config import Config, ConfigError
+from sidecar.reload import Reloader, effective_config, restart_required
 from tests.call_support import call, integration
 from tests.conftest import make_config
 from tests.upstream import Upstream, reply
@@ -357,3 +357,22 @@ async def test_websocket_jwt_key_rotates_and_open_connections_stay(tmp_path: Pat
     finally:
         await ch.close()
         await sc.stop()
+
+
+def test_reload_settings_are_validated_with_field_paths(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_config(tmp_path, {"reload": {"wach": True, "watch_interval": "1ms"}})
+    assert [str(p) for p in info.value.problems] == [
+        "reload.watch_interval: must be at least 50ms; got 0.001s",
+        "reload.wach: unknown field; did you mean 'watch'?"]
+
+
+def test_a_new_api_token_value_is_restart_only_and_never_shown(tmp_path: Path) -> None:
+    def with_token(value: str) -> Config:
+        return make_config(tmp_path, {"server": {"grpc": {"api_token_env": "API_TOKEN"}}},
+                           {"API_TOKEN": value})
+
+    running_config, new = with_token("first-token-value"), with_token("second-token-value")
+    effective = effective_config(running_config, new)
+    assert effective.server.grpc.api_token == running_config.server.grpc.api_token
+    assert restart_required(effective, new) == ["server.grpc.api_token_env"]
