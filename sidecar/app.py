@@ -35,7 +35,7 @@ from sidecar.edge.webhooks import WebhookEdge
 from sidecar.errors import SidecarError
 from sidecar.http_listener import HttpListener
 from sidecar.logs import SecretScrubber
-from sidecar.metrics import CallMetrics, EventMetrics, LiveMetrics, Metrics
+from sidecar.metrics import BREAKER_STATES, CallMetrics, EventMetrics, LiveMetrics, Metrics
 from sidecar.reload import (
     FileWatch,
     Reloader,
@@ -290,6 +290,105 @@ class Sidecar:
                 tls.append((listener, read_material(tls_config, field)))
         changes = self.calls.reconfigure(effective)
         # From here on nothing can fail on bad input: it was all checked above.
+        for listener, material in tls:
+            listener.reload_tls(material)
+        if effective.webhooks != running.webhooks:
+            self.webhooks.update(effective.webhooks)
+            self.webhook_edge.update(effective.webhooks)
+        websocket = effective.realtime.websocket
+        if self.websocket is not None and websocket != running.realtime.websocket:
+            self.websocket.update(websocket)
+        if effective.logging.level != running.logging.level:
+            logging.getLogger().setLevel(effective.logging.level.upper())
+        # Old secrets stay redacted too: a call started before may still log.
+        self._secret_values |= {s.value for s in effective.secrets()}
+        if self._scrubber is not None:
+            self._scrubber.update(self._secret_values)
+        self.config = effective
+        if effective.reload != running.reload:
+            self._restart_file_watch()
+        return ReloadOutcome(True, integrations_added=changes.added,
+                             integrations_removed=changes.removed,
+                             integrations_changed=changes.changed,
+                             restart_required=tuple(restart))
+
+    def _restart_file_watch(self) -> None:
+        if self._file_watch is not None:
+            self._file_watch.cancel()
+            self._file_watch = None
+        settings = self.config.reload
+        if settings.watch:
+            watch = FileWatch(lambda: watched_files(self.config, self.config_path),
+                              settings.watch_interval, self.request_reload)
+            self._file_watch = asyncio.create_task(watch.run(), name="config-watch")
+
+    # ------------------------------------------------------------------ reload
+
+    def request_reload(self) -> None:
+        """SIGHUP: reload soon; one arriving during a reload queues one more."""
+        if self._stopping:
+            return
+        if not self._started:
+            self._reload_after_start = True
+            return
+        self.reloader.request()
+
+    async def reload(self, config: Config | None = None) -> ReloadOutcome:
+        """Re-read the config file and environment (or take ``config``) and apply
+        what can change live. An invalid config changes nothing: the reason is
+        logged at ERROR and counted in ``sidecar_config_reloads_total``."""
+        async with self._reload_lock:
+            try:
+                # Read off the event loop: a slow volume must not stall calls.
+                new = config if config is not None else await asyncio.to_thread(
+                    load_config, self.config_path)
+                outcome = self._apply(new)
+            except ConfigError as exc:
+                outcome = ReloadOutcome(False, tuple(str(p) for p in exc.problems))
+            except TlsFileError as exc:
+                outcome = ReloadOutcome(False, (str(exc),))
+            except Exception as exc:  # e.g. an upstream CA file unreadable
+                outcome = ReloadOutcome(False, (f"{type(exc).__name__}: {exc}",))
+            if not outcome.ok:
+                self.metrics.config_reloads.labels("failure").inc()
+                log.error("config reload failed; the previous configuration stays in force",
+                          extra={"problems": list(outcome.problems)})
+                return outcome
+            self.metrics.config_reloads.labels("success").inc()
+            self.metrics.config_last_reload_success.set(self.clock.time())
+            self.metrics.config_restart_required.set(1 if outcome.restart_required else 0)
+            log.info("config reloaded", extra={
+                "integrations_added": list(outcome.integrations_added),
+                "integrations_removed": list(outcome.integrations_removed),
+                "integrations_changed": list(outcome.integrations_changed),
+                "restart_required": list(outcome.restart_required)})
+            if outcome.restart_required:
+                log.warning("config changes need a restart to apply",
+                            extra={"fields": list(outcome.restart_required)})
+            return outcome
+
+    def _apply(self, new: Config) -> ReloadOutcome:
+        """Everything that can fail first, then the swap: no await, so no call,
+        stream or request ever sees half of a reload."""
+        running = self.config
+        effective = effective_config(running, new)
+        restart = restart_required(effective, new)
+        tls: list[tuple[GrpcServer | HttpListener, TlsMaterial]] = []
+        for listener, tls_config, field in (
+                (self.grpc, effective.server.grpc.tls, "server.grpc.tls"),
+                (self.edge, effective.server.edge.tls, "server.edge.tls"),
+                (self.admin, effective.server.admin.tls, "server.admin.tls")):
+            if tls_config is not None:
+                tls.append((listener, read_material(tls_config, field)))
+        breakers_before = set(self.calls.breakers())
+        changes = self.calls.reconfigure(effective)
+        # From here on nothing can fail on bad input: it was all checked above.
+        for name in breakers_before - set(self.calls.breakers()):
+            # A removed breaker's gauge must not keep an alert firing.
+            integration, _, scope = name.partition("/")
+            for state in BREAKER_STATES:
+                with contextlib.suppress(KeyError):
+                    self.metrics.breaker_state.remove(integration, scope, state)
         for listener, material in tls:
             listener.reload_tls(material)
         if effective.webhooks != running.webhooks:

@@ -122,8 +122,13 @@ async def test_added_integration_is_callable_removed_one_is_not_found(
     try:
         stub = pb_grpc.SidecarServiceStub(ch)
         ok = await Upstream().start()
+        state = {"integration": "svc", "scope": "", "state": "closed"}
+        assert sc.metrics.registry.get_sample_value("sidecar_circuit_breaker_state", state) == 1
         try:
             outcome = await sc.reload(cfg(tmp_path, {"fresh": integration(ok.url)}))
+            # No stale breaker gauge left to keep an alert firing.
+            assert sc.metrics.registry.get_sample_value("sidecar_circuit_breaker_state",
+                                                        state) is None
             assert (outcome.integrations_added, outcome.integrations_removed) == (
                 ("fresh",), ("svc",))
             assert (await stub.Call(call("fresh"), timeout=5)).status == 200
