@@ -59,7 +59,7 @@ protos-check: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check sidecar clients tests protos
-	$(BIN)/mypy sidecar $(if $(wildcard clients/*/*.py clients/*/*/*.py),clients)
+	$(BIN)/mypy sidecar $(wildcard clients/python/src)
 
 bench: $(STAMP)
 	$(PY) -m tests.bench

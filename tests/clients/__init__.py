@@ -1,0 +1,1 @@
+"""Client libraries tested against a real running sidecar."""
