@@ -12,7 +12,7 @@ const TOKEN = 'test-token-0123456789';
 const JWT_SECRET = 'jwt-secret-for-the-node-client-tests-0123456789';
 const HOOK_SECRET = 'hook-secret-0123456789';
 
-describe('unary RPCs against a real sidecar', () => {
+describe('unary RPCs against a real sidecar', { timeout: 60000 }, () => {
   const upstream = new Upstream();
   let sidecar;
   let client;

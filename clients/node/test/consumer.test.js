@@ -21,7 +21,7 @@ function counter(text, name, labels) {
   return line ? Number(line.split(' ').at(-1)) : 0;
 }
 
-describe('durable group consumer against a real sidecar process', () => {
+describe('durable group consumer against a real sidecar process', { timeout: 60000 }, () => {
   let sidecar;
   let client;
 

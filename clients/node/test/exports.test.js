@@ -6,7 +6,7 @@ const { describe, it } = require('node:test');
 const client = require('..');
 const { freePort } = require('./support/sidecar');
 
-describe('the package surface, and what happens with no sidecar at all', () => {
+describe('the package surface, and what happens with no sidecar at all', { timeout: 60000 }, () => {
   it('exports exactly what index.d.ts declares', () => {
     const dts = fs.readFileSync(path.join(__dirname, '..', 'index.d.ts'), 'utf8');
     const declared = [...dts.matchAll(/^export declare (?:const|class|function) (\w+)/gm)].map((m) => m[1]);

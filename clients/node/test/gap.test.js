@@ -5,7 +5,7 @@ const { SidecarClient } = require('..');
 const { SidecarProcess } = require('./support/sidecar');
 const { take } = require('./support/iterate');
 
-describe('gaps from a real sidecar process', () => {
+describe('gaps from a real sidecar process', { timeout: 60000 }, () => {
   let sidecar;
   let client;
 

@@ -16,7 +16,7 @@ async function publishMany(client, topic, count, prefix) {
   return out;
 }
 
-describe('subscribe against a real sidecar process', () => {
+describe('subscribe against a real sidecar process', { timeout: 60000 }, () => {
   let sidecar;
   let publisher;
   const clients = [];
@@ -136,12 +136,27 @@ describe('subscribe against a real sidecar process', () => {
   });
 
   it('heartbeats are swallowed and close() ends a pending iteration', async () => {
-    const client = newClient();
+    // Count the heartbeats that reach the client (a grpc-js interceptor sees every message).
+    let heartbeats = 0;
+    let sawTwo;
+    const twoHeartbeats = new Promise((resolve) => { sawTwo = resolve; });
+    const counter = (options, nextCall) => new grpc.InterceptingCall(nextCall(options), {
+      start(metadata, listener, next) {
+        next(metadata, {
+          onReceiveMessage(message, nextMessage) {
+            if (message && message.message === 'heartbeat' && ++heartbeats === 2) sawTwo();
+            nextMessage(message);
+          },
+        });
+      },
+    });
+    const client = newClient({ interceptors: [counter] });
     const sub = client.subscribe('quiet', { start: 'latest', reconnect: FAST_RECONNECT });
     const pending = sub.next();
-    // Several heartbeat intervals pass with nothing to yield; closing ends the wait.
-    const raced = await Promise.race([pending, new Promise((resolve) => setTimeout(() => resolve('waiting'), 1000))]);
-    assert.equal(raced, 'waiting');
+    let settled = false;
+    pending.then(() => { settled = true; });
+    await twoHeartbeats;
+    assert.equal(settled, false, 'heartbeats are not yielded');
     sub.close();
     assert.deepEqual(await pending, { value: undefined, done: true });
   });
