@@ -34,7 +34,7 @@ class GroupConsumer {
     this._subscription = client.subscribe(topics, {
       group,
       consumer: options.consumer,
-      maxInFlight: options.maxInFlight || Math.max(this._concurrency, 0),
+      maxInFlight: options.maxInFlight || this._concurrency,
       reconnect: options.reconnect,
       onReconnect: options.onReconnect,
       signal: options.signal,

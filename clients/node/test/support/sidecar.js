@@ -105,19 +105,24 @@ class SidecarProcess {
     });
     this.child = child;
     running.add(child);
+    const keep = (chunk) => {
+      this.output = (this.output + chunk.toString()).slice(-OUTPUT_LIMIT);
+    };
     const exited = new Promise((resolve) => {
       child.on('exit', (code, signal) => {
         running.delete(child);
         resolve({ code, signal });
       });
+      // Could not start at all (e.g. no .venv yet: run `make venv`).
+      child.on('error', (err) => {
+        running.delete(child);
+        keep(`${err.message} (SIDECAR_BIN=${SIDECAR_BIN})\n`);
+        resolve({ error: err.code });
+      });
     });
     child.exited = exited;
-    const keep = (chunk) => {
-      this.output = (this.output + chunk.toString()).slice(-OUTPUT_LIMIT);
-    };
     child.stdout.on('data', keep);
     child.stderr.on('data', keep);
-    child.on('error', keep);
 
     const deadline = Date.now() + READY_TIMEOUT_MS;
     let early = null;
