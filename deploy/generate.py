@@ -239,7 +239,7 @@ def dashboard_panels() -> list[dict[str, Any]]:
                 (_rate("sidecar_websocket_auth_failures_total", "reason"),
                  "ws auth refused {{reason}}")],
                "Subscribers that fell behind, gap markers sent, WebSocket auth refusals."),
-        {"type": "row", "title": "gRPC", "collapsed": False, "panels": []},
+        {"type": "row", "title": "gRPC and process", "collapsed": False, "panels": []},
         _panel("gRPC server errors by code", "timeseries", "reqps",
                [(_rate("grpc_server_handled_total", "grpc_method, grpc_code", 'grpc_code!="OK"'),
                  "{{grpc_method}} {{grpc_code}}")],
@@ -249,6 +249,16 @@ def dashboard_panels() -> list[dict[str, Any]]:
                  f'grpc_server_handling_seconds_bucket{{grpc_type="unary"}}{RATE})))',
                  "{{grpc_method}}")],
                "Unary RPCs only: streams last as long as the client stays."),
+        _panel("Ready replicas and storage", "timeseries", "short",
+               [("sum(sidecar_ready)", "ready replicas"),
+                ("sum by (backend) (sidecar_storage_up)", "storage up ({{backend}})")],
+               "Replicas reporting ready, and those whose storage answered its last check."),
+        _panel("Config reloads", "timeseries", "short",
+               [('sum by (result) (increase(sidecar_config_reloads_total[$__rate_interval]))',
+                 "{{result}}"),
+                ("sum(sidecar_config_restart_required)", "replicas needing a restart")],
+               "Reloads (SIGHUP or file watch) by result; replicas whose config changes "
+               "settings that need a restart."),
     ]
 
 
