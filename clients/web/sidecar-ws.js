@@ -93,6 +93,7 @@ export class SidecarSocket {
     this._ws = null;
     this._timers = { retry: null, stable: null, open: null };
     this._lastToken = undefined;
+    this._resumedByUrl = new Set();
     this._stopped = true;
     this._generation = 0;
     this._onOnline = () => { if (!this._stopped && this._state === "offline") this._reconnectNow(); };
@@ -199,6 +200,7 @@ export class SidecarSocket {
       if (!this._left.has(topic)) offsets[topic] = offset;
     }
     if (Object.keys(offsets).length) url.searchParams.set("offsets", JSON.stringify(offsets));
+    this._resumedByUrl = new Set(Object.keys(offsets));
     return url.toString();
   }
 
@@ -236,8 +238,12 @@ export class SidecarSocket {
       this._timers.stable = setTimeout(() => { this._attempt = 0; }, this._stableAfter);
       this._setState({ state: "live" });
       for (const topic of this._topics) {
-        // Topics with a known offset were resumed through the URL already.
-        if (!this._offsets.has(topic)) this._send({ type: "subscribe", topic });
+        // Topics resumed through the URL are subscribed already; the rest (new, or
+        // added while this connection was opening) are asked for now.
+        if (this._resumedByUrl.has(topic)) continue;
+        const frame = { type: "subscribe", topic };
+        if (this._offsets.has(topic)) frame.offset = this._offsets.get(topic);
+        this._send(frame);
       }
       for (const topic of this._left) this._send({ type: "unsubscribe", topic });
     };

@@ -8,9 +8,11 @@ edge port and data directory to watch the page go offline, resume and catch up.
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +39,10 @@ TEST_PAGE = """<!doctype html>
 import { SidecarSocket } from "/sidecar-ws.js";
 window.received = [];
 window.controls = [];
-window.start = (url, token) => {
+window.start = (url, token, options = {}) => {
   const source = token || (async () => (await fetch("/token")).text());
-  const sock = new SidecarSocket(url, { token: source, backoff: { initial: 50, max: 250 } });
+  const sock = new SidecarSocket(url, {
+    token: source, backoff: { initial: 50, max: 250 }, ...options });
   sock.on("*", (ev) => {
     received.push({ topic: ev.topic, offset: ev.offset, data: ev.data });
     const li = document.createElement("li");
@@ -106,8 +109,9 @@ class StaticSite:
 
 
 @asynccontextmanager
-async def browser_page(url: str) -> AsyncIterator[Any]:
-    """A fresh headless Chromium page at ``url`` (the system Chromium, never a download)."""
+async def browser_page(url: str, *, fake_clock: bool = False) -> AsyncIterator[Any]:
+    """A fresh headless Chromium page at ``url`` (the system Chromium, never a download);
+    with ``fake_clock`` its timers only run when the test says (``page.clock``)."""
     executable = chromium_path()
     from playwright.async_api import async_playwright
 
@@ -117,6 +121,9 @@ async def browser_page(url: str) -> AsyncIterator[Any]:
             page = await browser.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
+            if fake_clock:
+                await page.clock.install()
+                await page.clock.pause_at(datetime.now(UTC) + timedelta(seconds=1))
             await page.goto(url)
             yield page
             assert not errors, errors
@@ -233,6 +240,8 @@ async def scenario(page: Any, sc: Sidecar, tmp_path: Path, site: StaticSite) -> 
         await other.stop()
     assert await page.evaluate("window.received.length") == 3
     tokens_before = site.token_requests
+    # Asked for while offline: sent once the page is connected again.
+    await page.evaluate("window.sock.subscribe('orders:7')")
 
     # Back on the same port: the page reconnects and gets exactly what it missed.
     sc = await start_sidecar(ws_config(tmp_path, site.origin, edge_port))
@@ -252,6 +261,8 @@ async def scenario(page: Any, sc: Sidecar, tmp_path: Path, site: StaticSite) -> 
         assert await page.text_content("#badge") == "live"
         assert await page.locator("#events li").count() == 7
         assert "bob" not in (await page.text_content("#events") or "")
+        await wait_control(page, "subscribed", "orders:7")
+        assert await publish.presence("orders:7") == 1
 
         # Runtime unsubscribe: the server drops the subscription and nothing more comes.
         assert await publish.presence("orders:42") == 1
@@ -304,6 +315,61 @@ async def test_expired_token_stops_a_fixed_token_and_renews_a_provided_one(
                 assert resp.connections == 0
         finally:
             await sc.stop()
+
+
+async def next_retry(page: Any, count: int) -> dict[str, Any]:
+    """The ``count``-th offline state that schedules a retry."""
+    await wait_js(page, "n => window.sock.states.filter(s => s.retryIn != null).length >= n",
+                  count)
+    state: dict[str, Any] = await page.evaluate(
+        "n => window.sock.states.filter(s => s.retryIn != null)[n - 1]", count)
+    return state
+
+
+async def test_backoff_is_capped_full_jitter_and_resets_only_after_a_stable_connection(
+        tmp_path: Path) -> None:
+    site = StaticSite(TEST_PAGE, {"sidecar-ws.js": WEB_CLIENT},
+                      token=lambda n: make_token("erin"))
+    with socket.socket() as probe:  # a port with nothing listening, for now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with site.running(), browser_page(site.origin + "/", fake_clock=True) as page:
+        await wait_js(page, "window.ready === true")
+        # random() just under 1: every delay sits at the top of its jitter range.
+        await page.evaluate(
+            "url => { window.sock = window.start(url, null, {backoff: {initial: 20, max: 80},"
+            " stableAfter: 1000, random: () => 0.999}); }", f"ws://127.0.0.1:{port}/ws")
+        delays = []
+        for n in range(1, 5):
+            state = await next_retry(page, n)
+            assert state["code"] == 1006, state
+            delays.append(state["retryIn"])
+            if n < 4:
+                await page.clock.run_for(state["retryIn"])
+        assert delays == [19, 39, 79, 79]  # doubling, capped at max
+
+        config = ws_config(tmp_path, site.origin, port)
+        sc = await start_sidecar(config)
+        try:
+            await page.clock.run_for(79)
+            await wait_js(page, "window.sock.state === 'live'")
+        finally:
+            await sc.stop()
+        # Up, but not for stableAfter: the next delay does not start over.
+        state = await next_retry(page, 5)
+        assert (state["code"], state["retryIn"]) == (1001, 79)
+
+        sc = await start_sidecar(config)
+        try:
+            await page.clock.run_for(79)
+            await wait_js(page, "window.sock.state === 'live'")
+            await page.clock.run_for(1000)
+        finally:
+            await sc.stop()
+        # Up for stableAfter: the backoff starts over.
+        state = await next_retry(page, 6)
+        assert (state["code"], state["retryIn"]) == (1001, 19)
+        await page.evaluate("window.sock.close()")
 
 
 @pytest.fixture(autouse=True)
