@@ -2,7 +2,7 @@
 const assert = require('node:assert/strict');
 const { after, before, describe, it } = require('node:test');
 const grpc = require('@grpc/grpc-js');
-const { InvalidArgumentError, SidecarClient, UnavailableError } = require('..');
+const { InvalidArgumentError, SidecarClient, SlowConsumerError, UnavailableError } = require('..');
 const { SidecarProcess } = require('./support/sidecar');
 const { take, brief } = require('./support/iterate');
 
@@ -22,7 +22,8 @@ describe('subscribe against a real sidecar process', { timeout: 60000 }, () => {
   const clients = [];
 
   before(async () => {
-    sidecar = new SidecarProcess({ config: { realtime: { heartbeat: '300ms' } } });
+    // A small queue: a subscriber that stops reading is disconnected (SLOW_CONSUMER) quickly.
+    sidecar = new SidecarProcess({ config: { realtime: { heartbeat: '300ms', queue_size: 4 } } });
     await sidecar.start();
     // The publisher waits for the channel to come back after the restart; subscribers do not.
     publisher = new SidecarClient({ address: sidecar.address, deadlineMs: 5000, waitForReady: true });
@@ -176,5 +177,29 @@ describe('subscribe against a real sidecar process', { timeout: 60000 }, () => {
     assert.match(err.fieldViolations[0].field, /^topics/);
     assert.equal(reconnects.length, 0);
     assert.equal(bad.closed, true);
+  });
+
+  it('a slow consumer that the sidecar disconnects catches up with no event lost or repeated', async () => {
+    const client = newClient();
+    const reconnects = [];
+    const sub = client.subscribe('firehose', {
+      start: 'earliest', reconnect: FAST_RECONNECT, onReconnect: (info) => reconnects.push(info),
+    });
+    const first = await publisher.publish({ topic: 'firehose', data: 'first' });
+    const [opened] = await take(sub, 1);
+    assert.equal(opened.id, first.eventId);
+
+    // Not reading now: the transport's buffers fill, then the sidecar's queue of 4 overflows.
+    const payload = Buffer.alloc(16384, 'x');
+    let last = first.offset;
+    for (let batch = 0; batch < 12; batch += 1) {
+      const done = await Promise.all(Array.from({ length: 10 }, () => publisher.publish({ topic: 'firehose', data: payload })));
+      last = Math.max(last, ...done.map((p) => p.offset));
+    }
+    const rest = await take(sub, last - 1, 20000);
+    sub.close();
+    assert.deepEqual([opened, ...rest].map(brief), Array.from({ length: last }, (_, i) => `firehose#${i + 1}`));
+    assert.ok(reconnects.some((r) => r.error instanceof SlowConsumerError && r.error.reason === 'SLOW_CONSUMER'),
+      `reconnected after: ${reconnects.map((r) => r.error.reason).join() || 'nothing'}`);
   });
 });
