@@ -58,8 +58,8 @@ protos-check: $(STAMP)
 	$(PY) protos/generate.py --check
 
 lint: $(STAMP)
-	$(BIN)/ruff check sidecar clients tests protos
-	$(BIN)/mypy sidecar $(wildcard clients/python/src)
+	$(BIN)/ruff check sidecar clients tests protos examples
+	$(BIN)/mypy sidecar $(wildcard clients/python/src) examples
 
 bench: $(STAMP)
 	$(PY) -m tests.bench
