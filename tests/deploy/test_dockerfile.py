@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
+import pytest
 import yaml
 
 from sidecar.config import parse_config
@@ -107,3 +112,42 @@ def test_no_secrets_in_the_image() -> None:
             assert not re.search(r"(TOKEN|SECRET|PASSWORD|KEY)\w*=", rest, re.I), rest
     assert not re.search(r"(api[_-]?key|password|secret)\s*[:=]\s*\S+", text, re.I)
     assert "--mount=type=secret" not in text  # nothing secret is needed to build
+
+
+@pytest.mark.slow
+def test_the_build_stage_context_builds_a_wheel_with_the_entry_point(tmp_path: Path) -> None:
+    """What the build stage copies (and nothing else) is enough to build the wheel."""
+    build_stage: list[tuple[str, str]] = []
+    stages = 0
+    for word, rest in instructions():
+        stages += word == "FROM"
+        if stages > 1:
+            break
+        build_stage.append((word, rest))
+    assert any(word == "COPY" for word, _ in build_stage)
+    src = tmp_path / "src"
+    for word, rest in build_stage:
+        if word != "COPY":
+            continue
+        *sources, dest = shlex.split(rest)
+        for source in sources:
+            origin = ROOT / source
+            target = src / dest / (origin.name if dest.endswith("/") and origin.is_file()
+                                   else "")
+            if origin.is_dir():
+                shutil.copytree(origin, target, ignore=shutil.ignore_patterns(
+                    "__pycache__", "*.pyc"))
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(origin, target)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                            "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"), str(src)],
+                           capture_output=True, text=True, timeout=120)
+    assert built.returncode == 0, built.stdout + built.stderr
+    (wheel,) = (tmp_path / "dist").glob("integration_sidecar-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "sidecar/app.py" in names
+    assert "integration_sidecar/v1/sidecar_pb2_grpc.py" in names
+    (entry_points,) = [n for n in names if n.endswith("entry_points.txt")]
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "integration-sidecar = sidecar.cli:main" in text

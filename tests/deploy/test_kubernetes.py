@@ -278,3 +278,26 @@ def test_kustomize_overlay_runs_three_replicas_on_redis() -> None:
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     # The PrometheusRule and PodMonitor come along.
     assert {"PodMonitor", "PrometheusRule"} <= {d["kind"] for d in docs}
+
+
+def test_overlay_files_patch_what_the_base_has_and_change_only_storage() -> None:
+    kustomization = yaml.safe_load((OVERLAY / "kustomization.yaml").read_text())
+    base = one(base_resources(), "Deployment")
+    base_inits = {c["name"] for c in base["spec"]["template"]["spec"]["initContainers"]}
+    for entry in kustomization["patches"]:
+        patch = yaml.safe_load((OVERLAY / entry["path"]).read_text())
+        assert (patch["kind"], patch["metadata"]["name"]) == ("Deployment",
+                                                              base["metadata"]["name"])
+        for c in patch["spec"]["template"]["spec"].get("initContainers", []):
+            assert c["name"] in base_inits, c["name"]
+    # The overlay's config is the base's with Redis storage: nothing else drifts.
+    base_raw = yaml.safe_load((BASE / "sidecar.yaml").read_text())
+    overlay_raw = yaml.safe_load((OVERLAY / "sidecar.yaml").read_text())
+    assert overlay_raw["storage"]["backend"] == "redis"
+    assert {k: v for k, v in overlay_raw.items() if k != "storage"} == {
+        k: v for k, v in base_raw.items() if k != "storage"}
+    # The example Secret holds placeholders only, one per variable the configs name.
+    lines = (OVERLAY / "secrets.example.env").read_text().splitlines()
+    values = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+    assert set(values) == env_names(base_raw) | env_names(overlay_raw)
+    assert all(v.startswith("replace-me") for k, v in values.items() if k != "REDIS_URL")
