@@ -52,7 +52,12 @@ def use_checkout_client() -> None:
 
 use_checkout_client()
 
-from integration_sidecar_client import AsyncSidecarClient, DeadLetter, Event  # noqa: E402
+from integration_sidecar_client import (  # noqa: E402
+    AsyncSidecarClient,
+    DeadLetter,
+    Event,
+    SidecarError,
+)
 
 log = logging.getLogger("orders")
 
@@ -61,6 +66,10 @@ WEBHOOK_TOPIC = "webhooks.payments"
 STATUS_EVENT = "order:status_changed"
 #: Lifetime of the page's WebSocket token; the page asks for a new one on reconnect.
 TOKEN_TTL = 600
+
+
+class PaymentFailed(Exception):
+    """The gateway refused the charge, or no answer could be had from it."""
 
 
 @dataclass
@@ -105,12 +114,18 @@ class OrdersService:
         assert self.sidecar is not None
         body = json.dumps({"amount": order.amount, "currency": order.currency,
                            "metadata": {"order_id": order.id, "user_id": order.user_id}})
-        resp = await self.sidecar.call(
-            "payments", "POST", "/charges", body=body.encode(),
-            headers={"Content-Type": "application/json"},
-            idempotency_key=f"{order.id}:charge")
+        try:
+            resp = await self.sidecar.call(
+                "payments", "POST", "/charges", body=body.encode(),
+                headers={"Content-Type": "application/json"},
+                idempotency_key=f"{order.id}:charge")
+        except SidecarError as exc:
+            # Circuit open, rate limited, gateway unreachable...: the sidecar already
+            # retried what was worth retrying. The same key is safe to try again later.
+            raise PaymentFailed(f"no answer from the gateway ({exc.reason or exc.code.name})"
+                                ) from None
         if not resp.ok:
-            raise web.HTTPBadGateway(text=f"payment gateway answered {resp.status}")
+            raise PaymentFailed(f"the gateway answered {resp.status}")
         charge = resp.json()
         async with self._lock:
             order.charge_id = charge["id"]
@@ -172,7 +187,10 @@ class OrdersService:
         return web.json_response(asdict(order), status=201)
 
     async def _pay(self, request: web.Request) -> web.Response:
-        return web.json_response(await self.pay(self._order(request)))
+        try:
+            return web.json_response(await self.pay(self._order(request)))
+        except PaymentFailed as exc:
+            return web.json_response({"error": str(exc)}, status=502)
 
     async def _get(self, request: web.Request) -> web.Response:
         return web.json_response(asdict(self._order(request)))
