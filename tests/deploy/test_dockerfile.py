@@ -60,6 +60,9 @@ def test_runs_as_a_non_root_numeric_user() -> None:
     uid, _, gid = users[-1].partition(":")
     assert uid.isdigit() and int(uid) != 0
     assert not gid or (gid.isdigit() and int(gid) != 0)
+    # The data volume belongs to that user (the root filesystem is read-only).
+    runs = " ".join(rest for word, rest in instructions() if word == "RUN")
+    assert f"--uid {uid}" in runs and f"chown {uid}:" in runs
     # The uid the Kubernetes manifests run as.
     deployment = yaml.safe_load(
         (ROOT / "deploy" / "kubernetes" / "base" / "deployment.yaml").read_text())
