@@ -29,6 +29,9 @@ from tests.system_tools import CHROMIUM_ARGS, chromium_path
 
 WEB_CLIENT = Path(__file__).resolve().parents[2] / "clients" / "web" / "sidecar-ws.js"
 HS_SECRET = "web-client-test-secret-0123456789abcdef"
+# Short, so that the seconds a token takes to expire span several server pings: a
+# page that did not answer them would be closed before its token expires.
+PING_INTERVAL = "0.4s"
 
 # The page under test: it starts a SidecarSocket when the test calls start() and
 # records everything it sees on window for the test to read.
@@ -136,7 +139,7 @@ def ws_config(tmp_path: Path, origin: str, edge_port: int = 0) -> Any:
         "server": {"edge": {"host": "127.0.0.1", "port": edge_port}},
         "realtime": {"websocket": {
             "jwt": {"algorithms": ["HS256"], "hs256_secret_env": "WS_SECRET"},
-            "allowed_origins": [origin], "ping_interval": "2s"}},
+            "allowed_origins": [origin], "ping_interval": PING_INTERVAL}},
     }, env={"WS_SECRET": HS_SECRET})
 
 
@@ -295,7 +298,8 @@ async def test_expired_token_stops_a_fixed_token_and_renews_a_provided_one(
                 await page.evaluate("url => { window.provided = window.start(url); }", url)
                 await wait_js(page, "window.fixed.state === 'live' && "
                                     "window.provided.state === 'live'")
-                # Both tokens expire: the server closes both with 4001.
+                # Both tokens expire: the server closes both with 4001, and with nothing
+                # else before (the browser answered every ping meanwhile).
                 await wait_js(page, "window.fixed.state === 'offline'")
                 fixed = await page.evaluate("window.fixed.states")
                 assert fixed[-1] == {"state": "offline", "code": 4001, "reason": "token expired",
