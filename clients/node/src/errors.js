@@ -38,7 +38,7 @@ class SidecarError extends Error {
    */
   constructor(message, fields = {}) {
     super(message, fields.cause === undefined ? undefined : { cause: fields.cause });
-    const code = fields.code ?? Code.UNKNOWN;
+    const code = fields.code ?? this.constructor.defaultCode;
     this.code = code;
     this.codeName = CODE_NAMES[code] || 'UNKNOWN';
     this.reason = fields.reason || this.codeName;
@@ -89,6 +89,13 @@ const BY_CODE = {
   [Code.UNKNOWN]: InternalError,
   [Code.DATA_LOSS]: InternalError,
 };
+
+// Each class's own code, for errors made here rather than received.
+SidecarError.defaultCode = Code.UNKNOWN;
+InternalError.defaultCode = Code.INTERNAL;
+for (const [code, cls] of Object.entries(BY_CODE)) {
+  if (!Object.prototype.hasOwnProperty.call(cls, 'defaultCode')) cls.defaultCode = Number(code);
+}
 
 // Reasons a caller handles differently from the rest of their code's family.
 const BY_REASON = {

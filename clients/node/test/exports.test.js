@@ -17,12 +17,15 @@ describe('the package surface, and what happens with no sidecar at all', { timeo
     const { SidecarError, UnavailableError, CircuitOpenError, RateLimitedError, ResourceExhaustedError } = client;
     assert.ok(CircuitOpenError.prototype instanceof UnavailableError);
     assert.ok(RateLimitedError.prototype instanceof ResourceExhaustedError);
-    const err = new RateLimitedError('slow down', { code: client.Code.RESOURCE_EXHAUSTED, reason: 'RATE_LIMITED', retryDelayMs: 250 });
+    const err = new RateLimitedError('slow down', { reason: 'RATE_LIMITED', retryDelayMs: 250 });
     assert.ok(err instanceof SidecarError && err instanceof Error);
     assert.equal(err.name, 'RateLimitedError');
+    assert.equal(err.code, client.Code.RESOURCE_EXHAUSTED, 'the class gives the code');
     assert.equal(err.codeName, 'RESOURCE_EXHAUSTED');
+    assert.equal(new client.InternalError('x').codeName, 'INTERNAL');
+    assert.equal(new SidecarError('x').codeName, 'UNKNOWN');
     assert.equal(client.isReconnectable(err), false);
-    assert.equal(client.isReconnectable(new client.SlowConsumerError('x', { code: client.Code.RESOURCE_EXHAUSTED })), true);
+    assert.equal(client.isReconnectable(new client.SlowConsumerError('x')), true);
   });
 
   it('backoff waits a random time under an exponential ceiling (full jitter)', () => {
