@@ -331,3 +331,39 @@ async def test_presence_counts_connections_and_users(env: Env) -> None:
     assert env.sc.presence.stats("user:alice").connections == 1
     await a1.close()
     await b.close()
+
+
+async def test_drop_oldest_sends_a_gap_then_the_newest_and_the_client_catches_up(
+        tmp_path: Path, rsa_keys: tuple[bytes, bytes]) -> None:
+    async with started(tmp_path, rsa_keys, queue_size=4, slow_consumer="drop_oldest") as env:
+        slow = await env.connect(env.token("slow"), max_msg_size=0)
+        fast = await env.connect(env.token("fast"), max_msg_size=0)
+        await subscribed(slow, 2)
+        await subscribed(fast, 2)
+        big = json.dumps({"pad": "x" * 500_000}).encode()
+        reader = asyncio.ensure_future(frames(fast, 60))
+        for _ in range(60):  # the slow client reads nothing meanwhile
+            await env.publish("broadcast", big)
+        assert [f["offset"] for f in await reader] == list(range(1, 61))
+        # Now it reads: events in order, a gap marker for each run it lost, the newest last.
+        covered: list[int] = []
+        gaps = 0
+        while not covered or covered[-1] < 60:
+            (frame,) = await frames(slow, 1, events_only=False)
+            if frame.get("control") == "gap":
+                assert frame["reason"] == "slow_consumer" and frame["topic"] == "broadcast"
+                covered += range(frame["from_offset"], frame["to_offset"] + 1)
+                gaps += 1
+            else:
+                assert "control" not in frame
+                covered.append(frame["offset"])
+        assert covered == list(range(1, 61)) and gaps >= 1
+        # Caught up: it is written to directly again, like any other client.
+        await env.publish("broadcast", b'{"after": true}')
+        for ws in (slow, fast):
+            (frame,) = await frames(ws, 1)
+            assert frame["offset"] == 61 and frame["data"] == {"after": True}
+        text = env.sc.metrics.exposition().decode()
+        assert f'sidecar_subscription_gaps_total{{reason="slow_consumer"}} {gaps}.0' in text
+        await slow.close()
+        await fast.close()

@@ -15,6 +15,18 @@ Server -> client frames (JSON):
     {"control": "error", "reason", "message"}
 Resume on connect: ``?offsets={"user:alice": 12}`` (JSON) replays what was missed.
 Close codes: 4001 token expired, 4008 slow consumer, 1001 server shutting down.
+
+Fan-out: the connections in one topic on this process form a room, one sink on
+the live bus. An event's frame is built once (JSON and WebSocket framing) and
+written straight to every socket whose send buffer is under the high-water
+mark, with no task or queue per connection; frames for one socket within one
+turn of the event loop (a group commit releases several events at once) go out
+in one write. A socket over the mark gets a
+bounded backlog (the live bus's slow-consumer queue: disconnect, or drop the
+oldest with a gap marker) and a task that drains it with backpressure, after
+which the connection writes directly again. A resume (``offset``) replays into
+the same kind of backlog. Frames are not compressed: one frame for every
+socket is the point (permessage-deflate is not negotiated).
 """
 
 from __future__ import annotations
@@ -24,7 +36,6 @@ import base64
 import contextlib
 import json
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -32,7 +43,7 @@ from aiohttp import WSMsgType, web
 
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import WebSocketConfig
-from sidecar.core.events.live import Gap, LiveBus, SlowConsumer
+from sidecar.core.events.live import Gap, LiveBus, Subscriber
 from sidecar.core.events.models import StoredEvent
 from sidecar.core.events.presence import Presence
 from sidecar.edge.jwt_auth import AuthError, Identity, TokenVerifier, topic_allowed
@@ -45,6 +56,9 @@ log = logging.getLogger("sidecar.ws")
 CLOSE_TOKEN_EXPIRED = 4001
 CLOSE_SLOW_CONSUMER = 4008
 MAX_SUBSCRIPTIONS = 100
+#: Bytes a socket's send buffer may hold before its events wait in a bounded backlog
+#: (the transport's usual high-water mark).
+WRITE_HIGH_WATER = 64 * 1024
 
 
 def event_frame(event: StoredEvent) -> str:
@@ -64,41 +78,99 @@ def event_frame(event: StoredEvent) -> str:
     return json.dumps(frame, separators=(",", ":"))
 
 
+def wire_frame(text: str) -> bytes:
+    """``text`` as one whole WebSocket text frame as a server sends it (unmasked, not
+    compressed): the same bytes go to every connection."""
+    payload = text.encode()
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 65536:
+        header = bytes((0x81, 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + size.to_bytes(8, "big")
+    return header + payload
+
+
+def frame_payload(wire: bytes) -> bytes:
+    """The payload of a frame made by :func:`wire_frame`."""
+    size = wire[1] & 0x7F
+    return wire[2 if size < 126 else 4 if size == 126 else 10:]
+
+
 class _FrameCache:
     """Frames of the latest events: an event goes to every connection in its room, so
     its frame is serialised once, not once per connection.
 
     Holds frames only, never events: a frame depends on nothing but the event, and an
-    event id names one immutable event. Bounded by entries and by characters (frames
-    are ASCII: ``json.dumps`` escapes the rest), the oldest going first.
+    event id names one immutable event. Frames are whole WebSocket frames
+    (:func:`wire_frame`). Bounded by entries and by bytes, the oldest going first.
     """
 
     def __init__(self, entries: int = 64, chars: int = 8 * 1024 * 1024) -> None:
         self._entries = entries
         self._chars = chars
-        self._frames: dict[str, str] = {}
+        self._frames: dict[str, bytes] = {}
         self._held = 0
 
-    def frame(self, event: StoredEvent) -> str:
-        text = self._frames.get(event.id)
-        if text is not None:
-            return text
-        text = event_frame(event)
-        if len(text) <= self._chars // 2:  # a default max-size event (1 MiB) fits
-            self._frames[event.id] = text
-            self._held += len(text)
+    def frame(self, event: StoredEvent) -> bytes:
+        wire = self._frames.get(event.id)
+        if wire is not None:
+            return wire
+        wire = wire_frame(event_frame(event))
+        if len(wire) <= self._chars // 2:  # a default max-size event (1 MiB) fits
+            self._frames[event.id] = wire
+            self._held += len(wire)
             while len(self._frames) > self._entries or self._held > self._chars:
                 self._held -= len(self._frames.pop(next(iter(self._frames))))
-        return text
+        return wire
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Connection:
     ws: web.WebSocketResponse
+    transport: asyncio.Transport
     identity: Identity
-    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    #: topic -> this connection's place in the topic's room.
+    members: dict[str, _Member] = field(default_factory=dict)
     #: The token-expiry timer, then the task closing the connection with 4001.
     expiry: asyncio.TimerHandle | asyncio.Task[None] | None = None
+    #: The task closing the connection as a slow consumer.
+    closer: asyncio.Task[bool] | None = None
+    #: Frames fanned out in this turn of the event loop, written together at its end.
+    pending: list[bytes] | None = None
+
+
+class _Member:
+    """One connection in one room."""
+
+    __slots__ = ("backlog", "conn", "task", "topic")
+
+    def __init__(self, conn: _Connection, topic: str) -> None:
+        self.conn = conn
+        self.topic = topic
+        #: None while the socket keeps up: events are written to it directly. Else the
+        #: bounded queue they wait in (replaying, or the socket backed up), and the task
+        #: sending it.
+        self.backlog: Subscriber | None = None
+        self.task: asyncio.Task[None] | None = None
+
+
+class _Room:
+    """The connections of this process in one topic: the live bus's sink for it."""
+
+    __slots__ = ("edge", "members", "topic")
+
+    def __init__(self, edge: WebSocketEdge, topic: str) -> None:
+        self.edge = edge
+        self.topic = topic
+        self.members: dict[_Member, None] = {}
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def deliver(self, event: StoredEvent) -> None:
+        self.edge.fan_out(self, event)
 
 
 class WebSocketEdge:
@@ -112,6 +184,11 @@ class WebSocketEdge:
         self._verifier = TokenVerifier(config.jwt)
         self._connections: set[_Connection] = set()
         self._frames = _FrameCache()
+        self._rooms: dict[str, _Room] = {}
+        self._observer = live.observer
+        #: Connections with pending frames, and whether their flush is scheduled.
+        self._unflushed: list[_Connection] = []
+        self._flush_due = False
 
     def update(self, config: WebSocketConfig) -> None:
         """Reload: keys, origins and limits apply to connections made from now on."""
@@ -148,9 +225,12 @@ class WebSocketEdge:
             return json_error(400, "INVALID_ARGUMENT",
                               'offsets must be JSON like {"user:alice": 12}')
         ws = web.WebSocketResponse(heartbeat=self._config.ping_interval,
-                                   max_msg_size=self._config.max_message_bytes)
+                                   max_msg_size=self._config.max_message_bytes, compress=False)
         await ws.prepare(request)
-        conn = _Connection(ws, identity)
+        transport = request.transport
+        if transport is None:  # the client left during the upgrade
+            return ws
+        conn = _Connection(ws, transport, identity)
         self._connections.add(conn)
         self._metrics.ws_connections.inc()
         self._schedule_expiry(conn)
@@ -158,18 +238,15 @@ class WebSocketEdge:
             rooms = [f"user:{identity.user}", *(f"role:{r}" for r in identity.roles),
                      "broadcast"]
             for room in rooms:
-                self._subscribe(conn, room, offsets.get(room))
+                await self._join(conn, room, offsets.get(room))
             for topic, offset in offsets.items():
-                if topic not in conn.tasks:
+                if topic not in conn.members:
                     await self._client_subscribe(conn, topic, offset)
             await self._read(conn)
         finally:
             if conn.expiry is not None:
                 conn.expiry.cancel()
-            for topic, task in list(conn.tasks.items()):
-                task.cancel()
-                self._presence.leave(topic, identity.user)
-            for task in conn.tasks.values():
+            for task in self._leave_all(conn):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             self._connections.discard(conn)
@@ -192,10 +269,8 @@ class WebSocketEdge:
             if kind == "subscribe":
                 await self._client_subscribe(conn, topic, offset)
             elif kind == "unsubscribe":
-                task = conn.tasks.pop(topic, None)
-                if task is not None:
-                    task.cancel()
-                    self._presence.leave(topic, conn.identity.user)
+                self._leave(conn, topic)
+                self._flush(conn)
                 await conn.ws.send_str(json.dumps({"control": "unsubscribed", "topic": topic}))
             else:
                 await self._send_error(conn, "INVALID_ARGUMENT", f"unknown frame type {kind!r}")
@@ -205,47 +280,193 @@ class WebSocketEdge:
             await self._send_error(conn, "PERMISSION_DENIED",
                                    f"the token does not allow topic {topic!r}")
             return
-        if len(conn.tasks) >= MAX_SUBSCRIPTIONS:
+        if len(conn.members) >= MAX_SUBSCRIPTIONS:
             await self._send_error(conn, "RESOURCE_EXHAUSTED",
                                    f"at most {MAX_SUBSCRIPTIONS} subscriptions")
             return
-        if topic not in conn.tasks:
-            self._subscribe(conn, topic, offset)
+        if topic not in conn.members:
+            await self._join(conn, topic, offset)
 
-    def _subscribe(self, conn: _Connection, topic: str, offset: int | None) -> None:
-        self._presence.join(topic, conn.identity.user)
-        conn.tasks[topic] = asyncio.ensure_future(self._pump(conn, topic, offset))
+    # ------------------------------------------------------------------ rooms
 
-    async def _pump(self, conn: _Connection, topic: str, offset: int | None) -> None:
-        ws = conn.ws
+    async def _join(self, conn: _Connection, topic: str, offset: int | None) -> None:
+        """Put ``conn`` in ``topic``'s room: live from now, or replaying after ``offset``."""
+        # With a shared log, fix where this process follows the topic first.
+        await self._live.ensure_following([topic])
+        if topic in conn.members or conn.ws.closed or conn.closer is not None:
+            return
+        member = _Member(conn, topic)
+        subscribed = json.dumps({"control": "subscribed", "topic": topic})
         if offset is not None:
             self._metrics.resumes.labels("ws").inc()
+            member.backlog = self._new_backlog(topic)
+            member.backlog.seen[topic] = offset
+        self._enter(member)
+        if offset is None:
+            # In the room and told so in one step: every event after this frame follows it.
+            self._flush(conn)
+            conn.transport.write(wire_frame(subscribed))
+        else:
+            member.task = asyncio.ensure_future(self._replay(member, offset, subscribed))
+
+    def _new_backlog(self, topic: str) -> Subscriber:
+        policy = self._live.policy
+        return Subscriber(frozenset((topic,)), "ws", policy.queue_size, policy.slow_consumer)
+
+    def _enter(self, member: _Member) -> None:
+        conn, topic = member.conn, member.topic
+        conn.members[topic] = member
+        room = self._rooms.get(topic)
+        if room is None:
+            room = self._rooms[topic] = _Room(self, topic)
+            self._live.attach(topic, room)
+        room.members[member] = None
+        self._presence.join(topic, conn.identity.user)
+        self._observer.subscribers_changed("ws", 1)
+
+    def _leave(self, conn: _Connection, topic: str) -> asyncio.Task[None] | None:
+        """Take ``conn`` out of ``topic``'s room; the member's task (cancelled) if any."""
+        member = conn.members.pop(topic, None)
+        if member is None:
+            return None
+        room = self._rooms.get(topic)
+        if room is not None:
+            room.members.pop(member, None)
+            if not room.members:
+                del self._rooms[topic]
+                self._live.detach(topic, room)
+        self._presence.leave(topic, conn.identity.user)
+        self._observer.subscribers_changed("ws", -1)
+        task, member.task = member.task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            return task
+        return None
+
+    def _leave_all(self, conn: _Connection) -> list[asyncio.Task[None]]:
+        tasks = [self._leave(conn, topic) for topic in list(conn.members)]
+        return [t for t in tasks if t is not None]
+
+    def fan_out(self, room: _Room, event: StoredEvent) -> None:
+        """One live event to everyone in ``room``: the same bytes to every socket that
+        keeps up, the bounded backlog for the others."""
+        wire = self._frames.frame(event)
+        sent = 0
+        slow: list[_Member] = []
+        unflushed = self._unflushed
+        for member in room.members:
+            backlog = member.backlog
+            if backlog is None:
+                conn = member.conn
+                transport = conn.transport
+                if conn.ws.closed or transport.is_closing():
+                    continue  # leaving: its handler takes it out of the room
+                if transport.get_write_buffer_size() <= WRITE_HIGH_WATER:
+                    pending = conn.pending
+                    if pending is None:
+                        conn.pending = [wire]
+                        unflushed.append(conn)
+                    else:
+                        pending.append(wire)
+                    sent += 1
+                    continue
+                self._flush(conn)  # what is pending goes before the backlog
+                backlog = member.backlog = self._new_backlog(member.topic)
+                member.task = asyncio.ensure_future(self._send_backlog(member))
+            if not backlog.offer(event):
+                slow.append(member)
+        if sent:
+            self._observer.delivered_live("ws", sent, self._live.latency(event))
+            if not self._flush_due:
+                self._flush_due = True
+                asyncio.get_running_loop().call_soon(self._flush_all)
+        for member in slow:
+            self._slow_consumer(member)
+
+    def _flush_all(self) -> None:
+        """End of the turn: each connection's frames in one write."""
+        self._flush_due = False
+        unflushed, self._unflushed = self._unflushed, []
+        for conn in unflushed:
+            self._flush(conn)
+
+    @staticmethod
+    def _flush(conn: _Connection) -> None:
+        pending = conn.pending
+        if pending is None:
+            return
+        conn.pending = None
+        if conn.ws.closed or conn.transport.is_closing():
+            return
+        conn.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def _slow_consumer(self, member: _Member) -> None:
+        conn = member.conn
+        assert member.backlog is not None
+        self._observer.slow_consumer("ws", member.backlog.policy)
+        log.warning("closing slow WebSocket client", extra={"user": conn.identity.user})
+        self._leave_all(conn)
+        if conn.closer is None:
+            conn.closer = asyncio.ensure_future(
+                conn.ws.close(code=CLOSE_SLOW_CONSUMER, message=b"slow consumer"))
+
+    async def _replay(self, member: _Member, offset: int, subscribed: str) -> None:
+        """Resume: the retained events after ``offset``, then what queued meanwhile."""
+        ws, backlog = member.conn.ws, member.backlog
+        assert backlog is not None
         try:
-            await ws.send_str(json.dumps({"control": "subscribed", "topic": topic}))
-            async for item in self._live.subscribe(
-                    [topic], start="latest" if offset is None else "after_offset",
-                    after_offsets={} if offset is None else {topic: offset}, transport="ws",
-                    heartbeat=math.inf):
-                if item is None:
-                    continue  # WebSocket pings are the heartbeat
+            await ws.send_str(subscribed)
+            async for item in self._live.history(member.topic, offset):
                 if isinstance(item, Gap):
-                    await ws.send_str(json.dumps({
-                        "control": "gap", "topic": item.topic, "from_offset": item.from_offset,
-                        "to_offset": item.to_offset, "reason": item.reason}))
+                    await self._send_gap(ws, item.topic, item.from_offset, item.to_offset,
+                                         item.reason)
                 else:
-                    await ws.send_str(self._frames.frame(item))
-        except SlowConsumer:
-            log.warning("closing slow WebSocket client", extra={"user": conn.identity.user})
-            await ws.close(code=CLOSE_SLOW_CONSUMER, message=b"slow consumer")
+                    backlog.seen[item.topic] = item.offset
+                    await ws.send_frame(frame_payload(self._frames.frame(item)),
+                                        WSMsgType.TEXT)
         except SidecarError as exc:
-            if exc.reason == "SHUTTING_DOWN":
-                await ws.close(code=1001, message=b"server shutting down")
-            else:
-                await self._send_error(conn, exc.reason, exc.message)
+            await self._send_error(member.conn, exc.reason, exc.message)
+            return
         except (ConnectionResetError, RuntimeError):
-            pass  # the client went away mid-send
+            return  # the client went away mid-send
+        await self._send_backlog(member)
+
+    async def _send_backlog(self, member: _Member) -> None:
+        """Send ``member``'s backlog with backpressure (gap markers for what the
+        drop-oldest policy dropped; events already replayed skipped); once it is empty,
+        the connection is written to directly again."""
+        ws, backlog, topic = member.conn.ws, member.backlog, member.topic
+        assert backlog is not None
+        try:
+            while True:
+                if backlog.dropped:
+                    spans = sorted(backlog.dropped.items())
+                    backlog.dropped.clear()
+                    for gap_topic, (lo, hi) in spans:
+                        self._observer.gap("slow_consumer")
+                        await self._send_gap(ws, gap_topic, lo, hi, "slow_consumer")
+                    continue
+                if not backlog.queue:
+                    break
+                item = backlog.queue.popleft()
+                if not isinstance(item, StoredEvent) or item.offset <= backlog.seen.get(topic, 0):
+                    continue  # already replayed: the seam
+                backlog.seen[topic] = item.offset
+                await ws.send_frame(frame_payload(self._frames.frame(item)), WSMsgType.TEXT)
+                self._observer.delivered_live("ws", 1, self._live.latency(item))
+        except (ConnectionResetError, RuntimeError):
+            return  # the client went away mid-send
+        # Empty, and no await since: later events go straight to the socket again.
+        member.backlog = None
+        member.task = None
+
+    async def _send_gap(self, ws: web.WebSocketResponse, topic: str, lo: int, hi: int,
+                        reason: str) -> None:
+        await ws.send_str(json.dumps({"control": "gap", "topic": topic, "from_offset": lo,
+                                      "to_offset": hi, "reason": reason}))
 
     async def _send_error(self, conn: _Connection, reason: str, message: str) -> None:
+        self._flush(conn)
         with contextlib.suppress(ConnectionResetError, RuntimeError):
             await conn.ws.send_str(json.dumps({"control": "error", "reason": reason,
                                                "message": message}))
@@ -270,10 +491,12 @@ class WebSocketEdge:
         await self._close_token_expired(conn)
 
     async def _close_token_expired(self, conn: _Connection) -> None:
+        self._leave_all(conn)
         await conn.ws.close(code=CLOSE_TOKEN_EXPIRED, message=b"token expired")
 
     async def close_all(self) -> None:
         for conn in list(self._connections):
+            self._leave_all(conn)
             with contextlib.suppress(Exception):
                 await conn.ws.close(code=1001, message=b"server shutting down")
 

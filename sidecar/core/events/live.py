@@ -61,6 +61,18 @@ class LiveStore(Protocol):
     async def idempotency_release(self, scope: str, key: str) -> None: ...
 
 
+class Sink(Protocol):
+    """Takes every live event of one topic as it is published, in the publisher's call.
+
+    For edges that write to many connections at once (the WebSocket rooms): one sink
+    per topic instead of a subscriber (a queue and a task) per connection.
+    """
+
+    def deliver(self, event: StoredEvent) -> None: ...
+
+    def __len__(self) -> int: ...
+
+
 class LiveObserver(Protocol):
     def published(self, topic_class: str) -> None: ...
 
@@ -159,6 +171,7 @@ class LiveBus:
         self._observer = observer
         self._notify = notify
         self._by_topic: dict[str, set[Subscriber]] = collections.defaultdict(set)
+        self._sinks: dict[str, list[Sink]] = {}
         self._follower: EventFollower | None = None
 
     # ------------------------------------------------------------------ publish
@@ -227,7 +240,8 @@ class LiveBus:
         feed, in offset order; ``more_interest`` adds topics group members wait on.
         """
         self._follower = EventFollower(
-            feed, self._fan_out, lambda: [*self._by_topic, *more_interest()])
+            feed, self._fan_out,
+            lambda: [*self._by_topic, *self._sinks, *more_interest()])
 
     async def start(self) -> None:
         if self._follower is not None:
@@ -250,10 +264,50 @@ class LiveBus:
     def _fan_out(self, event: StoredEvent) -> None:
         """Hand ``event`` to this process's live subscribers and wake group members."""
         self._notify(event.topic)
-        for sub in list(self._by_topic.get(event.topic, ())):
-            if not sub.offer(event):
-                self._observer.slow_consumer(sub.transport, sub.policy)
-                self._remove(sub)
+        subs = self._by_topic.get(event.topic)
+        if subs:
+            for sub in list(subs):
+                if not sub.offer(event):
+                    self._observer.slow_consumer(sub.transport, sub.policy)
+                    self._remove(sub)
+        sinks = self._sinks.get(event.topic)
+        if sinks:
+            for sink in list(sinks):
+                sink.deliver(event)
+
+    # ------------------------------------------------------------------ sinks
+
+    @property
+    def observer(self) -> LiveObserver:
+        return self._observer
+
+    @property
+    def policy(self) -> LivePolicy:
+        return self._policy
+
+    def attach(self, topic: str, sink: Sink) -> None:
+        """Hand every live event of ``topic`` to ``sink`` from now on."""
+        self._sinks.setdefault(topic, []).append(sink)
+
+    def detach(self, topic: str, sink: Sink) -> None:
+        sinks = self._sinks.get(topic)
+        if sinks is not None and sink in sinks:
+            sinks.remove(sink)
+            if not sinks:
+                del self._sinks[topic]
+
+    def latency(self, event: StoredEvent) -> float:
+        """Seconds from publish to now (for the publish-to-delivery histogram)."""
+        return max(0.0, self._clock.time() - event.time)
+
+    async def history(self, topic: str, after: int) -> AsyncIterator[StoredEvent | Gap]:
+        """Retained events of ``topic`` after offset ``after`` (a gap first if some left
+        the log). A sink attached before this is called sees every later event: the
+        overlap is the caller's to drop (offsets at or below the last one replayed)."""
+        if self._follower is not None:
+            await self._follower.ensure([topic])
+        async for item in self._replay(topic, after):
+            yield item
 
     # ------------------------------------------------------------------ subscribe
 
@@ -275,7 +329,9 @@ class LiveBus:
             self._observer.subscribers_changed(sub.transport, -1)
 
     def subscriber_count(self, topic: str) -> int:
-        return len(self._by_topic.get(topic, ()))
+        """Live subscribers of ``topic``: streams, plus the connections of its sinks."""
+        return (len(self._by_topic.get(topic, ()))
+                + sum(len(s) for s in self._sinks.get(topic, ())))
 
     async def subscribe(self, topics: Sequence[str], *, start: str = "latest",
                         after_offsets: Mapping[str, int] | None = None,
