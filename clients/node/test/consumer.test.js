@@ -2,7 +2,7 @@
 const assert = require('node:assert/strict');
 const http = require('node:http');
 const { after, before, describe, it } = require('node:test');
-const { DeadLetter, SidecarClient } = require('..');
+const { Code, DeadLetter, SidecarClient } = require('..');
 const { SidecarProcess } = require('./support/sidecar');
 
 function metricsText(sidecar) {
@@ -85,5 +85,49 @@ describe('durable group consumer against a real sidecar process', { timeout: 600
     assert.equal(counter(text, 'sidecar_acks_total', 'group="workers",outcome="retry"'), 1);
     assert.equal(counter(text, 'sidecar_acks_total', 'group="workers",outcome="dead_letter"'), 1);
     assert.equal(published.length, 4);
+  });
+
+  it('keeps consuming across a sidecar restart, each event handled once', async () => {
+    const publisher = new SidecarClient({ address: sidecar.address, deadlineMs: 5000, waitForReady: true });
+    const handled = [];
+    const waiters = [];
+    const handledCount = (n) => new Promise((resolve) => {
+      waiters.push({ n, resolve });
+      waiters.filter((w) => handled.length >= w.n).forEach((w) => w.resolve());
+    });
+    const reconnects = [];
+    const consumer = client.consume({
+      group: 'restarts',
+      topics: ['tasks'],
+      consumer: 'worker-2',
+      reconnect: { initialDelayMs: 50, maxDelayMs: 400 },
+      onReconnect: (info) => reconnects.push(info),
+      handler: (event) => {
+        handled.push(event.data.toString());
+        waiters.filter((w) => handled.length >= w.n).forEach((w) => w.resolve());
+      },
+    });
+    try {
+      await publisher.publish({ topic: 'tasks', data: 'one' });
+      await publisher.publish({ topic: 'tasks', data: 'two' });
+      await handledCount(2);
+      // The acks are sent after the handler returns: wait until the sidecar has them.
+      const deadline = Date.now() + 5000;
+      while (counter(await metricsText(sidecar), 'sidecar_acks_total', 'group="restarts",outcome="success"') < 2) {
+        assert.ok(Date.now() < deadline, 'acks did not arrive');
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+
+      await sidecar.stop('SIGTERM');
+      await sidecar.start();
+      await publisher.publish({ topic: 'tasks', data: 'three' });
+      await publisher.publish({ topic: 'tasks', data: 'four' });
+      await handledCount(4);
+      assert.deepEqual(handled, ['one', 'two', 'three', 'four']);
+      assert.ok(reconnects.length >= 1 && reconnects.every((r) => r.error.code === Code.UNAVAILABLE));
+    } finally {
+      await consumer.close();
+      publisher.close();
+    }
   });
 });
