@@ -41,64 +41,68 @@ describe('subscribe against a real sidecar process', { timeout: 60000 }, () => {
     return c;
   }
 
-  it('resumes after a sidecar restart mid-stream with no event lost or repeated', async () => {
-    // Record every SubscribeRequest the client sends (a grpc-js client interceptor).
-    const requests = [];
-    const recorder = (options, nextCall) => new grpc.InterceptingCall(nextCall(options), {
-      sendMessage(message, next) {
-        if (options.method_definition.path.endsWith('/Subscribe')) requests.push(message);
-        next(message);
-      },
+  for (const signal of ['SIGTERM', 'SIGKILL']) {
+    it(`resumes after a sidecar restart mid-stream (${signal}) with no event lost or repeated`, async () => {
+      const orders = `orders-${signal}`;
+      const audit = `audit-${signal}`;
+      // Record every SubscribeRequest the client sends (a grpc-js client interceptor).
+      const requests = [];
+      const recorder = (options, nextCall) => new grpc.InterceptingCall(nextCall(options), {
+        sendMessage(message, next) {
+          if (options.method_definition.path.endsWith('/Subscribe')) requests.push(message);
+          next(message);
+        },
+      });
+      const client = newClient({ interceptors: [recorder] });
+      const reconnects = [];
+      const sub = client.subscribe([orders, audit], {
+        start: 'earliest',
+        reconnect: FAST_RECONNECT,
+        onReconnect: (info) => reconnects.push(info),
+      });
+      const before = [
+        ...(await publishMany(publisher, orders, 5, 'a')),
+        ...(await publishMany(publisher, audit, 2, 'a')),
+      ];
+      const first = await take(sub, 7);
+      assert.deepEqual(first.map((e) => e.id).sort(), before.map((p) => p.eventId).sort());
+      assert.deepEqual(sub.offsets, { [orders]: 5, [audit]: 2 });
+
+      // Wait for the rest while the sidecar goes away and comes back.
+      const rest = take(sub, 5, 15000);
+      const exit = await sidecar.stop(signal);
+      assert.equal(exit.signal, signal === 'SIGTERM' ? null : 'SIGKILL', 'SIGTERM: the sidecar stopped by itself');
+      await sidecar.start();
+      const after = [
+        ...(await publishMany(publisher, orders, 4, 'b')),
+        ...(await publishMany(publisher, audit, 1, 'b')),
+      ];
+      const second = await rest;
+      assert.deepEqual(second.map((e) => e.id).sort(), after.map((p) => p.eventId).sort());
+
+      const all = [...first, ...second];
+      const offsets = (topic) => all.filter((e) => e.topic === topic).map((e) => e.offset);
+      assert.deepEqual(offsets(orders), [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+      assert.deepEqual(offsets(audit), [1, 2, 3]);
+      assert.ok(reconnects.length >= 1, 'reconnected at least once');
+      assert.ok(reconnects.every((r) => r.error instanceof UnavailableError), reconnects.map((r) => r.error.reason).join());
+      // The sidecar, not only the client, skipped what was already yielded.
+      assert.equal(requests[0].start, 'START_POSITION_EARLIEST');
+      assert.equal(requests.length, reconnects.length + 1);
+      for (const request of requests.slice(1)) {
+        assert.equal(request.start, 'START_POSITION_AFTER_OFFSET');
+        assert.deepEqual(request.afterOffsets, { [orders]: 5, [audit]: 2 });
+      }
+
+      // Nothing else is pending: the next item is the next event published.
+      const sentinel = await publisher.publish({ topic: orders, data: 'last' });
+      const [next] = await take(sub, 1);
+      assert.equal(brief(next), `${orders}#10`);
+      assert.equal(next.id, sentinel.eventId);
+      await sub.return();
+      assert.equal(sub.closed, true);
     });
-    const client = newClient({ interceptors: [recorder] });
-    const reconnects = [];
-    const sub = client.subscribe(['orders', 'audit'], {
-      start: 'earliest',
-      reconnect: FAST_RECONNECT,
-      onReconnect: (info) => reconnects.push(info),
-    });
-    const before = [
-      ...(await publishMany(publisher, 'orders', 5, 'a')),
-      ...(await publishMany(publisher, 'audit', 2, 'a')),
-    ];
-    const first = await take(sub, 7);
-    assert.deepEqual(first.map((e) => e.id).sort(), before.map((p) => p.eventId).sort());
-    assert.deepEqual(sub.offsets, { orders: 5, audit: 2 });
-
-    // Wait for the rest while the sidecar goes away and comes back.
-    const rest = take(sub, 5, 15000);
-    const exit = await sidecar.stop('SIGTERM');
-    assert.equal(exit.signal === 'SIGKILL', false, 'the sidecar stopped by itself on SIGTERM');
-    await sidecar.start();
-    const after = [
-      ...(await publishMany(publisher, 'orders', 4, 'b')),
-      ...(await publishMany(publisher, 'audit', 1, 'b')),
-    ];
-    const second = await rest;
-    assert.deepEqual(second.map((e) => e.id).sort(), after.map((p) => p.eventId).sort());
-
-    const all = [...first, ...second];
-    const offsets = (topic) => all.filter((e) => e.topic === topic).map((e) => e.offset);
-    assert.deepEqual(offsets('orders'), [1, 2, 3, 4, 5, 6, 7, 8, 9]);
-    assert.deepEqual(offsets('audit'), [1, 2, 3]);
-    assert.ok(reconnects.length >= 1, 'reconnected at least once');
-    assert.ok(reconnects.every((r) => r.error instanceof UnavailableError), reconnects.map((r) => r.error.reason).join());
-    // The sidecar, not only the client, skipped what was already yielded.
-    assert.equal(requests[0].start, 'START_POSITION_EARLIEST');
-    assert.equal(requests.length, reconnects.length + 1);
-    for (const request of requests.slice(1)) {
-      assert.equal(request.start, 'START_POSITION_AFTER_OFFSET');
-      assert.deepEqual(request.afterOffsets, { orders: 5, audit: 2 });
-    }
-
-    // Nothing else is pending: the next item is the next event published.
-    const sentinel = await publisher.publish({ topic: 'orders', data: 'last' });
-    const [next] = await take(sub, 1);
-    assert.equal(brief(next), 'orders#10');
-    assert.equal(next.id, sentinel.eventId);
-    await sub.return();
-    assert.equal(sub.closed, true);
-  });
+  }
 
   it('yields events with their payload, attributes and time; break closes the stream', async () => {
     const client = newClient();
