@@ -7,6 +7,7 @@ const {
   UnauthenticatedError, UnavailableError, Code,
 } = require('..');
 const { SidecarProcess, Upstream } = require('./support/sidecar');
+const { take } = require('./support/iterate');
 
 const TOKEN = 'test-token-0123456789';
 const JWT_SECRET = 'jwt-secret-for-the-node-client-tests-0123456789';
@@ -137,6 +138,9 @@ describe('unary RPCs against a real sidecar', { timeout: 60000 }, () => {
         const err = await c.getPresence('broadcast').then(() => assert.fail('expected UNAUTHENTICATED'), (e) => e);
         assert.ok(err instanceof UnauthenticatedError);
         assert.equal(err.reason, 'API_TOKEN_INVALID');
+        // A stream refused for its token is a final error, not a reconnect loop.
+        const sub = c.subscribe('orders', { onReconnect: () => assert.fail('must not reconnect') });
+        await assert.rejects(sub.next(), UnauthenticatedError);
       }
       assert.ok(!JSON.stringify(client).includes(TOKEN));
     } finally {
@@ -152,6 +156,14 @@ describe('unary RPCs against a real sidecar', { timeout: 60000 }, () => {
     const keyed = await client.publish({ topic: 'orders', data: 'a', idempotencyKey: 'p-1' });
     const replay = await client.publish({ topic: 'orders', data: 'a', idempotencyKey: 'p-1' });
     assert.deepEqual(replay, { ...keyed, replayed: true });
+
+    // The token goes on streams too.
+    const sub = client.subscribe('orders', { start: 'earliest' });
+    const [event] = await take(sub, 1);
+    sub.close();
+    assert.equal(event.id, first.eventId);
+    assert.deepEqual(JSON.parse(event.data.toString()), { id: 1 });
+    assert.equal(event.contentType, 'application/json');
   });
 
   it('getPresence, verifyWebhook and ack answer through the same client', async () => {
