@@ -3,6 +3,7 @@ const assert = require('node:assert/strict');
 const { after, before, describe, it } = require('node:test');
 const { SidecarClient } = require('..');
 const { SidecarProcess } = require('./support/sidecar');
+const { flood } = require('./support/events');
 const { take } = require('./support/iterate');
 
 describe('gaps from a real sidecar process', { timeout: 60000 }, () => {
@@ -28,12 +29,7 @@ describe('gaps from a real sidecar process', { timeout: 60000 }, () => {
     assert.equal(opened.id, first.eventId);
 
     // Not reading now: these fill the transport's buffers, then the sidecar's queue of 4.
-    const payload = Buffer.alloc(16384, 'x');
-    let last = first.offset;
-    for (let batch = 0; batch < 12; batch += 1) {
-      const done = await Promise.all(Array.from({ length: 10 }, () => client.publish({ topic: 'burst', data: payload })));
-      last = Math.max(last, ...done.map((p) => p.offset));
-    }
+    const last = await flood(client, 'burst');
 
     const covered = [opened.offset];
     const gaps = [];

@@ -4,17 +4,10 @@ const { after, before, describe, it } = require('node:test');
 const grpc = require('@grpc/grpc-js');
 const { InvalidArgumentError, SidecarClient, SlowConsumerError, UnavailableError } = require('..');
 const { SidecarProcess } = require('./support/sidecar');
+const { flood, publishMany } = require('./support/events');
 const { take, brief } = require('./support/iterate');
 
 const FAST_RECONNECT = { initialDelayMs: 50, maxDelayMs: 400 };
-
-async function publishMany(client, topic, count, prefix) {
-  const out = [];
-  for (let i = 0; i < count; i += 1) {
-    out.push(await client.publish({ topic, type: 'test.event', data: { prefix, i } }));
-  }
-  return out;
-}
 
 describe('subscribe against a real sidecar process', { timeout: 60000 }, () => {
   let sidecar;
@@ -194,12 +187,7 @@ describe('subscribe against a real sidecar process', { timeout: 60000 }, () => {
     assert.equal(opened.id, first.eventId);
 
     // Not reading now: the transport's buffers fill, then the sidecar's queue of 4 overflows.
-    const payload = Buffer.alloc(16384, 'x');
-    let last = first.offset;
-    for (let batch = 0; batch < 12; batch += 1) {
-      const done = await Promise.all(Array.from({ length: 10 }, () => publisher.publish({ topic: 'firehose', data: payload })));
-      last = Math.max(last, ...done.map((p) => p.offset));
-    }
+    const last = await flood(publisher, 'firehose');
     const rest = await take(sub, last - 1, 20000);
     sub.close();
     assert.deepEqual([opened, ...rest].map(brief), Array.from({ length: last }, (_, i) => `firehose#${i + 1}`));
