@@ -13,7 +13,7 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -250,7 +250,9 @@ class Sidecar:
                 # Read off the event loop: a slow volume must not stall calls.
                 new = config if config is not None else await asyncio.to_thread(
                     load_config, self.config_path)
-                outcome = self._apply(new)
+                effective = effective_config(self.config, new)
+                transports = await asyncio.to_thread(self.calls.transports_for, effective)
+                outcome = self._apply(new, effective, transports)
             except ConfigError as exc:
                 outcome = ReloadOutcome(False, tuple(str(p) for p in exc.problems))
             except TlsFileError as exc:
@@ -275,11 +277,11 @@ class Sidecar:
                             extra={"fields": list(outcome.restart_required)})
             return outcome
 
-    def _apply(self, new: Config) -> ReloadOutcome:
+    def _apply(self, new: Config, effective: Config,
+               transports: Mapping[str, Transport]) -> ReloadOutcome:
         """Everything that can fail first, then the swap: no await, so no call,
         stream or request ever sees half of a reload."""
         running = self.config
-        effective = effective_config(running, new)
         restart = restart_required(effective, new)
         tls: list[tuple[GrpcServer | HttpListener, TlsMaterial]] = []
         for listener, tls_config, field in (
@@ -289,7 +291,7 @@ class Sidecar:
             if tls_config is not None:
                 tls.append((listener, read_material(tls_config, field)))
         breakers_before = set(self.calls.breakers())
-        changes = self.calls.reconfigure(effective)
+        changes = self.calls.reconfigure(effective, transports)
         # From here on nothing can fail on bad input: it was all checked above.
         for name in breakers_before - set(self.calls.breakers()):
             # A removed breaker's gauge must not keep an alert firing.

@@ -74,7 +74,14 @@ def _diff(a: Any, b: Any, path: str) -> list[str]:
 
 def restart_required(effective: Config, new: Config) -> list[str]:
     """Dotted paths of settings in ``new`` that ``effective`` does not apply."""
-    paths = _diff(to_plain(effective), to_plain(new), "")
+    # Integrations, routes and webhook sources always apply: only the sections
+    # that can hold restart-only settings are compared (cheap with many integrations).
+    paths: list[str] = []
+    for section in ("server", "storage", "logging", "realtime"):
+        paths += _diff(to_plain(getattr(effective, section)),
+                       to_plain(getattr(new, section)), section)
+    paths += _diff(to_plain(effective.webhooks.delivery), to_plain(new.webhooks.delivery),
+                   "webhooks.delivery")
     # Secrets show as their variable name only: compare the values too.
     for path, old_secret, new_secret in (
             ("server.grpc.api_token_env", effective.server.grpc.api_token,

@@ -189,43 +189,65 @@ class CallPipeline:
             routes = [r for r in config.routes if r.integration == name]
             self._integrations[name] = self._build(icfg, routes, transport_factory(icfg))
 
-    def reconfigure(self, config: Config) -> IntegrationChanges:
+    def _keeps(self, config: Config, name: str) -> bool:
+        old = self._integrations.get(name)
+        routes = tuple(r for r in config.routes if r.integration == name)
+        return (old is not None and old.config == config.integrations[name]
+                and old.route_configs == routes)
+
+    def transports_for(self, config: Config) -> dict[str, Transport]:
+        """Transports for the integrations ``reconfigure(config)`` will build.
+
+        Construction only, so it may run in a worker thread: an HTTPS transport
+        loads the CA bundle (tens of milliseconds each), which must not stall
+        the event loop during a reload.
+        """
+        return {name: self._transport_factory(icfg) for name, icfg in config.integrations.items()
+                if not self._keeps(config, name)}
+
+    def reconfigure(self, config: Config,
+                    transports: Mapping[str, Transport] | None = None) -> IntegrationChanges:
         """Swap in ``config``'s integrations for new calls.
 
         An integration whose config and routes are unchanged keeps everything
         (breaker state, rate-limit bucket, retry budget, bulkhead, fallback
-        cache, connection pool). An added or changed one is built new; a
-        changed or removed one is retired: calls already running finish on it,
-        then its connections close. Raises (and changes nothing) if building fails.
+        cache, connection pool). An added or changed one is built new (with a
+        transport from ``transports`` when given); a changed or removed one is
+        retired: calls already running finish on it, then its connections
+        close. Raises (and changes nothing) if building fails.
         """
+        spare = dict(transports or {})
         fresh: dict[str, _Integration] = {}
         added: list[str] = []
         changed: list[str] = []
         try:
             for name, icfg in config.integrations.items():
-                routes = tuple(r for r in config.routes if r.integration == name)
-                old = self._integrations.get(name)
-                if old is not None and old.config == icfg and old.route_configs == routes:
-                    fresh[name] = old
+                if self._keeps(config, name):
+                    fresh[name] = self._integrations[name]
                     continue
-                (added if old is None else changed).append(name)
-                fresh[name] = self._build(icfg, list(routes), self._transport_factory(icfg))
+                (added if name not in self._integrations else changed).append(name)
+                routes = [r for r in config.routes if r.integration == name]
+                transport = spare.pop(name, None) or self._transport_factory(icfg)
+                fresh[name] = self._build(icfg, routes, transport)
         except BaseException:
             for name in (*added, *changed):
                 if name in fresh:
-                    self._close_soon(fresh[name])
+                    self._close_soon(fresh[name].transport)
             raise
+        finally:
+            for transport in spare.values():
+                self._close_soon(transport)
         removed = [name for name in self._integrations if name not in fresh]
         retired = [self._integrations[n] for n in (*changed, *removed)]
         self._integrations = fresh
         for integ in retired:
             integ.retired = True
             if not integ.active:
-                self._close_soon(integ)
+                self._close_soon(integ.transport)
         return IntegrationChanges(tuple(added), tuple(removed), tuple(changed))
 
-    def _close_soon(self, integ: _Integration) -> None:
-        task = asyncio.ensure_future(integ.transport.close())
+    def _close_soon(self, transport: Transport) -> None:
+        task = asyncio.ensure_future(transport.close())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
@@ -313,7 +335,7 @@ class CallPipeline:
         finally:
             integ.active -= 1
             if integ.retired and not integ.active:
-                self._close_soon(integ)
+                self._close_soon(integ.transport)
 
     async def _call(self, req: CallRequest, integ: _Integration, start: float) -> CallResult:
         method = (req.method or "GET").upper()
