@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+from functools import cache
 from pathlib import Path
 
 import grpc
@@ -50,13 +51,18 @@ def _sources() -> list[Path]:
     return [p for p in sorted(SIDECAR.rglob("*.py")) if p.name != "__main__.py"]
 
 
+@cache
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text())
+
+
 def grpc_reasons() -> dict[str, set[str]]:
     """reason -> the gRPC code names it can come with."""
     found: dict[str, set[str]] = {}
     for path in _sources():
         module = importlib.import_module(_module_name(path))
         namespace = vars(module)
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(_tree(path)):
             if not isinstance(node, ast.Call):
                 continue
             cls = _error_class(_resolve(node.func, namespace))
@@ -78,7 +84,7 @@ def _literal_reasons(function: str) -> set[str]:
     """String literals passed as the second argument of calls to ``function``."""
     found: set[str] = set()
     for path in _sources():
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(_tree(path)):
             if not isinstance(node, ast.Call) or len(node.args) < 2:
                 continue
             func = node.func
