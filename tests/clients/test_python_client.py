@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
+import integration_sidecar_client
 import pytest
 from integration_sidecar_client import (
     DEFAULT,
@@ -294,6 +296,36 @@ async def test_subscribe_resumes_after_the_sidecar_restarts(tmp_path: Path) -> N
     assert waits and waits[0] == 0.05
 
 
+async def next_offset(sub: AsyncIterator[Event | Gap]) -> int:
+    item = await asyncio.wait_for(anext(sub), WAIT)
+    assert isinstance(item, Event), item
+    return item.offset
+
+
+async def test_slow_consumer_resubscribes_without_losing_events(tmp_path: Path) -> None:
+    """The sidecar cuts a subscriber that does not read (SLOW_CONSUMER); the
+    subscription resubscribes from its last offset and still yields every event once."""
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    async with running(tmp_path, {"realtime": {"queue_size": 4}},
+                       reconnect=Reconnect(sleep=sleep)) as (sc, sidecar):
+        sub = sidecar.subscribe("big", start=StartPosition.EARLIEST)
+        big = b"x" * 200_000  # fills HTTP/2 windows quickly, so the sidecar's queue backs up
+        first = await sidecar.publish("big", b"first")
+        assert await next_offset(sub) == first.offset
+        for _ in range(40):  # nobody reads meanwhile; a publish offers to the queue at once
+            await sidecar.publish("big", big)
+        assert 'sidecar_slow_consumer_events_total{policy="disconnect",transport="grpc"} 1.0' \
+            in sc.metrics.exposition().decode()
+        offsets = [await next_offset(sub) for _ in range(40)]
+        await sub.aclose()
+    assert offsets == list(range(2, 42))
+    assert len(waits) == 1  # one resubscribe
+
+
 def test_reconnect_backoff_is_exponential_with_full_jitter() -> None:
     policy = Reconnect(initial=0.1, maximum=1.0, multiplier=2.0, max_attempts=3,
                        random=lambda: 0.5)
@@ -427,8 +459,6 @@ async def test_blocking_client(tmp_path: Path, upstream: Upstream) -> None:
 def test_error_without_details_maps_by_code() -> None:
     class Fake:
         def code(self) -> Any:
-            import grpc
-
             return grpc.StatusCode.DEADLINE_EXCEEDED
 
         def details(self) -> str:
@@ -440,3 +470,26 @@ def test_error_without_details_maps_by_code() -> None:
     err = error_from_rpc(Fake())  # type: ignore[arg-type]
     assert isinstance(err, DeadlineExceededError)
     assert (err.reason, err.retry_delay, err.field_violations) == ("", None, ())
+
+
+def test_public_exports_are_pinned() -> None:
+    """Renaming or dropping a public name is a breaking change: make it on purpose."""
+    assert sorted(integration_sidecar_client.__all__) == sorted([
+        "DEFAULT", "DEFAULT_TARGET", "DEFAULT_TIMEOUT", "AbortedError", "AckOutcome",
+        "AckResult", "AsyncSidecarClient", "BulkheadFullError", "CallResponse",
+        "CancelledRpcError", "CircuitOpenError", "DeadLetter", "DeadlineExceededError",
+        "Deprecation", "Event", "FailedPreconditionError", "FieldViolation", "Gap",
+        "GapReason", "IdempotencyInFlightError", "IdempotencyKeyReusedError",
+        "InternalError", "InvalidArgumentError", "NotFoundError", "Presence",
+        "PublishResult", "RateLimitedError", "Reconnect", "ResourceExhaustedError",
+        "ResponseTooLargeError", "ShuttingDownError", "SidecarClient", "SidecarError",
+        "SidecarUnreachableError", "SlowConsumerError", "StartPosition",
+        "StorageUnavailableError", "Subscription", "SyncSubscription",
+        "UnauthenticatedError", "UnavailableError", "UnimplementedError",
+        "UpstreamTimeoutError", "UpstreamUnreachableError", "VerifyResult",
+        "WebhookVerdict", "idempotency_key_for", "new_idempotency_key"])
+    for name in integration_sidecar_client.__all__:
+        assert getattr(integration_sidecar_client, name) is not None
+    errors = [getattr(integration_sidecar_client, n) for n in integration_sidecar_client.__all__
+              if n.endswith("Error") and n != "SidecarError"]
+    assert all(issubclass(e, SidecarError) for e in errors)

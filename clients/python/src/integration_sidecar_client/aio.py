@@ -159,7 +159,8 @@ class AsyncSidecarClient:
         per topic, so no event is lost or repeated. Heartbeats are swallowed. A ``Gap``
         says events of a topic will not arrive (the log no longer holds them, or they
         were dropped for a slow consumer). ``after_offsets`` (per topic, the last
-        offset already had) and ``after_event_id`` override ``start``.
+        offset already had) and ``after_event_id`` override ``start``. The stream
+        opens when iteration starts.
         """
         names = [topics] if isinstance(topics, str) else list(topics)
         point = ResumePoint(names, start, after_offsets, after_event_id)
