@@ -106,7 +106,10 @@ OTHER_LOAD_NOTE = 0.15
 #: (its ``sidecar started`` line names the bound ports); every ``sidecar.*`` logger stays
 #: at the configured ``warning``. Importing sidecar.app creates all of them.
 SIDECAR_BOOT = """
-import logging, sys
+import logging, os, sys
+if sys.argv[1:2] == ["--cpu"]:  # pinned like the raw servers (tests.bench.realtime_peers)
+    os.sched_setaffinity(0, {int(sys.argv[2])})
+    del sys.argv[1:3]
 import sidecar.app
 for name in list(logging.root.manager.loggerDict):
     if name.startswith("sidecar."):
@@ -130,6 +133,8 @@ class Settings:
     latency_subs: int
     #: A second, lighter latency point for context (events/s; 0: skip).
     latency_low_rate: float
+    #: A third point for context: ``latency_rate`` to a single client.
+    latency_one: bool
     idle: int
     idle_procs: int
     concurrency: int
@@ -140,10 +145,11 @@ class Settings:
 
 FULL = Settings("full", warmup=0.5, duration=2.0, rounds=3, grpc_subs=50, ws_small=100,
                 ws_large=1000, latency_rate=1000.0, latency_subs=100, latency_low_rate=100.0,
-                idle=10_000, idle_procs=2, concurrency=16, window=16, budget=175.0)
+                latency_one=True, idle=10_000, idle_procs=2, concurrency=16, window=16,
+                budget=175.0)
 QUICK = Settings("quick", warmup=0.3, duration=1.0, rounds=1, grpc_subs=10, ws_small=20,
                  ws_large=200, latency_rate=1000.0, latency_subs=20, latency_low_rate=0.0,
-                 idle=500, idle_procs=1, concurrency=16, window=16, budget=90.0)
+                 latency_one=False, idle=500, idle_procs=1, concurrency=16, window=16, budget=90.0)
 
 
 class BenchError(RuntimeError):
@@ -152,8 +158,19 @@ class BenchError(RuntimeError):
 
 # ---------------------------------------------------------------------- processes
 
-def _py() -> list[str]:
-    return [sys.executable, "-m", "tests.bench.realtime_peers"]
+def _py(cpu: int = -1) -> list[str]:
+    pin = ["--cpu", str(cpu)] if cpu >= 0 else []
+    return [sys.executable, "-m", "tests.bench.realtime_peers", *pin]
+
+
+def pinning(enabled: bool) -> tuple[int, int]:
+    """(server CPU, client CPU), or (-1, -1) for none: servers on one CPU, the processes
+    driving them on another, so that on a small machine the load generator does not
+    take the server's core (and the other way round)."""
+    if not enabled or not hasattr(os, "sched_setaffinity"):
+        return -1, -1
+    cpus = sorted(os.sched_getaffinity(0))
+    return (cpus[0], cpus[1]) if len(cpus) >= 2 else (-1, -1)
 
 
 def sidecar_config(workdir: Path) -> Path:
@@ -180,9 +197,11 @@ def sidecar_config(workdir: Path) -> Path:
     return path
 
 
-async def start_sidecar(workdir: Path, env: dict[str, str]) -> tuple[Child, dict[str, Any]]:
+async def start_sidecar(workdir: Path, env: dict[str, str], cpu: int = -1
+                        ) -> tuple[Child, dict[str, Any]]:
     config = sidecar_config(workdir)
-    child = Child("sidecar", [sys.executable, "-c", SIDECAR_BOOT, "serve", "--config",
+    pin = ["--cpu", str(cpu)] if cpu >= 0 else []
+    child = Child("sidecar", [sys.executable, "-c", SIDECAR_BOOT, *pin, "serve", "--config",
                               str(config)], env)
     deadline = time.monotonic() + START_TIMEOUT
     while True:
@@ -212,12 +231,15 @@ def vm_kb(pid: int, field: str) -> int:
 class Run:
     """The running processes and the record of what was measured."""
 
-    def __init__(self, s: Settings, env: dict[str, str], results: dict[str, Any]) -> None:
+    def __init__(self, s: Settings, env: dict[str, str], results: dict[str, Any],
+                 cpus: tuple[int, int] = (-1, -1)) -> None:
         self.s = s
         self.env = env
         self.results = results
         self.children: list[Child] = []
         self.serial = 0
+        #: CPU for the servers, CPU for the load and idle-client processes (-1: any).
+        self.server_cpu, self.client_cpu = cpus
 
     def start(self, name: str, argv: list[str]) -> Child:
         child = Child(name, argv, self.env)
@@ -233,8 +255,8 @@ class Run:
                    edge: str = "", subs: int, auth: bool = True, rate: float = 0.0,
                    latency: bool = False) -> dict[str, Any]:
         s = self.s
-        argv = [*_py(), "load", "--transport", transport, "--target", target, "--subs",
-                str(subs), "--warmup", str(s.warmup), "--duration", str(s.duration),
+        argv = [*_py(self.client_cpu), "load", "--transport", transport, "--target", target,
+                "--subs", str(subs), "--warmup", str(s.warmup), "--duration", str(s.duration),
                 "--concurrency", str(s.concurrency), "--window", str(s.window),
                 "--server-pid", str(server.pid)]
         if edge:
@@ -313,8 +335,8 @@ async def idle_memory(run: Run, server: Child, edge: str, grpc_address: str | No
     name = server.name
     out: dict[str, Any] = {"wanted": s.idle}
     # Warm-up: the first connections import and initialise code paths.
-    warm = run.start(f"idle-warmup-{name}", [*_py(), "idle", "--edge", edge, "--count", "100",
-                                             "--prefix", "warm-"])
+    warm = run.start(f"idle-warmup-{name}", [*_py(run.client_cpu), "idle", "--edge", edge,
+                                             "--count", "100", "--prefix", "warm-"])
     await warm.wait_announced(60)
     run.finish(warm)
     if grpc_address:
@@ -324,8 +346,8 @@ async def idle_memory(run: Run, server: Child, edge: str, grpc_address: str | No
     per_proc = [s.idle // s.idle_procs + (1 if i < s.idle % s.idle_procs else 0)
                 for i in range(s.idle_procs)]
     t0 = time.perf_counter()
-    procs = [run.start(f"idle-{name}-{i}", [*_py(), "idle", "--edge", edge, "--count", str(n),
-                                            "--prefix", f"idle{i}-"])
+    procs = [run.start(f"idle-{name}-{i}", [*_py(run.client_cpu), "idle", "--edge", edge,
+                                            "--count", str(n), "--prefix", f"idle{i}-"])
              for i, n in enumerate(per_proc)]
     try:
         announced = [await p.wait_announced(60 + s.idle / 100) for p in procs]
@@ -371,9 +393,9 @@ async def idle_memory(run: Run, server: Child, edge: str, grpc_address: str | No
 
 async def measure(run: Run, tmp: Path) -> None:
     s, res = run.s, run.results
-    raw_grpc = run.start("raw-grpc", [*_py(), "raw-grpc"])
-    raw_ws = run.start("raw-ws", [*_py(), "raw-ws"])
-    sidecar, started = await start_sidecar(tmp, run.env)
+    raw_grpc = run.start("raw-grpc", [*_py(run.server_cpu), "raw-grpc"])
+    raw_ws = run.start("raw-ws", [*_py(run.server_cpu), "raw-ws"])
+    sidecar, started = await start_sidecar(tmp, run.env, run.server_cpu)
     run.children.append(sidecar)
     res["sidecar_started"] = {k: started.get(k) for k in ("grpc", "edge", "admin", "version")}
     raw_grpc_address = (await raw_grpc.wait_announced(START_TIMEOUT))["address"]
@@ -424,14 +446,17 @@ async def measure(run: Run, tmp: Path) -> None:
     # 3. latency at a fixed rate
     lat: dict[str, Any] = {}
     res["latency"] = lat
-    points = [("main", s.latency_rate)] + ([("low", s.latency_low_rate)]
-                                            if s.latency_low_rate else [])
-    for point, rate in points:
+    #: point -> (events/s, clients); "one": the main rate to a single client, i.e. the
+    #: publish path (gRPC, storage) with next to no fan-out.
+    points = [("main", s.latency_rate, s.latency_subs)] + (
+        [("low", s.latency_low_rate, s.latency_subs)] if s.latency_low_rate else []) + (
+        [("one", s.latency_rate, 1)] if s.latency_one else [])
+    for point, rate, subs in points:
         for which in ("sidecar", "raw"):
             server, target_, edge, auth = servers["ws"][which]
             lat[f"{point}_{which}"] = await run.load(
-                f"latency-{rate:g}-{which}", server, transport="ws", target=target_,
-                edge=edge, subs=s.latency_subs, auth=auth, rate=rate, latency=True)
+                f"latency-{rate:g}-{subs}-{which}", server, transport="ws", target=target_,
+                edge=edge, subs=subs, auth=auth, rate=rate, latency=True)
     res["memory"]["sidecar_rss_end_kb"] = vm_kb(sidecar.pid, "VmRSS")
     res["memory"]["sidecar_peak_rss_kb"] = vm_kb(sidecar.pid, "VmHWM")
 
@@ -456,12 +481,13 @@ def target(name: str, value: float | None, op: str, limit: float, unit: str = ""
     return {"name": name, "value": value, "op": op, "target": limit, "unit": unit, "met": met}
 
 
-async def run_all(s: Settings, results: dict[str, Any]) -> None:
+async def run_all(s: Settings, results: dict[str, Any], cpus: tuple[int, int] = (-1, -1)
+                  ) -> None:
     env = child_env()
     env[SECRET_ENV] = secrets.token_urlsafe(32)
     results["problems"] = []
     results["notes"] = []
-    run = Run(s, env, results)
+    run = Run(s, env, results, cpus)
     with tempfile.TemporaryDirectory(prefix="sidecar-rt-bench-") as tmp:
         try:
             async with asyncio.timeout(s.budget):
@@ -499,7 +525,9 @@ def report(s: Settings, res: dict[str, Any]) -> str:
         f"{env['python']}; grpcio {env['grpcio']}; aiohttp {env['aiohttp']}; "
         f"uvloop {env['uvloop']}; open-file limit {env['nofile']}",
         "all traffic on 127.0.0.1; each server and each load generator its own process on "
-        "uvloop",
+        "uvloop; " + (f"servers pinned to CPU {res['cpus']['server']}, load and idle clients "
+                      f"to CPU {res['cpus']['clients']}"
+                      if res.get("cpus", {}).get("server", -1) >= 0 else "not pinned to CPUs"),
         "  raw-grpc  bare grpc.aio: Publish -> one serialised SubscribeResponse queued to "
         "every Subscribe stream",
         "  raw-ws    bare aiohttp /ws (no auth): Publish -> one frame string, send_str to "
@@ -534,17 +562,20 @@ def report(s: Settings, res: dict[str, Any]) -> str:
                        f"delivery sidecar/raw {_f(x['cpu_ratio'])}")
     lat = res.get("latency")
     if lat:
-        out += ["", f"Publish-to-delivery latency, {s.latency_subs} WebSocket clients, open "
-                    "loop (ms; deliveries/s achieved; server CPUs; other CPUs; undelivered "
-                    "5 s after the last publish)"]
+        out += ["", f"Publish-to-delivery latency, {s.latency_subs} WebSocket clients (1: the "
+                    "publish path alone), open loop (ms; deliveries/s achieved; server CPUs "
+                    "and CPU per delivery; other CPUs; undelivered 5 s after the last "
+                    "publish; Publish round trip p50/p99 ms, the gRPC and storage share)"]
         for key, x in lat.items():
             point, which = key.split("_")
-            rate = s.latency_rate if point == "main" else s.latency_low_rate
-            lm = x["latency_ms"]
-            out.append(f"  {rate:>6g} ev/s {which:<8} p50 {_f(lm['p50']):>8}  p90 "
-                       f"{_f(lm['p90']):>8}  p99 {_f(lm['p99']):>8}  max {_f(lm['max']):>8}"
-                       f"  {x['deliveries_per_s']:>9,.0f}/s  server {x['server_cores']:.2f}"
-                       f"  other {x['other_cores']:.2f}  missing {x['missing']:,}")
+            rate = s.latency_low_rate if point == "low" else s.latency_rate
+            lm, rtt = x["latency_ms"], x.get("publish_rtt_ms") or {}
+            out.append(f"  {rate:>6g} ev/s {x['subscribers']:>3} {which:<8} p50 "
+                       f"{_f(lm['p50']):>8}  p90 {_f(lm['p90']):>8}  p99 {_f(lm['p99']):>8}"
+                       f"  max {_f(lm['max']):>8}  {x['deliveries_per_s']:>9,.0f}/s  server "
+                       f"{x['server_cores']:.2f} {_f(x['server_cpu_us_per_delivery'], 1)} us"
+                       f"  other {x['other_cores']:.2f}  missing {x['missing']:,}  publish "
+                       f"{_f(rtt.get('p50'))}/{_f(rtt.get('p99'))}")
     idle = res.get("idle")
     if idle and "connected" in idle:
         out += ["", f"Idle authenticated WebSocket connections: {idle['connected']:,} of "
@@ -615,15 +646,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="fewer clients, about 1 s per run, one round (smoke test)")
     parser.add_argument("--json", metavar="PATH", type=Path,
                         help="also write the results as JSON to PATH")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="let servers and load processes run on any CPU")
     args = parser.parse_args(argv)
     s = QUICK if args.quick else FULL
+    cpus = pinning(not args.no_pin)
     # Children inherit the limit: the sidecar holds every idle connection.
     nofile = raise_nofile(s.idle + 4096)
     results: dict[str, Any] = {"benchmark": "realtime", "mode": s.mode,
-                               "settings": asdict(s), "environment": _environment(nofile)}
+                               "settings": asdict(s), "environment": _environment(nofile),
+                               "cpus": {"server": cpus[0], "clients": cpus[1]}}
     started = time.perf_counter()
     try:
-        _run_loop(run_all(s, results))
+        _run_loop(run_all(s, results, cpus))
     except KeyboardInterrupt:
         results.setdefault("problems", []).append("interrupted")
     results["elapsed_s"] = round(time.perf_counter() - started, 1)

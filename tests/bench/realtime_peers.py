@@ -17,6 +17,10 @@
     opens M authenticated WebSocket connections and holds them (answering
     pings) until SIGTERM.
 
+Every command takes ``--cpu N``: run on that CPU only (set before any thread starts,
+so every thread inherits it). The benchmark puts servers on one CPU and the
+processes that drive them on another, so that neither steals the other's.
+
 Servers print one JSON line ``{"ready": true, ...}`` and run until SIGTERM.
 The load process prints ``{"ready": true, "result": {...}}`` when done and
 exits; ``idle`` prints ``{"ready": true, "connected": n, ...}`` once connected.
@@ -486,14 +490,20 @@ async def load(args: argparse.Namespace) -> None:
         n_warm = round(args.warmup * args.rate)
         n_total = n_warm + round(args.duration * args.rate)
         pending: set[asyncio.Task[None]] = set()
+        #: Publish round trips (ms) of the measured events: the storage's and gRPC's
+        #: share of publish-to-delivery (the fan-out happens before the reply).
+        round_trips: list[float] = []
 
-        async def one() -> None:
+        async def one(measured: bool) -> None:
             t = time.perf_counter()
             try:
                 await publish()
             except Exception as exc:  # counted and reported
                 publish_errors.append(f"after {time.perf_counter() - t:.3f} s: "
                                       f"{type(exc).__name__}: {exc}"[:300])
+                return
+            if measured:
+                round_trips.append((time.perf_counter() - t) * 1000)
 
         start = time.perf_counter() + 0.01
         tally.published = 0
@@ -512,7 +522,7 @@ async def load(args: argparse.Namespace) -> None:
             while i < n_total and start + i * interval <= now:
                 if i >= n_warm:
                     lags.append((now - (start + i * interval)) * 1000)
-                task = asyncio.ensure_future(one())
+                task = asyncio.ensure_future(one(i >= n_warm))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
                 i += 1
@@ -521,6 +531,8 @@ async def load(args: argparse.Namespace) -> None:
             await asyncio.gather(*pending)
         lags.sort()
         result["publish_start_lag_p99_ms"] = _pct(lags, 99)
+        round_trips.sort()
+        result["publish_rtt_ms"] = {"p50": _pct(round_trips, 50), "p99": _pct(round_trips, 99)}
     else:
         # Closed loop with credit: publish as fast as the whole pipeline delivers,
         # keeping at most ``window`` events per subscriber not yet received.
@@ -636,8 +648,15 @@ def run(main: Callable[[], Awaitable[None]]) -> None:
         runner.run(main())  # type: ignore[arg-type]
 
 
+def pin_to_cpu(cpu: int) -> None:
+    """Run this process (and the threads it starts from now on) on ``cpu`` only."""
+    if cpu >= 0:
+        os.sched_setaffinity(0, {cpu})
+
+
 def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.realtime_peers")
+    parser.add_argument("--cpu", type=int, default=-1, help="run on this CPU only")
     sub = parser.add_subparsers(dest="which", required=True)
     sub.add_parser("raw-grpc")
     sub.add_parser("raw-ws")
@@ -660,6 +679,7 @@ def cli(argv: list[str] | None = None) -> int:
     il.add_argument("--prefix", default="idle-")
     il.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args(argv)
+    pin_to_cpu(args.cpu)
     if args.which == "raw-grpc":
         run(raw_grpc)
     elif args.which == "raw-ws":
