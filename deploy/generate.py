@@ -110,8 +110,10 @@ def render_prometheus_rule() -> str:
 DS = {"type": "prometheus", "uid": "${datasource}"}
 INTEGRATION = 'integration=~"$integration"'
 RATE = "[$__rate_interval]"
-#: Call outcomes that are a usable answer (the alert rules use the same split).
-GOOD = 'outcome=~"success|replayed|client_error"'
+#: Call outcomes that are not the integration failing: an answer (4xx included), a replay,
+#: or the caller's own mistake. SidecarIntegrationErrorRateHigh uses the same list.
+NOT_FAILED = ("success|replayed|client_error|INVALID_ARGUMENT|INTEGRATION_NOT_FOUND|"
+              "IDEMPOTENCY_IN_FLIGHT|IDEMPOTENCY_KEY_REUSED")
 
 
 def _panel(title: str, kind: str, unit: str, targets: list[tuple[str, str]],
@@ -153,10 +155,13 @@ def dashboard_panels() -> list[dict[str, Any]]:
     return [
         {"type": "row", "title": "Calls", "collapsed": False, "panels": []},
         _panel("Success rate by integration", "timeseries", "percentunit",
-               [(_rate("sidecar_calls_total", "integration", f"{INTEGRATION}, {GOOD}") + " / "
+               [("1 - (" + _rate("sidecar_calls_total", "integration",
+                                 f'{INTEGRATION}, outcome!~"{NOT_FAILED}"')
+                 + " or " + _rate("sidecar_calls_total", "integration", INTEGRATION) + " * 0) / "
                  + _rate("sidecar_calls_total", "integration", INTEGRATION), "{{integration}}")],
-               "Share of Call RPCs that got a usable upstream answer (2xx-4xx or an "
-               "idempotent replay).", defaults={"min": 0, "max": 1}),
+               "Share of Call RPCs the integration did not fail: an upstream answer (4xx "
+               "included), a replay, or a request the caller got wrong.",
+               defaults={"min": 0, "max": 1}),
         _panel("Calls by outcome", "timeseries", "reqps",
                [(_rate("sidecar_calls_total", "integration, outcome", INTEGRATION),
                  "{{integration}} {{outcome}}")],

@@ -27,6 +27,7 @@ from sidecar.app import Sidecar
 from tests.call_support import integration
 from tests.conftest import make_config
 from tests.deploy import generator
+from tests.deploy.reasons import grpc_reasons
 from tests.system_tools import require_binary
 from tests.upstream import Upstream, reply
 from tests.webhook_support import WEBHOOK_ENV, stripe_event, stripe_headers, webhook_sources
@@ -326,3 +327,13 @@ async def test_a_real_prometheus_scrapes_the_sidecar_and_loads_the_rules(
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+def test_dashboard_and_alert_agree_on_what_a_failed_call_is() -> None:
+    not_failed = generator.load().NOT_FAILED
+    (rule,) = [r for r in rule_list() if r["alert"] == "SidecarIntegrationErrorRateHigh"]
+    assert f'outcome!~"{not_failed}"' in rule["expr"]
+    assert f'outcome!~\\"{not_failed}\\"' in DASHBOARD.read_text()
+    # Outcomes are the pipeline's own names or error reasons that really exist.
+    listed = set(not_failed.split("|"))
+    assert listed - {"success", "replayed", "client_error"} <= set(grpc_reasons())
