@@ -46,6 +46,7 @@ from tests.call_support import integration
 from tests.clients.conftest import free_port
 from tests.conftest import make_config
 from tests.upstream import Upstream, reply, slow
+from tests.webhook_support import STRIPE_SECRET, stripe_event, stripe_headers
 
 WAIT = 10.0
 
@@ -202,19 +203,29 @@ async def test_unreachable_sidecar_is_a_typed_error(monkeypatch: pytest.MonkeyPa
 
 
 async def test_verify_webhook_presence_and_ack_errors(tmp_path: Path) -> None:
-    extra = {"webhooks": {"sources": {"gh": {"scheme": "github", "secrets_env": ["GH"]}}},
+    extra = {"webhooks": {"sources": {"gh": {"scheme": "github", "secrets_env": ["GH"]},
+                                      "stripe": {"scheme": "stripe",
+                                                 "secrets_env": ["STRIPE"]}}},
              "realtime": {"websocket": {"jwt": {"algorithms": ["HS256"],
                                                 "hs256_secret_env": "WS"}}}}
-    env = {"GH": "s3cret", "WS": "ws-secret-0123456789abcdef0123456789abcdef"}
+    env = {"GH": "s3cret", "STRIPE": STRIPE_SECRET,
+           "WS": "ws-secret-0123456789abcdef0123456789abcdef"}
+    body = stripe_event("evt_client_1")
     async with running(tmp_path, extra, env) as (_, sidecar):
         verdict = await sidecar.verify_webhook("gh", {"X-Hub-Signature-256": "sha256=00"},
                                                b"{}")
+        good = await sidecar.verify_webhook("stripe", stripe_headers(body), body, record=True)
+        again = await sidecar.verify_webhook("stripe", stripe_headers(body), body, record=True)
         presence = await sidecar.get_presence("broadcast")
         with pytest.raises(NotFoundError) as missing:
             await sidecar.verify_webhook("nope", {}, b"")
         with pytest.raises(InvalidArgumentError) as bad:
             await sidecar.ack("g", [], AckOutcome.SUCCESS)
     assert (verdict.result, verdict.valid) == (VerifyResult.INVALID_SIGNATURE, False)
+    assert (good.valid, good.event_id, good.event_type, good.recorded, good.duplicate) == (
+        True, "evt_client_1", "invoice.paid", True, False)
+    assert good.timestamp is not None and abs(time.time() - good.timestamp.timestamp()) < 60
+    assert (again.valid, again.recorded, again.duplicate) == (True, False, True)
     assert (presence.topic, presence.connections, presence.users) == ("broadcast", 0, 0)
     assert missing.value.reason == "WEBHOOK_SOURCE_NOT_FOUND"
     assert [v.field for v in bad.value.field_violations] == ["event_ids"]
@@ -285,7 +296,7 @@ async def test_subscribe_resumes_after_the_sidecar_restarts(tmp_path: Path) -> N
             await sc.stop()
             sc = Sidecar(make_config(tmp_path, extra))
             await sc.start()
-            async with AsyncSidecarClient(address) as publisher:
+            async with AsyncSidecarClient(address, wait_for_ready=True) as publisher:
                 await publisher.publish("a", b"2")
             second = await items.take(1)
         finally:
@@ -324,6 +335,40 @@ async def test_slow_consumer_resubscribes_without_losing_events(tmp_path: Path) 
         await sub.aclose()
     assert offsets == list(range(2, 42))
     assert len(waits) == 1  # one resubscribe
+
+
+async def test_blocking_subscription_resumes_after_restart(tmp_path: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    extra = {"server": {"grpc": {"address": address}}}
+    loop = asyncio.get_running_loop()
+    received: asyncio.Queue[Event | Gap] = asyncio.Queue()
+
+    def read() -> None:  # in a thread: the blocking client blocks
+        with SidecarClient(address, reconnect=Reconnect(initial=0.05, maximum=0.2)) as client, \
+                client.subscribe("a", start=StartPosition.EARLIEST) as sub:
+            for item in sub:
+                loop.call_soon_threadsafe(received.put_nowait, item)
+                if isinstance(item, Event) and item.data == b"last":
+                    return
+
+    sc = Sidecar(make_config(tmp_path, extra))
+    await sc.start()
+    reader = asyncio.ensure_future(asyncio.to_thread(read))
+    try:
+        async with AsyncSidecarClient(address, wait_for_ready=True, timeout=WAIT) as publisher:
+            await publisher.publish("a", b"1")
+            items = [await asyncio.wait_for(received.get(), WAIT)]
+            await sc.stop()
+            sc = Sidecar(make_config(tmp_path, extra))
+            await sc.start()
+            await publisher.publish("a", b"2")
+            await publisher.publish("a", b"last")
+            items += [await asyncio.wait_for(received.get(), WAIT) for _ in range(2)]
+            await asyncio.wait_for(reader, WAIT)
+    finally:
+        await sc.stop()
+    assert [(e.offset, e.data) for e in items if isinstance(e, Event)] == [
+        (1, b"1"), (2, b"2"), (3, b"last")]
 
 
 def test_reconnect_backoff_is_exponential_with_full_jitter() -> None:
