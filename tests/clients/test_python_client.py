@@ -93,6 +93,17 @@ async def test_call_returns_the_upstream_answer(tmp_path: Path, upstream: Upstre
     assert seen.headers["X-One"] == "1" and seen.headers["Idempotency-Key"] == "order-7"
 
 
+async def test_call_receives_a_body_over_grpcs_default_4_mib(tmp_path: Path,
+                                                            upstream: Upstream) -> None:
+    body = b"x" * (5 * 1024 * 1024)
+    upstream.default = reply(200, body)
+    extra = {"integrations": {"svc": integration(upstream.url)},
+             "server": {"grpc": {"address": "127.0.0.1:0", "max_message_bytes": 8 << 20}}}
+    async with running(tmp_path, extra) as (_, sidecar):
+        resp = await sidecar.call("svc")
+    assert resp.body == body
+
+
 async def test_idempotency_key_replays_and_refuses_reuse(tmp_path: Path,
                                                          upstream: Upstream) -> None:
     key = idempotency_key_for("charge", 42)
@@ -191,9 +202,10 @@ async def test_api_token_is_sent_and_never_echoed(tmp_path: Path) -> None:
 
 
 async def test_unreachable_sidecar_is_a_typed_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SIDECAR_ADDRESS", f"127.0.0.1:{free_port()}")
+    address = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("SIDECAR_ADDRESS", address)
     async with AsyncSidecarClient(timeout=2) as sidecar:
-        assert sidecar.target == f"127.0.0.1:{sidecar.target.rpartition(':')[2]}"
+        assert sidecar.target == address
         with pytest.raises(SidecarUnreachableError) as info:
             await sidecar.publish("t")
     assert info.value.reason == "" and info.value.code.name == "UNAVAILABLE"

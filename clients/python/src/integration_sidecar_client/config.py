@@ -20,12 +20,19 @@ TOKEN_ENV: Final = "SIDECAR_API_TOKEN"  # noqa: S105 - a variable name, not a to
 #: rather than the client's decides by default.
 DEFAULT_TIMEOUT: Final = 30.0
 
+#: Bytes: the largest message the client accepts. grpc's default (4 MiB) is below
+#: the sidecar's default ``max_response_bytes`` for a Call (16 MiB); the sidecar
+#: bounds what it sends with ``server.grpc.max_message_bytes``.
+MAX_RECEIVE_MESSAGE_BYTES: Final = 64 * 1024 * 1024
+
 #: The sidecar runs next to the app: reconnect quickly after it restarts rather than
-#: with grpc's default backoff (1 s growing to 120 s).
+#: with grpc's default backoff (1 s growing to 120 s). Any of these can be replaced
+#: through the clients' ``options``.
 CHANNEL_OPTIONS: Final[tuple[tuple[str, Any], ...]] = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
 )
 
 

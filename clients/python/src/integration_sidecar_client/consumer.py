@@ -50,9 +50,9 @@ async def consume(client: AsyncSidecarClient, group: str, consumer: str,
     At most ``max_in_flight`` handlers run at once (the sidecar is asked for the same
     number of unacked events). The stream is reopened after a backoff when it breaks.
     ``on_settled(event, outcome)`` is called once the sidecar has taken the ack (for
-    metrics or logs). Cancelling the task stops reading, cancels running handlers (their events are
-    redelivered) and closes the stream. Errors the sidecar will not get over (an
-    invalid group name, a wrong token) are raised.
+    metrics or logs). Cancelling the task stops reading, cancels running handlers
+    (their events are redelivered) and closes the stream. Errors that reconnecting
+    cannot cure (an invalid group name, a wrong token) are raised.
     """
     if max_in_flight < 1:
         raise ValueError("max_in_flight must be at least 1")
@@ -78,7 +78,10 @@ async def consume(client: AsyncSidecarClient, group: str, consumer: str,
                             event.id, exc.reason or exc.code.name)
             else:
                 if on_settled is not None:
-                    on_settled(event, outcome)
+                    try:
+                        on_settled(event, outcome)
+                    except Exception:
+                        log.exception("on_settled failed for event %s", event.id)
         finally:
             slots.release()
 
