@@ -173,12 +173,38 @@ def event_message(event: StoredEvent, attempt: int = 0) -> pb.Event:
     return msg
 
 
+class _Responses:
+    """The live ``SubscribeResponse`` of the latest events, built once for all the streams
+    an event goes to (gRPC serialises a message when it is written and nothing changes it
+    afterwards). Bounded by entries and by event data bytes, the oldest going first."""
+
+    def __init__(self, entries: int = 256, data_bytes: int = 8 * 1024 * 1024) -> None:
+        self._entries = entries
+        self._data_bytes = data_bytes
+        self._items: dict[str, tuple[pb.SubscribeResponse, int]] = {}
+        self._held = 0
+
+    def get(self, event: StoredEvent) -> pb.SubscribeResponse:
+        item = self._items.get(event.id)
+        if item is not None:
+            return item[0]
+        msg = pb.SubscribeResponse(event=event_message(event))
+        size = len(event.data)
+        if size <= self._data_bytes // 2:
+            self._items[event.id] = (msg, size)
+            self._held += size
+            while len(self._items) > self._entries or self._held > self._data_bytes:
+                self._held -= self._items.pop(next(iter(self._items)))[1]
+        return msg
+
+
 class SidecarServicer(pb_grpc.SidecarServiceServicer):
     def __init__(self, *, calls: CallPipeline | None = None,
                  webhooks: WebhookIngest | None = None, groups: ConsumerGroups | None = None,
                  live: LiveBus | None = None, presence: Presence | None = None,
                  clock: Clock | None = None) -> None:
         self._live = live
+        self._responses = _Responses()
         self._presence = presence
         self._calls = calls
         self._webhooks = webhooks
@@ -299,7 +325,7 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
                     reason=pb.GAP_REASON_RETENTION if item.reason == "retention"
                     else pb.GAP_REASON_SLOW_CONSUMER))
             else:
-                yield pb.SubscribeResponse(event=event_message(item))
+                yield self._responses.get(item)
 
     async def Ack(self, request: pb.AckRequest, context: grpc.aio.ServicerContext
                   ) -> pb.AckResponse:

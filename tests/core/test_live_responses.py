@@ -1,0 +1,38 @@
+"""Live SubscribeResponses are built once per event for every stream, within bounds."""
+
+from __future__ import annotations
+
+from sidecar.core.events.models import StoredEvent
+from sidecar.rpc.servicer import _Responses
+
+
+def ev(offset: int, data: bytes = b"{}") -> StoredEvent:
+    return StoredEvent(f"evt_{offset}", "orders", offset, "created", data, "application/json",
+                       {"k": "v"}, 1_700_000_000.25)
+
+
+def test_one_message_per_event_with_every_field() -> None:
+    responses = _Responses()
+    first = responses.get(ev(1))
+    assert responses.get(ev(1)) is first
+    e = first.event
+    assert (e.id, e.topic, e.offset, e.type, e.data, e.content_type, dict(e.attributes)) == (
+        "evt_1", "orders", 1, "created", b"{}", "application/json", {"k": "v"})
+    assert abs(e.time.ToNanoseconds() - 1_700_000_000_250_000_000) < 1000
+
+
+def test_bounded_by_entries() -> None:
+    responses = _Responses(entries=2)
+    kept = [responses.get(ev(i)) for i in (1, 2, 3)]
+    assert responses.get(ev(3)) is kept[2] and responses.get(ev(2)) is kept[1]
+    assert responses.get(ev(1)) is not kept[0]  # the oldest went first
+
+
+def test_bounded_by_data_bytes() -> None:
+    responses = _Responses(entries=10, data_bytes=100)
+    big = responses.get(ev(4, b"x" * 60))  # over half the bound: never kept
+    assert responses.get(ev(4, b"x" * 60)) is not big
+    a, b = responses.get(ev(5, b"x" * 45)), responses.get(ev(6, b"x" * 45))
+    c = responses.get(ev(7, b"x" * 45))  # 135 bytes would be over 100: the oldest goes
+    assert responses.get(ev(7, b"x" * 45)) is c and responses.get(ev(6, b"x" * 45)) is b
+    assert responses.get(ev(5, b"x" * 45)) is not a
