@@ -18,7 +18,7 @@ table{border-collapse:collapse;width:100%;background:#fff;box-shadow:0 1px 2px #
 th,td{text-align:left;padding:5px 8px;border-bottom:1px solid #e3e6ea;vertical-align:top}
 th{background:#eef0f3;font-weight:600;font-size:12px;text-transform:uppercase}
 tr.route td{background:#fafbfc;font-size:13px}tr.route td:first-child{padding-left:24px}
-.num{text-align:right;font-variant-numeric:tabular-nums}.muted{color:#6b7380}
+.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}.muted{color:#6b7380}
 .badge{display:inline-block;padding:1px 7px;border-radius:9px;font-size:12px;font-weight:600;
 white-space:nowrap}
 .good{background:#dcf5e3;color:#11612d}.warn{background:#fff1cc;color:#7a5300}
@@ -137,15 +137,13 @@ def _upstream_error(row: dict[str, Any], now: float) -> str:
 def _deprecation_cell(items: list[dict[str, Any]], now: float) -> str:
     parts = []
     for d in items:
-        bits = []
+        bits = [f'<span class="muted">route {_e(d["route"])}:</span>'] if d.get("route") else []
         if d.get("sunset"):
             kind, text = _SUNSET[d["sunset"]]
             bits.append(f"{_badge(kind, text)} {_when(d['sunset_at'], now)}")
         if d.get("deprecated"):
             bits.append(_badge("warn", "deprecated")
                         + (" " + _when(d["deprecated_at"], now) if d.get("deprecated_at") else ""))
-        if d.get("route"):
-            bits.append(f'<span class="muted">route {_e(d["route"])}</span>')
         link = d.get("link") or ""
         if link.startswith(("http://", "https://")):
             bits.append(f'<a href="{_e(link)}" rel="noreferrer noopener">notice</a>')

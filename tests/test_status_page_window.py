@@ -3,6 +3,8 @@ renderer on hostile data."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -17,6 +19,15 @@ from sidecar.core.calls.health_window import (
 from sidecar.core.calls.models import DeprecationInfo
 from sidecar.status import safe_link
 from sidecar.status_html import render_page
+
+
+def test_the_rolling_statistics_are_pure_core() -> None:
+    probe = ("import sys, sidecar.core.calls.health_window, sidecar.core.calls.fan_out; "
+             "print(sorted(m for m in ('grpc', 'aiohttp', 'sqlite3', 'sqlite_utils', "
+             "'prometheus_client', 'redis') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, timeout=30)
+    assert out.stdout.strip() == "[]"
 
 
 def test_window_forgets_calls_older_than_its_length() -> None:
