@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from sidecar.app import Sidecar
 from sidecar.clock import FakeClock
 from tests.call_support import call, integration, running
 from tests.conftest import make_config
+from tests.redis_support import delete_prefix, redis_url  # noqa: F401 - a fixture
 from tests.rpc_support import rich_error
 from tests.system_tools import CHROMIUM_ARGS, chromium_path
 from tests.upstream import Upstream, reply, slow
@@ -155,11 +157,19 @@ async def test_deprecation_sunset_and_hostile_link_are_shown_escaped(
     assert "script-src 'nonce-" in headers["Content-Security-Policy"]
 
 
-async def test_webhook_sources_show_pending_delivered_and_dead(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_webhook_sources_show_pending_delivered_and_dead(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
     clock = FakeClock()
-    config = make_config(tmp_path, {"webhooks": {
-        "sources": webhook_sources(), "delivery": {"heartbeat": "1h"}}}, env=WEBHOOK_ENV)
-    sc = Sidecar(config, clock=clock)
+    extra: dict[str, Any] = {"webhooks": {"sources": webhook_sources(),
+                                          "delivery": {"heartbeat": "1h"}}}
+    env = dict(WEBHOOK_ENV)
+    prefix = f"status-{uuid.uuid4().hex[:12]}:"
+    if backend == "redis":
+        env["REDIS_URL"] = request.getfixturevalue("redis_url")
+        extra["storage"] = {"backend": "redis",
+                            "redis": {"url_env": "REDIS_URL", "key_prefix": prefix}}
+    sc = Sidecar(make_config(tmp_path, extra, env=env), clock=clock)
     await sc.start()
     try:
         async with aiohttp.ClientSession() as session:
@@ -184,6 +194,9 @@ async def test_webhook_sources_show_pending_delivered_and_dead(tmp_path: Path) -
             stream.cancel()
     finally:
         await sc.stop()
+        if backend == "redis":
+            await delete_prefix(env["REDIS_URL"], prefix)
+    assert data["sidecar"]["storage_backend"] == backend
     stripe = by_name(data["webhooks"], "source", "stripe")
     assert stripe["topic"] == "webhooks.stripe" and stripe["stored_events"] == 3
     assert (stripe["pending"], stripe["delivered"], stripe["dead"], stripe["completed"]) == (
