@@ -57,6 +57,7 @@ MAX_GROUPS_PER_SOURCE = 20
 #: Seconds between refreshes of the HTML page, unless ``?refresh=`` says otherwise.
 DEFAULT_REFRESH = 5.0
 MIN_REFRESH = 0.2
+MAX_REFRESH = 3600.0
 MAX_LINK_CHARS = 300
 OPEN_WORK = (DeliveryStatus.PENDING, DeliveryStatus.DELIVERED, DeliveryStatus.FAILED)
 
@@ -288,8 +289,10 @@ class StatusPage:
 
     async def html_handler(self, request: web.Request) -> web.Response:
         try:
-            refresh = max(MIN_REFRESH, float(request.query.get("refresh", DEFAULT_REFRESH)))
+            refresh = float(request.query.get("refresh", DEFAULT_REFRESH))
         except ValueError:
+            refresh = DEFAULT_REFRESH
+        if not MIN_REFRESH <= refresh <= MAX_REFRESH:  # also NaN
             refresh = DEFAULT_REFRESH
         data = await self.snapshot()
         nonce = secrets.token_urlsafe(16)

@@ -148,6 +148,10 @@ async def test_deprecation_sunset_and_hostile_link_are_shown_escaped(
         assert (await stub.Call(call("email"), timeout=5)).status == 200
         _, data, _ = await get(sc, "/status.json")
         status, page, headers = await get(sc, "/status")
+        odd_refreshes = []
+        for odd in ("inf", "nan", "0", "-1", "x"):
+            code, text, _ = await get(sc, f"/status?refresh={odd}")
+            odd_refreshes.append((code, 'data-refresh="5"' in text))
     (dep,) = data["integrations"][0]["deprecations"]
     assert (dep["deprecated"], dep["deprecated_at"], dep["sunset"]) == (True, 1600000000, "past")
     assert dep["link"] == 'https://docs.example/sunset/"<svg/onload=alert(1)'  # no query
@@ -155,6 +159,8 @@ async def test_deprecation_sunset_and_hostile_link_are_shown_escaped(
     assert "sunset passed" in page and "s3cret" not in page
     assert "<svg" not in page and 'sunset/&quot;&lt;svg/onload=alert(1)"' in page
     assert "script-src 'nonce-" in headers["Content-Security-Policy"]
+    assert 'data-refresh="5"' in page
+    assert odd_refreshes == [(200, True)] * 5
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
