@@ -27,6 +27,7 @@ seconds, rates fractions 0..1, ``null`` when unknown or idle):
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -59,6 +60,8 @@ DEFAULT_REFRESH = 5.0
 MIN_REFRESH = 0.2
 MAX_REFRESH = 3600.0
 MAX_LINK_CHARS = 300
+#: Seconds the webhook section may wait for storage before it shows an error.
+STORAGE_TIMEOUT = 2.0
 OPEN_WORK = (DeliveryStatus.PENDING, DeliveryStatus.DELIVERED, DeliveryStatus.FAILED)
 
 
@@ -144,7 +147,7 @@ class StatusPage:
                 "checks": ready.checks,
             },
             "integrations": self._integrations(now),
-            "webhooks": await self._webhooks(now),
+            "webhooks": await self._webhooks_bounded(now),
             "live": self._live(),
         }
 
@@ -205,6 +208,18 @@ class StatusPage:
             out.append(entry)
         return out
 
+    async def _webhooks_bounded(self, now: float) -> list[dict[str, Any]]:
+        """The webhook section, or an error per source when storage is too slow: the
+        page must still answer during a storage incident."""
+        try:
+            return await asyncio.wait_for(self._webhooks(now), STORAGE_TIMEOUT)
+        except TimeoutError:
+            return self._unknown(f"storage did not answer within {STORAGE_TIMEOUT:g}s")
+
+    def _unknown(self, why: str) -> list[dict[str, Any]]:
+        return [{"source": name, "topic": s.topic_name, "error": why}
+                for name, s in sorted(self._src.config.webhooks.sources.items())]
+
     async def _webhooks(self, now: float) -> list[dict[str, Any]]:
         sources = self._src.config.webhooks.sources
         if not sources:
@@ -213,8 +228,7 @@ class StatusPage:
         try:
             counts = await storage.count_deliveries()
         except SidecarError as exc:
-            return [{"source": name, "topic": s.topic_name, "error": exc.message}
-                    for name, s in sorted(sources.items())]
+            return self._unknown(exc.message)
         out = []
         for name, source in sorted(sources.items()):
             topic = source.topic_name

@@ -24,7 +24,7 @@ from sidecar.app import Sidecar
 from sidecar.clock import FakeClock
 from tests.call_support import call, integration, running
 from tests.conftest import make_config
-from tests.redis_support import delete_prefix, redis_url  # noqa: F401 - a fixture
+from tests.redis_support import RedisServer, delete_prefix, redis_url  # noqa: F401 - a fixture
 from tests.rpc_support import rich_error
 from tests.system_tools import CHROMIUM_ARGS, chromium_path
 from tests.upstream import Upstream, reply, slow
@@ -213,6 +213,31 @@ async def test_webhook_sources_show_pending_delivered_and_dead(
     assert (github["stored_events"], github["pending"], github["groups"]) == (0, 0, [])
     assert github["oldest_unacked_age_seconds"] is None
     assert "1 dead" in page and "no consumer group yet" in page
+
+
+async def test_page_still_answers_while_storage_is_down(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        config = make_config(tmp_path, {
+            "webhooks": {"sources": webhook_sources()},
+            "storage": {"backend": "redis", "redis": {"url_env": "REDIS_URL",
+                                                      "socket_timeout": "500ms"}},
+        }, env={**WEBHOOK_ENV, "REDIS_URL": server.url})
+        sc = Sidecar(config)
+        await sc.start()
+        try:
+            server.stop()
+            status, data, _ = await get(sc, "/status.json")
+            _, page, _ = await get(sc, "/status")
+        finally:
+            await sc.stop()
+    finally:
+        server.stop()
+    assert status == 200
+    for source in data["webhooks"]:
+        assert source["error"] and "pending" not in source
+    assert page.count("storage error") == 3
 
 
 async def next_event(stream: Any) -> pb.Event:
