@@ -97,27 +97,31 @@ def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
+def call_trace(request: pb.CallRequest, context: grpc.aio.ServicerContext) -> TraceContext:
+    """Metadata is the place for trace context; a caller that put it in the
+    request's headers instead is understood too. Else the sidecar starts a trace."""
+    return (_caller_trace(context) or from_headers((h.name, h.value) for h in request.headers)
+            or new_trace())
+
+
 def call_request(request: pb.CallRequest, context: grpc.aio.ServicerContext,
-                 clock: Clock, trace: TraceContext | None = None) -> CallRequest:
+                 clock: Clock, trace: TraceContext) -> CallRequest:
     remaining = context.time_remaining()
     key = request.idempotency_key
     if not key:
         found = _metadata(context, "idempotency-key")
         key = found[0][1] if found else ""
-    headers = tuple((h.name, h.value) for h in request.headers)
     return CallRequest(
         integration=request.integration,
         method=request.method,
         path=request.path,
         query=tuple((q.name, q.value) for q in request.query),
-        headers=headers,
+        headers=tuple((h.name, h.value) for h in request.headers),
         body=request.body,
         idempotency_key=key,
         api_version=request.api_version,
         deadline=None if remaining is None else clock.monotonic() + remaining,
-        # Metadata is the place for trace context; a caller that put it in the
-        # request's headers instead is understood too.
-        trace=trace or _caller_trace(context) or from_headers(headers) or new_trace(),
+        trace=trace,
     )
 
 
@@ -213,14 +217,13 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
 
     async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext
                    ) -> pb.CallResponse:
-        call = call_request(request, context, self._clock)
-        assert call.trace is not None
-        token = current.set(call.trace)
+        trace = call_trace(request, context)
+        token = current.set(trace)
         try:
             if self._calls is None:
                 raise _not_yet("Call", "no call pipeline is configured")
-            result = await self._calls.call(call)
-            _trailer(context, call.trace)
+            result = await self._calls.call(call_request(request, context, self._clock, trace))
+            _trailer(context, trace)
             return call_response(result)
         except Exception as exc:
             await _fail(context, exc)
