@@ -59,7 +59,8 @@ class IngestOutcome:
     #: Set when the webhook was valid and recording was asked for.
     stored: StoredEvent | None = None
     duplicate: bool = False
-    #: The trace stored with the event: the webhook's ``traceparent``, else the one given.
+    #: The trace this webhook was handled in (the webhook's ``traceparent``, else the one
+    #: given, else new); the stored event carries it unless it is a duplicate.
     trace: TraceContext | None = None
 
     @property
