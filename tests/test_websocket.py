@@ -367,3 +367,25 @@ async def test_drop_oldest_sends_a_gap_then_the_newest_and_the_client_catches_up
         assert f'sidecar_subscription_gaps_total{{reason="slow_consumer"}} {gaps}.0' in text
         await slow.close()
         await fast.close()
+
+
+async def test_resume_past_retention_gap_then_replay_then_live_without_duplicates(
+        tmp_path: Path, rsa_keys: tuple[bytes, bytes]) -> None:
+    async with started(tmp_path, rsa_keys, max_events_per_topic=5) as env:
+        for n in range(1, 11):
+            await env.publish("user:ivy", json.dumps({"n": n}).encode())
+        await env.sc.prune_once()
+        ws = await env.connect(env.token("ivy"), query={"offsets": '{"user:ivy": 1}'})
+        # Live events race the replay: each arrives once, in order, after the replayed ones.
+        live = asyncio.gather(*(env.publish("user:ivy", json.dumps({"n": n}).encode())
+                                for n in range(11, 21)))
+        got: list[dict[str, Any]] = []
+        while len(got) < 16:  # a gap marker and 15 events, the "subscribed" frames aside
+            got += [f for f in await frames(ws, 1, events_only=False)
+                    if f.get("control") != "subscribed"]
+        await live
+        assert got[0] == {"control": "gap", "topic": "user:ivy", "from_offset": 2,
+                          "to_offset": 5, "reason": "retention"}
+        assert [f["offset"] for f in got[1:]] == list(range(6, 21))
+        assert [f["data"]["n"] for f in got[1:]] == list(range(6, 21))
+        await ws.close()

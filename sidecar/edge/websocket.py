@@ -424,7 +424,8 @@ class WebSocketEdge:
                     backlog.seen[item.topic] = item.offset
                     await ws.send_frame(frame_payload(self._frames.frame(item)),
                                         WSMsgType.TEXT)
-        except SidecarError as exc:
+        except SidecarError as exc:  # e.g. storage unavailable: this subscription ends
+            self._leave(member.conn, member.topic)
             await self._send_error(member.conn, exc.reason, exc.message)
             return
         except (ConnectionResetError, RuntimeError):
