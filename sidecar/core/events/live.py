@@ -150,6 +150,40 @@ class Subscriber:
         return True
 
 
+class _IdleTimer:
+    """A live subscriber's heartbeat on the real clock: ``due`` (and ``wake`` set) once
+    ``interval`` seconds pass with no :meth:`active`. One timer handle per interval, not
+    one per wait: a subscriber that keeps up waits once per delivery, and idle ones
+    spend their life waiting."""
+
+    __slots__ = ("_handle", "_interval", "_last", "_loop", "_wake", "due")
+
+    def __init__(self, wake: asyncio.Event, interval: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = wake
+        self._interval = interval
+        self._last = self._loop.time()
+        self.due = False
+        self._handle = self._loop.call_at(self._last + interval, self._check)
+
+    def active(self) -> None:
+        self._last = self._loop.time()
+        self.due = False
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        at = self._last + self._interval
+        if now >= at - 0.001:  # timers may fire a little early
+            self.due = True
+            self._wake.set()
+            self._last = now
+            at = now + self._interval
+        self._handle = self._loop.call_at(at, self._check)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
 def topic_class(topic: str) -> str:
     if topic.startswith("user:"):
         return "user"
@@ -373,8 +407,51 @@ class LiveBus:
                     if isinstance(item, StoredEvent):
                         sub.seen[topic] = item.offset
                     yield item
-            async for live in self._tail(sub, heartbeat or self._policy.heartbeat):
-                yield live
+            # Tail live events (inline, not a nested generator: this runs per delivery).
+            beat = heartbeat or self._policy.heartbeat
+            idle = (_IdleTimer(sub.wake, beat)
+                    if type(self._clock) is SystemClock and beat != math.inf else None)
+            try:
+                while True:
+                    if sub.closed_reason == "slow consumer":
+                        raise SlowConsumer(
+                            f"subscriber fell more than {sub.capacity} events behind and was "
+                            "disconnected; resubscribe from the last offset received",
+                            metadata={"queue_size": str(sub.capacity)})
+                    if sub.closed_reason:
+                        raise Unavailable("the sidecar is shutting down; resubscribe",
+                                          reason="SHUTTING_DOWN")
+                    if sub.dropped:
+                        for topic, (lo, hi) in sorted(sub.dropped.items()):
+                            self._observer.gap("slow_consumer")
+                            yield Gap(topic, "slow_consumer", lo, hi)
+                        sub.dropped.clear()
+                    if sub.queue:
+                        item = sub.queue.popleft()
+                        if isinstance(item, StoredEvent):
+                            if item.offset <= sub.seen.get(item.topic, 0):
+                                continue  # already replayed: the seam
+                            sub.seen[item.topic] = item.offset
+                            self._observer.delivered_live(
+                                sub.transport, 1, max(0.0, self._clock.time() - item.time))
+                        if idle is not None:
+                            idle.active()
+                        yield item
+                        continue
+                    if idle is not None:
+                        if idle.due:
+                            idle.due = False
+                            yield None
+                            continue
+                        sub.wake.clear()
+                        await sub.wake.wait()
+                        continue
+                    sub.wake.clear()
+                    if not await self._wait(sub.wake, beat):
+                        yield None
+            finally:
+                if idle is not None:
+                    idle.cancel()
         finally:
             self._remove(sub)
 
@@ -424,51 +501,12 @@ class LiveBus:
                 return
             after = batch[-1].offset
 
-    async def _tail(self, sub: Subscriber, heartbeat: float) -> AsyncIterator[Item]:
-        while True:
-            if sub.closed_reason == "slow consumer":
-                raise SlowConsumer(
-                    f"subscriber fell more than {sub.capacity} events behind and was "
-                    "disconnected; resubscribe from the last offset received",
-                    metadata={"queue_size": str(sub.capacity)})
-            if sub.closed_reason:
-                raise Unavailable("the sidecar is shutting down; resubscribe",
-                                  reason="SHUTTING_DOWN")
-            if sub.dropped:
-                for topic, (lo, hi) in sorted(sub.dropped.items()):
-                    self._observer.gap("slow_consumer")
-                    yield Gap(topic, "slow_consumer", lo, hi)
-                sub.dropped.clear()
-            if sub.queue:
-                item = sub.queue.popleft()
-                if isinstance(item, StoredEvent):
-                    if item.offset <= sub.seen.get(item.topic, 0):
-                        continue  # already replayed: the seam
-                    sub.seen[item.topic] = item.offset
-                    self._observer.delivered_live(sub.transport, 1,
-                                                  max(0.0, self._clock.time() - item.time))
-                yield item
-                continue
-            sub.wake.clear()
-            if not await self._wait(sub.wake, heartbeat):
-                yield None
-
     async def _wait(self, wake: asyncio.Event, heartbeat: float) -> bool:
         """Wait for ``wake`` at most ``heartbeat`` seconds; True if woken."""
         if type(self._clock) is not SystemClock:
             # Another clock (tests): its sleep is the only way to wait on it.
             return await wait_for_event(wake, self._clock, self._clock.time() + heartbeat)
-        # The real clock: wait in this task, under a timer handle only when a heartbeat
-        # can be due, and with no helper tasks (this wait happens once per delivery to
-        # a subscriber that keeps up, and idle subscribers spend their life in it).
-        if heartbeat == math.inf:
-            await wake.wait()
-            return True
-        try:
-            async with asyncio.timeout(heartbeat):
-                await wake.wait()
-        except TimeoutError:
-            return wake.is_set()
+        await wake.wait()  # the real clock with no heartbeat (else: _IdleTimer)
         return True
 
     async def close(self) -> None:
