@@ -90,6 +90,9 @@ def event_routes(app: web.Application, storage: Storage, clock: Clock,
         return web.json_response({"requeued": count})
 
     async def presence(request: web.Request) -> web.Response:
+        # Room names carry user ids (user:<sub>): operators only.
+        if not authorised(request, token):
+            return json_error(401, "API_TOKEN_INVALID", "send Authorization: Bearer <token>")
         topic = request.query.get("topic")
         if presence_source is None:
             return json_error(404, "WEBSOCKET_DISABLED", "the WebSocket edge is off")
