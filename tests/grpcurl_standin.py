@@ -35,6 +35,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+# gRPC core logs informational lines (a failed TLS handshake, say) on stderr; grpc-go,
+# which grpcurl is built on, logs only errors by default.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import grpc
 from google.protobuf import descriptor, descriptor_pool, json_format, message_factory
 from google.protobuf.any_pb2 import Any as AnyMessage
@@ -235,14 +239,19 @@ class Schema:
 
     def find(self, symbol: str) -> Any:
         symbol = symbol.removeprefix(".")
+        try:
+            self.pool.FindFileContainingSymbol(symbol)
+        except KeyError:
+            # Python's reflection server does not index methods: look in the service.
+            parent, _, name = symbol.rpartition(".")
+            try:
+                return self.pool.FindServiceByName(parent).methods_by_name[name]
+            except KeyError:
+                raise Failure(f"Symbol not found: {symbol}") from None
         lookups: list[Callable[[str], Any]] = [
             self.pool.FindServiceByName, self.pool.FindMessageTypeByName,
             self.pool.FindEnumTypeByName, self.pool.FindMethodByName,
         ]
-        try:
-            self.pool.FindFileContainingSymbol(symbol)
-        except KeyError:
-            raise Failure(f"Symbol not found: {symbol}") from None
         for lookup in lookups:
             try:
                 return lookup(symbol)

@@ -34,6 +34,8 @@ from integration_sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 from sidecar.app import Sidecar
 from sidecar.config import parse_config
+from tests.certs import make_pki
+from tests.conftest import make_config
 from tests.system_tools import require_binary
 from tests.upstream import Upstream, reply
 
@@ -345,3 +347,69 @@ def check_webhooks(calls: list[Invocation]) -> None:
     request = json.loads(ack.args[ack.args.index("-d") + 1])
     assert request["event_ids"] == [event["id"]], "Ack must name the event the stream printed"
     assert ok(ack) == {"settled": 1}
+
+
+async def standin(target: str, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(STANDIN), *args, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "GRPCURL_STANDIN_TARGET": target})
+    out, err = await asyncio.wait_for(proc.communicate(stdin), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_standin_sends_headers_and_reports_errors_like_grpcurl(tmp_path: Path) -> None:
+    """-H reaches reflection and the call; failures print and exit as grpcurl's do."""
+    token = "readme-api-token-0123456789"
+    config = make_config(tmp_path, {"server": {"grpc": {"api_token_env": "SIDECAR_API_TOKEN"}}},
+                         env={"SIDECAR_API_TOKEN": token})
+    auth = f"authorization: Bearer {token}"
+    presence = f"{SERVICE}/GetPresence"
+    async with AsyncExitStack() as stack:
+        sc = await started(stack, config)
+        addr = sc.grpc.address
+        code, _, err = await standin(addr, "-plaintext", "localhost:50051", "list")
+        assert (code, err.split(" desc = ")[0]) == (
+            1, "Failed to list services: rpc error: code = Unauthenticated"), err
+        code, out, err = await standin(addr, "-plaintext", "-H", auth, "localhost:50051", "list")
+        assert code == 0 and SERVICE in out.splitlines(), (code, err)
+        # Not configured: UNIMPLEMENTED (64 + 12) with the google.rpc details.
+        code, out, err = await standin(addr, "-plaintext", "-H", auth, "-d",
+                                       '{"topic": "user:alice"}', "localhost:50051", presence)
+        assert (code, out) == (76, "")
+        head, _, details = err.partition("  Details:\n")
+        assert head.startswith("ERROR:\n  Code: Unimplemented\n  Message: GetPresence is not "
+                               "implemented"), err
+        assert details.startswith('  1)\t{\n    \t  "@type": "type.googleapis.com/google.rpc.'
+                                  'ErrorInfo",\n'), err
+        assert '"reason": "NOT_IMPLEMENTED"' in details, err
+        # Unknown request fields are refused before anything is sent, as grpcurl does.
+        code, out, err = await standin(addr, "-plaintext", "-H", auth, "-d", '{"topik": "x"}',
+                                       "localhost:50051", presence)
+        assert code == 1 and err.startswith(
+            f'Error invoking method "{presence}": error getting request data: '), err
+        code, _, err = await standin(addr, "-plaintext", "-H", auth, "localhost:50051",
+                                     "no.such.Service/Method")
+        assert (code, err) == (1, 'Error invoking method "no.such.Service/Method": target '
+                                  'server does not expose service "no.such.Service"\n')
+        code, _, err = await standin(addr, "-plaintext", "localhost:50051")
+        assert code == 2 and err.startswith("Too few arguments.\n"), err
+
+
+async def test_standin_verifies_tls_with_cacert_and_reads_data_from_stdin(
+        tmp_path: Path) -> None:
+    require_binary("openssl")
+    pki = make_pki(tmp_path / "pki")
+    config = make_config(tmp_path, {"server": {"grpc": {"tls": {
+        "cert_file": str(pki.server_cert), "key_file": str(pki.server_key)}}}})
+    check = ["localhost:50051", "grpc.health.v1.Health/Check"]
+    async with AsyncExitStack() as stack:
+        sc = await started(stack, config)
+        code, out, err = await standin(sc.grpc.address, "-cacert", str(pki.ca_cert), "-d", "@",
+                                       *check, stdin=b'{"service": "readiness"}')
+        assert (code, json.loads(out)) == (0, {"status": "SERVING"}), err
+        # Without the CA the server's certificate is not trusted: no connection.
+        code, out, err = await standin(sc.grpc.address, "-connect-timeout", "0.5", *check)
+        assert (code, out) == (1, ""), err
+        assert err.startswith('Failed to dial target host "localhost:50051"'), err
