@@ -14,6 +14,7 @@ import base64
 import json
 import os
 import re
+import shlex
 import stat
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from integration_sidecar.v1 import sidecar_pb2 as pb
 from integration_sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 from sidecar.app import Sidecar
-from sidecar.config import parse_config
+from sidecar.config import Config, parse_config
 from tests.certs import make_pki
 from tests.conftest import make_config
 from tests.system_tools import require_binary
@@ -93,7 +94,7 @@ def uncomment(text: str, key: str) -> str:
 
 
 def example_config(tmp_path: Path, upstream_url: str, edit: Callable[[str], str] = str,
-                   env: dict[str, str] | None = None) -> Any:
+                   env: dict[str, str] | None = None) -> Config:
     raw = yaml.safe_load(edit(EXAMPLE.read_text(encoding="utf-8")))
     raw["server"]["grpc"]["address"] = "127.0.0.1:0"
     raw["server"]["edge"].update(host="127.0.0.1", port=0)
@@ -105,7 +106,7 @@ def example_config(tmp_path: Path, upstream_url: str, edit: Callable[[str], str]
     return parse_config(raw, env or {}, source=str(EXAMPLE), base_dir=EXAMPLE.parent)
 
 
-async def started(stack: AsyncExitStack, config: Any) -> Sidecar:
+async def started(stack: AsyncExitStack, config: Config) -> Sidecar:
     """A sidecar on ``config``, stopped when ``stack`` closes."""
     sc = Sidecar(config)
     await sc.start()
@@ -155,7 +156,7 @@ log="$GRPCURL_STANDIN_LOG/$(printf '%03d' "$n")"
 printf '%s\\0' "$@" > "$log.args"
 start=$(date +%s.%N)
 code=0
-{sys.executable} {STANDIN} "$@" > "$log.out" 2> "$log.err" || code=$?
+{shlex.quote(sys.executable)} {shlex.quote(str(STANDIN))} "$@" > "$log.out" 2> "$log.err" || code=$?
 echo "$code $(date +%s.%N) $start" > "$log.code"
 cat "$log.out"
 cat "$log.err" >&2
@@ -164,12 +165,11 @@ exit "$code"
         wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
         self.seen = 0
 
-    async def run(self, block: str, target: str, env: dict[str, str] | None = None
-                  ) -> list[Invocation]:
+    async def run(self, block: str, target: str) -> list[Invocation]:
         proc = await asyncio.create_subprocess_exec(
             "bash", "-euo", "pipefail", "-c", block, cwd=self.log.parent,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, **(env or {}), "PATH": f"{self.bin}:{os.environ['PATH']}",
+            env={**os.environ, "PATH": f"{self.bin}:{os.environ['PATH']}",
                  "GRPCURL_STANDIN_TARGET": target, "GRPCURL_STANDIN_LOG": str(self.log)})
         out, err = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 0, (
@@ -205,8 +205,8 @@ def streamed_until_deadline(call: Invocation) -> list[dict[str, Any]]:
     assert call.code == DEADLINE_EXIT, (call.code, call.stderr)
     assert call.stderr == ("ERROR:\n  Code: DeadlineExceeded\n"
                            "  Message: context deadline exceeded\n"), call.stderr
-    # The stream stayed open until the deadline, then ended promptly.
-    assert max_time - 0.05 <= call.seconds < max_time + 2.0, call.seconds
+    # The stream stayed open until the deadline (then ended: the status above).
+    assert call.seconds >= max_time - 0.05, call.seconds
     return [m["event"] for m in call.messages() if "event" in m]
 
 
@@ -230,9 +230,12 @@ async def test_readme_grpcurl_examples_run_as_written(tmp_path: Path) -> None:
     for tool in ("bash", "openssl", "base64", "jq"):
         require_binary(tool)
     prose, (core, presence, webhooks) = readme_blocks()
-    assert "uncomment `jwt` under\n`realtime.websocket`" in prose
-    assert "uncomment `github` under `webhooks.sources`" in prose
-    assert "drop the `{}` after `sources:`" in prose
+    # The edits below are the ones the prose asks for.
+    words = " ".join(prose.split())
+    for step in ("uncomment `jwt` under `realtime.websocket`",
+                 "uncomment `github` under `webhooks.sources`",
+                 "drop the `{}` after `sources:`", "GITHUB_WEBHOOK_SECRET=s3cret make run"):
+        assert step in words, f"the README no longer says {step!r}: update this test"
     shell = Shell(tmp_path)
     upstream = await Upstream(default=reply(200, json.dumps(CHARGES).encode(),
                                             {"Content-Type": "application/json"})).start()
