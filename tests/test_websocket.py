@@ -389,3 +389,20 @@ async def test_resume_past_retention_gap_then_replay_then_live_without_duplicate
         assert [f["offset"] for f in got[1:]] == list(range(6, 21))
         assert [f["data"]["n"] for f in got[1:]] == list(range(6, 21))
         await ws.close()
+
+
+async def test_concurrent_publishes_reach_every_client_whole_and_in_order(env: Env) -> None:
+    # Publishes committed together are fanned out in one turn of the event loop: each
+    # socket gets their frames in one write (or, past 64 KiB, one write per frame).
+    clients = [await env.connect(env.token(f"c{i}")) for i in range(3)]
+    for ws in clients:
+        await subscribed(ws, 2)
+    bodies = [json.dumps({"n": n, "pad": "y" * (30_000 if n % 7 == 0 else 10)}).encode()
+              for n in range(60)]
+    published = await asyncio.gather(*(env.publish("broadcast", b) for b in bodies))
+    by_offset = {p.offset: n for n, p in enumerate(published)}
+    for ws in clients:
+        got = await frames(ws, 60)
+        assert [f["offset"] for f in got] == sorted(by_offset)
+        assert [f["data"]["n"] for f in got] == [by_offset[f["offset"]] for f in got]
+        await ws.close()

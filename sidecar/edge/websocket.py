@@ -59,6 +59,8 @@ MAX_SUBSCRIPTIONS = 100
 #: Bytes a socket's send buffer may hold before its events wait in a bounded backlog
 #: (the transport's usual high-water mark).
 WRITE_HIGH_WATER = 64 * 1024
+#: Frames for one socket in one turn are joined into one write up to this many bytes.
+JOIN_LIMIT = 64 * 1024
 
 
 def event_frame(event: StoredEvent) -> str:
@@ -144,11 +146,14 @@ class _Connection:
 class _Member:
     """One connection in one room."""
 
-    __slots__ = ("backlog", "conn", "task", "topic")
+    __slots__ = ("backlog", "conn", "sent", "task", "topic")
 
     def __init__(self, conn: _Connection, topic: str) -> None:
         self.conn = conn
         self.topic = topic
+        #: The last offset a backlog sent (or a replay): an event fanned out later at or
+        #: below it (committed while the replay read it) is not sent again.
+        self.sent = 0
         #: None while the socket keeps up: events are written to it directly. Else the
         #: bounded queue they wait in (replaying, or the socket backed up), and the task
         #: sending it.
@@ -357,6 +362,8 @@ class WebSocketEdge:
         for member in room.members:
             backlog = member.backlog
             if backlog is None:
+                if event.offset <= member.sent:
+                    continue  # already sent by its replay: the seam
                 conn = member.conn
                 transport = conn.transport
                 if conn.ws.closed or transport.is_closing():
@@ -372,6 +379,7 @@ class WebSocketEdge:
                     continue
                 self._flush(conn)  # what is pending goes before the backlog
                 backlog = member.backlog = self._new_backlog(member.topic)
+                backlog.seen[member.topic] = member.sent
                 member.task = asyncio.ensure_future(self._send_backlog(member))
             if not backlog.offer(event):
                 slow.append(member)
@@ -396,9 +404,16 @@ class WebSocketEdge:
         if pending is None:
             return
         conn.pending = None
-        if conn.ws.closed or conn.transport.is_closing():
+        transport = conn.transport
+        if conn.ws.closed or transport.is_closing():
             return
-        conn.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        if len(pending) == 1:
+            transport.write(pending[0])
+        elif sum(map(len, pending)) <= JOIN_LIMIT:
+            transport.write(b"".join(pending))
+        else:  # big frames: no copy per connection (the transport keeps the shared bytes)
+            for wire in pending:
+                transport.write(wire)
 
     def _slow_consumer(self, member: _Member) -> None:
         conn = member.conn
@@ -458,6 +473,7 @@ class WebSocketEdge:
         except (ConnectionResetError, RuntimeError):
             return  # the client went away mid-send
         # Empty, and no await since: later events go straight to the socket again.
+        member.sent = backlog.seen.get(topic, member.sent)
         member.backlog = None
         member.task = None
 
