@@ -432,8 +432,8 @@ def _detail_json(detail: AnyMessage, pool: descriptor_pool.DescriptorPool) -> st
 def print_status(err: grpc.RpcError, pool: descriptor_pool.DescriptorPool,
                  deadline: Deadline) -> int:
     """grpcurl's PrintStatus on stderr; returns the exit code (64 + status code)."""
-    code = err.code()  # type: ignore[attr-defined]
-    message = err.details() or ""  # type: ignore[attr-defined]
+    code = err.code()
+    message = err.details() or ""
     if code == grpc.StatusCode.DEADLINE_EXCEEDED and deadline.passed():
         message = "context deadline exceeded"  # grpc-go's words when -max-time ends a call
     lines = ["ERROR:", f"  Code: {GO_CODE_NAMES.get(code, str(code))}", f"  Message: {message}"]
@@ -453,7 +453,7 @@ def print_status(err: grpc.RpcError, pool: descriptor_pool.DescriptorPool,
 def _status_details(err: grpc.RpcError) -> list[AnyMessage]:
     from google.rpc import status_pb2
 
-    for key, value in err.trailing_metadata() or ():  # type: ignore[attr-defined]
+    for key, value in err.trailing_metadata() or ():
         if key == "grpc-status-details-bin" and isinstance(value, bytes):
             return list(status_pb2.Status.FromString(value).details)
     return []
@@ -564,9 +564,9 @@ def run(argv: Sequence[str]) -> int:
         except grpc.RpcError as err:
             # A failing reflection request (e.g. refused without the API token).
             what = "list services" if verb == "list" else "resolve symbols"
-            code = err.code()  # type: ignore[attr-defined]
+            code = err.code()
             raise Failure(f"Failed to {what}: rpc error: code = "
-                          f"{GO_CODE_NAMES.get(code, code)} desc = {err.details()}"  # type: ignore[attr-defined]
+                          f"{GO_CODE_NAMES.get(code, code)} desc = {err.details()}"
                           ) from None
         return 0
     finally:
