@@ -38,10 +38,22 @@ gRPC ``Publish``:
   ``Publish`` and each receiver subtracts it from ``time.time()`` on arrival
   (same machine clock); percentiles over every delivery in the window. The
   target's point (1,000 events/s to 100 clients) is run on the sidecar and on
-  ``raw-ws``, and so is a lighter point (100 events/s) for context. Beyond a
+  ``raw-ws``, and so are, for context, a lighter point (100 events/s) and the
+  main rate to a single client (the publish path -- gRPC and storage -- with
+  next to no fan-out). The load also times each ``Publish`` round trip: the
+  part of publish-to-delivery that is not fan-out (the sidecar fans an event
+  out before it answers). Beyond a
   server's capacity an open loop only queues: grpc-core then refuses some
   ``Publish`` calls with CANCELLED before they reach the handler, which is
   reported as a note (a finding), not as a broken benchmark.
+
+CPUs: servers (raw and sidecar, every thread) run on one CPU and the load and
+idle-client processes on another, so that a load generator never takes its
+server's core and the other way round (unpinned, on two cores, the load process
+and the server fought: bare aiohttp's own p99 at the latency point was about
+100 ms). That also means each server has one core for all its threads (the
+sidecar's SQLite writer shares it with the event loop). ``--no-pin`` or
+``REALTIME_BENCH_NO_PIN=1`` turns it off.
 
 Throughput runs alternate raw and sidecar over several rounds (medians are
 reported), because other work on this small machine disturbs single runs.
@@ -66,7 +78,7 @@ reported, not fatal: the exit status is 1 only when the benchmark broke
 (a crashed or hung process, failed publishes, lost deliveries).
 
 Usage: ``python -c "import sys; from tests.bench.realtime import main; sys.exit(main())"
-[--quick] [--json PATH]``.
+[--quick] [--json PATH] [--no-pin]``.
 """
 
 from __future__ import annotations
@@ -650,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="let servers and load processes run on any CPU")
     args = parser.parse_args(argv)
     s = QUICK if args.quick else FULL
-    cpus = pinning(not args.no_pin)
+    cpus = pinning(not (args.no_pin or os.environ.get("REALTIME_BENCH_NO_PIN")))
     # Children inherit the limit: the sidecar holds every idle connection.
     nofile = raise_nofile(s.idle + 4096)
     results: dict[str, Any] = {"benchmark": "realtime", "mode": s.mode,
