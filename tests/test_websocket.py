@@ -406,3 +406,16 @@ async def test_concurrent_publishes_reach_every_client_whole_and_in_order(env: E
         assert [f["offset"] for f in got] == sorted(by_offset)
         assert [f["data"]["n"] for f in got] == [by_offset[f["offset"]] for f in got]
         await ws.close()
+
+
+async def test_shutdown_closes_clients_with_1001_and_sends_nothing_after(env: Env) -> None:
+    ws = await env.connect(env.token("hal"))
+    await subscribed(ws, 2)
+    await env.publish("broadcast", b'{"before": true}')
+    (frame,) = await frames(ws, 1)
+    assert frame["data"] == {"before": True}
+    await env.sc.stop()
+    msg = await asyncio.wait_for(ws.receive(), 5)
+    assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 1001,
+                                               "server shutting down")
+    assert env.sc.live.subscriber_count("broadcast") == 0
