@@ -408,7 +408,7 @@ async def test_concurrent_publishes_reach_every_client_whole_and_in_order(env: E
         await ws.close()
 
 
-async def test_shutdown_closes_clients_with_1001_and_sends_nothing_after(env: Env) -> None:
+async def test_shutdown_closes_clients_with_1001(env: Env) -> None:
     ws = await env.connect(env.token("hal"))
     await subscribed(ws, 2)
     await env.publish("broadcast", b'{"before": true}')
