@@ -16,7 +16,7 @@ help:
 	@echo "make test-node    run the Node.js client's tests"
 	@echo "make protos       regenerate generated/ from protos/"
 	@echo "make protos-check fail if generated/ is stale"
-	@echo "make lint         ruff + mypy on sidecar/ and clients/"
+	@echo "make lint         ruff + mypy (sidecar/, clients/python, examples/)"
 	@echo "make bench        run the benchmarks and print figures"
 
 venv: $(STAMP)
@@ -58,11 +58,11 @@ protos-check: $(STAMP)
 	$(PY) protos/generate.py --check
 
 lint: $(STAMP)
-	$(BIN)/ruff check sidecar clients tests protos examples
+	$(BIN)/ruff check sidecar clients tests protos examples deploy
 	$(BIN)/mypy sidecar $(wildcard clients/python/src) examples
 
 bench: $(STAMP)
 	$(PY) -m tests.bench
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache $(NODE_DIR)/node_modules
