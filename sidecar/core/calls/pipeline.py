@@ -479,104 +479,11 @@ class CallPipeline:
                        method: str, url: str, headers: tuple[tuple[str, str], ...],
                        state: _Attempts, start: float) -> CallResult:
         cfg = integ.config
-        retry = policy.retry
-        may_retry = method in IDEMPOTENT or bool(req.idempotency_key)
         if integ.budget is not None:
             integ.budget.record_request()
-
-        async def attempt() -> UpstreamResponse:
-            return await self._attempt(integ, policy, state, method, url, headers, req.body)
-
-        def retry_reason(resp: UpstreamResponse | None, exc: BaseException | None) -> str:
-            """Why this outcome should be retried, or "" when it should not."""
-            if not may_retry:
-                return ""
-            if exc is not None:
-                if isinstance(exc, TransportError) and exc.kind.value in retry.on_errors:
-                    return exc.kind.value
-                return ""
-            if resp is not None and resp.status in retry.on_status:
-                return f"status_{resp.status}"
-            return ""
-
-        def delay(resp: UpstreamResponse | None, retry_number: int) -> float:
-            if resp is not None and retry.honor_retry_after:
-                hinted = self._server_hint(resp, policy)
-                if hinted is not None:
-                    return hinted
-            return backoff_delay(retry.backoff, retry_number, self._rand)
-
-        def must_stop(attempts_made: int, sleep: float) -> bool:
-            if attempts_made >= retry.max_attempts:
-                return True
-            if self._clock.monotonic() + sleep >= state.deadline:
-                return True  # no attempt may start after the deadline
-            if integ.budget is not None and not integ.budget.try_spend():
-                self._observer.budget_exhausted(cfg.name)
-                log.warning("retry budget exhausted", extra={"integration": cfg.name})
-                return True
-            return False
-
-        def outcome(rs: RetryCallState) -> tuple[UpstreamResponse | None, BaseException | None]:
-            assert rs.outcome is not None
-            if rs.outcome.failed:
-                return None, rs.outcome.exception()
-            return rs.outcome.result(), None
-
-        def should_retry(rs: RetryCallState) -> bool:
-            state.last_retry_reason = retry_reason(*outcome(rs))
-            return bool(state.last_retry_reason)
-
-        def wait(rs: RetryCallState) -> float:
-            # tenacity counts from the second overall attempt: its Nth is retry N+1.
-            return delay(outcome(rs)[0], rs.attempt_number + 1)
-
-        def stop(rs: RetryCallState) -> bool:
-            return must_stop(rs.attempt_number + 1, rs.upcoming_sleep or 0.0)
-
-        def retrying_after(reason: str, attempts_made: int, pause: float) -> None:
-            self._observer.retried(cfg.name, policy.name, reason)
-            log.warning("upstream attempt failed; retrying", extra={
-                "integration": cfg.name, "route": policy.name, "reason": reason,
-                "attempt": attempts_made, "span_id": state.span_id,
-                "retry_in_ms": round(pause * 1000, 1)})
-
-        def before_sleep(rs: RetryCallState) -> None:
-            retrying_after(state.last_retry_reason, rs.attempt_number + 1,
-                           rs.upcoming_sleep or 0.0)
-
-        def final(rs: RetryCallState) -> UpstreamResponse:
-            assert rs.outcome is not None
-            return rs.outcome.result()  # type: ignore[no-any-return]
-
-        async def run() -> UpstreamResponse:
-            # The first attempt goes straight out: most calls need no retry, and
-            # tenacity's machinery costs more than the rest of the pipeline.
-            first: UpstreamResponse | None = None
-            try:
-                first = await attempt()
-                failure: BaseException | None = None
-            except TransportError as exc:
-                failure = exc
-            reason = retry_reason(first, failure)
-            pause = delay(first, 1) if reason else 0.0
-            if not reason or must_stop(1, pause):
-                if failure is not None:
-                    raise failure
-                assert first is not None
-                return first
-            state.last_retry_reason = reason
-            retrying_after(reason, 1, pause)
-            await self._clock.sleep(pause)
-            retrying = AsyncRetrying(
-                stop=stop, wait=wait, retry=should_retry, before_sleep=before_sleep,
-                sleep=self._clock.sleep, retry_error_callback=final,
-            )
-            return await retrying(attempt)
-
         response: UpstreamResponse | None = None
         try:
-            response = await run()
+            response = await self._run(req, integ, policy, method, url, headers, state)
         except (BreakerOpenError, RateLimitedError, BulkheadFullError, DeadlineExceeded):
             # A retry could not go out. An answer from an earlier attempt is still
             # usable; otherwise an open breaker may be served from the fallback.
@@ -605,6 +512,103 @@ class CallPipeline:
         if policy.cache is not None and method == "GET" and 200 <= response.status < 300:
             policy.cache.put(url, result, self._clock.monotonic())
         return result
+
+    async def _run(self, req: CallRequest, integ: _Integration, policy: _Policy, method: str,
+                   url: str, headers: tuple[tuple[str, str], ...],
+                   state: _Attempts) -> UpstreamResponse:
+        """The attempts of one call. The first goes straight out: most calls need no
+        retry, and the retry machinery (tenacity and its callbacks) is only built
+        when one does."""
+        retry = policy.retry
+        may_retry = method in IDEMPOTENT or bool(req.idempotency_key)
+        first: UpstreamResponse | None = None
+        try:
+            first = await self._attempt(integ, policy, state, method, url, headers, req.body)
+            failure: BaseException | None = None
+        except TransportError as exc:
+            failure = exc
+        reason = _retry_reason(retry, may_retry, first, failure)
+        pause = self._delay(policy, first, 1) if reason else 0.0
+        if not reason or self._must_stop(integ, state, retry, 1, pause):
+            if failure is not None:
+                raise failure
+            assert first is not None
+            return first
+        return await self._retry(req, integ, policy, method, url, headers, state,
+                                 may_retry, reason, pause)
+
+    def _delay(self, policy: _Policy, resp: UpstreamResponse | None,
+               retry_number: int) -> float:
+        if resp is not None and policy.retry.honor_retry_after:
+            hinted = self._server_hint(resp, policy)
+            if hinted is not None:
+                return hinted
+        return backoff_delay(policy.retry.backoff, retry_number, self._rand)
+
+    def _must_stop(self, integ: _Integration, state: _Attempts, retry: RetryConfig,
+                   attempts_made: int, sleep: float) -> bool:
+        if attempts_made >= retry.max_attempts:
+            return True
+        if self._clock.monotonic() + sleep >= state.deadline:
+            return True  # no attempt may start after the deadline
+        if integ.budget is not None and not integ.budget.try_spend():
+            self._observer.budget_exhausted(integ.config.name)
+            log.warning("retry budget exhausted", extra={"integration": integ.config.name})
+            return True
+        return False
+
+    async def _retry(self, req: CallRequest, integ: _Integration, policy: _Policy,
+                     method: str, url: str, headers: tuple[tuple[str, str], ...],
+                     state: _Attempts, may_retry: bool, reason: str,
+                     pause: float) -> UpstreamResponse:
+        """Retries after a first attempt that asked for one (``reason``, ``pause``)."""
+        cfg = integ.config
+        retry = policy.retry
+
+        async def attempt() -> UpstreamResponse:
+            return await self._attempt(integ, policy, state, method, url, headers, req.body)
+
+        def outcome(rs: RetryCallState) -> tuple[UpstreamResponse | None, BaseException | None]:
+            assert rs.outcome is not None
+            if rs.outcome.failed:
+                return None, rs.outcome.exception()
+            return rs.outcome.result(), None
+
+        def should_retry(rs: RetryCallState) -> bool:
+            state.last_retry_reason = _retry_reason(retry, may_retry, *outcome(rs))
+            return bool(state.last_retry_reason)
+
+        def wait(rs: RetryCallState) -> float:
+            # tenacity counts from the second overall attempt: its Nth is retry N+1.
+            return self._delay(policy, outcome(rs)[0], rs.attempt_number + 1)
+
+        def stop(rs: RetryCallState) -> bool:
+            return self._must_stop(integ, state, retry, rs.attempt_number + 1,
+                                   rs.upcoming_sleep or 0.0)
+
+        def retrying_after(reason: str, attempts_made: int, pause: float) -> None:
+            self._observer.retried(cfg.name, policy.name, reason)
+            log.warning("upstream attempt failed; retrying", extra={
+                "integration": cfg.name, "route": policy.name, "reason": reason,
+                "attempt": attempts_made, "span_id": state.span_id,
+                "retry_in_ms": round(pause * 1000, 1)})
+
+        def before_sleep(rs: RetryCallState) -> None:
+            retrying_after(state.last_retry_reason, rs.attempt_number + 1,
+                           rs.upcoming_sleep or 0.0)
+
+        def final(rs: RetryCallState) -> UpstreamResponse:
+            assert rs.outcome is not None
+            return rs.outcome.result()  # type: ignore[no-any-return]
+
+        state.last_retry_reason = reason
+        retrying_after(reason, 1, pause)
+        await self._clock.sleep(pause)
+        retrying = AsyncRetrying(
+            stop=stop, wait=wait, retry=should_retry, before_sleep=before_sleep,
+            sleep=self._clock.sleep, retry_error_callback=final,
+        )
+        return await retrying(attempt)
 
     async def _attempt(self, integ: _Integration, policy: _Policy, state: _Attempts,
                        method: str, url: str, headers: tuple[tuple[str, str], ...],
@@ -724,6 +728,20 @@ class CallPipeline:
                 "integration": integ.config.name, "route": policy.name,
                 "deprecated_at": at, "sunset_at": sunset, "link": link})
         return info
+
+
+def _retry_reason(retry: RetryConfig, may_retry: bool, resp: UpstreamResponse | None,
+                  exc: BaseException | None) -> str:
+    """Why this outcome should be retried, or "" when it should not."""
+    if not may_retry:
+        return ""
+    if exc is not None:
+        if isinstance(exc, TransportError) and exc.kind.value in retry.on_errors:
+            return exc.kind.value
+        return ""
+    if resp is not None and resp.status in retry.on_status:
+        return f"status_{resp.status}"
+    return ""
 
 
 def _outcome(result: CallResult) -> str:
