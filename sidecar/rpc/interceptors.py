@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import grpc
 
 from sidecar.errors import Unauthenticated
-from sidecar.metrics import Metrics
+from sidecar.metrics import Metrics, observe_one
 from sidecar.rpc.status import abort_with
 
 HEALTH_SERVICE_PREFIX = "/grpc.health.v1.Health/"
@@ -82,12 +82,19 @@ class MetricsInterceptor:
         labels = (_rpc_type(handler), service, method)
         m = self._m
         started = m.grpc_started.labels(*labels)
+        # Label children by status code, looked up once: this runs on every RPC.
+        by_code: dict[str, tuple[Any, Any]] = {}
 
         def finish(context: grpc.aio.ServicerContext, start: float,
                    failed: BaseException | None) -> None:
+            elapsed = time.perf_counter() - start
             code = _final_code(context, failed)
-            m.grpc_handled.labels(*labels, code).inc()
-            m.grpc_handling_seconds.labels(*labels, code).observe(time.perf_counter() - start)
+            children = by_code.get(code)
+            if children is None:
+                children = by_code[code] = (m.grpc_handled.labels(*labels, code),
+                                            m.grpc_handling_seconds.labels(*labels, code))
+            children[0].inc()
+            observe_one(children[1], elapsed)
 
         def unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
