@@ -11,7 +11,6 @@ import ssl
 from urllib.parse import urlsplit
 
 import aiohttp
-from multidict import CIMultiDict
 
 from sidecar import __version__
 from sidecar.config import IntegrationConfig
@@ -53,6 +52,8 @@ class AiohttpTransport:
         self._ssl = build_ssl_context(config)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._timeout_key: tuple[float, float] | None = None
+        self._timeout_obj = aiohttp.ClientTimeout()
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -75,32 +76,47 @@ class AiohttpTransport:
                 self._session._retry_connection = False
         return self._session
 
+    def _timeout(self, total: float, connect: float) -> aiohttp.ClientTimeout:
+        # Most attempts ask for the same limits: reuse the (attrs) object.
+        key = (total, connect)
+        if key != self._timeout_key:
+            self._timeout_key = key
+            self._timeout_obj = aiohttp.ClientTimeout(total=total, sock_connect=connect)
+        return self._timeout_obj
+
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
-        headers: CIMultiDict[str] = CIMultiDict(request.headers)
-        headers.setdefault("User-Agent", USER_AGENT)
-        timeout = aiohttp.ClientTimeout(total=request.timeout,
-                                        sock_connect=request.connect_timeout)
+        headers = request.headers
+        for name, _ in headers:
+            if name.lower() == "user-agent":
+                break
+        else:
+            headers = (*headers, ("User-Agent", USER_AGENT))
         limit = self._config.max_response_bytes
         try:
             async with self._get_session().request(
                 request.method, request.url, headers=headers,
                 data=request.body if request.body or request.method not in ("GET", "HEAD")
                 else None,
-                allow_redirects=False, timeout=timeout,
+                allow_redirects=False,
+                timeout=self._timeout(request.timeout, request.connect_timeout),
             ) as resp:
-                if resp.content_length is not None and resp.content_length > limit:
+                length = resp.content_length
+                if length is not None and length > limit:
                     raise TransportError(TransportErrorKind.TOO_LARGE,
-                                         f"response of {resp.content_length} bytes is over "
+                                         f"response of {length} bytes is over "
                                          f"the {limit}-byte limit")
-                if resp.content_length is not None:
+                if length is not None:
                     body = await resp.read()  # length known and within the limit
                 else:
                     body = await self._read_capped(resp, limit)
+                raw = resp.headers
                 # Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
-                named = {t.strip().lower() for v in resp.headers.getall("Connection", [])
-                         for t in v.split(",")}
-                out_headers = tuple((k, v) for k, v in resp.headers.items()
-                                    if k.lower() not in HOP_BY_HOP and k.lower() not in named)
+                dropped = HOP_BY_HOP
+                if "Connection" in raw:
+                    dropped = HOP_BY_HOP | {t.strip().lower() for v in raw.getall("Connection")
+                                            for t in v.split(",")}
+                out_headers = tuple((k, v) for k, v in raw.items()
+                                    if k.lower() not in dropped)
                 return UpstreamResponse(resp.status, out_headers, body)
         except TransportError:
             raise
