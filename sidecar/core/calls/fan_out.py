@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from sidecar.core.calls.models import DeprecationInfo
-from sidecar.core.calls.observer import CallObserver
+from sidecar.core.calls.observer import CallObserver, NullObserver
+
+
+def _listeners(observers: tuple[CallObserver, ...], report: str) -> tuple[Callable[..., Any], ...]:
+    """The bound ``report`` methods of the observers that do something with it: an
+    observer that keeps the null observer's no-op is not called (this runs per call)."""
+    noop = getattr(NullObserver, report)
+    return tuple(getattr(o, report) for o in observers
+                 if getattr(type(o), report, None) is not noop)
 
 
 class FanOutObserver:
@@ -11,16 +22,18 @@ class FanOutObserver:
 
     def __init__(self, *observers: CallObserver) -> None:
         self._observers = observers
+        self._call_finished = _listeners(observers, "call_finished")
+        self._attempt_finished = _listeners(observers, "attempt_finished")
 
     def call_finished(self, integration: str, route: str, outcome: str, status: int,
                       attempts: int, duration: float) -> None:
-        for o in self._observers:
-            o.call_finished(integration, route, outcome, status, attempts, duration)
+        for report in self._call_finished:
+            report(integration, route, outcome, status, attempts, duration)
 
     def attempt_finished(self, integration: str, route: str, outcome: str,
                          duration: float) -> None:
-        for o in self._observers:
-            o.attempt_finished(integration, route, outcome, duration)
+        for report in self._attempt_finished:
+            report(integration, route, outcome, duration)
 
     def retried(self, integration: str, route: str, reason: str) -> None:
         for o in self._observers:
