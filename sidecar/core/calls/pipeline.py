@@ -630,10 +630,11 @@ class CallPipeline:
         permit: Permit | None = policy.breaker.acquire() if policy.breaker else None
         t0: float | None = None
         try:
-            max_wait = state.deadline - self._clock.monotonic()
-            if cfg.bulkhead.max_wait is not None:
-                max_wait = min(max_wait, cfg.bulkhead.max_wait)
-            await integ.bulkhead.acquire(max_wait)
+            if not integ.bulkhead.try_acquire():  # else wait for a slot
+                max_wait = state.deadline - self._clock.monotonic()
+                if cfg.bulkhead.max_wait is not None:
+                    max_wait = min(max_wait, cfg.bulkhead.max_wait)
+                await integ.bulkhead.acquire(max_wait)
             try:
                 t0 = self._clock.monotonic()
                 timeout = min(policy.timeouts.attempt, state.deadline - t0)

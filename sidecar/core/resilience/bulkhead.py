@@ -31,12 +31,18 @@ class Bulkhead:
     def waiting(self) -> int:
         return sum(1 for w in self._waiters if not w.done())
 
-    async def acquire(self, max_wait: float) -> None:
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free and nobody is queued for it; never waits."""
         # Waiters that gave up leave their futures behind; drop them first.
         while self._waiters and self._waiters[0].done():
             self._waiters.popleft()
         if self._in_use < self.limit and not self._waiters:
             self._in_use += 1
+            return True
+        return False
+
+    async def acquire(self, max_wait: float) -> None:
+        if self.try_acquire():
             return
         if max_wait <= 0:
             raise self._full()
