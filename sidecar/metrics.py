@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import platform
 from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -232,17 +233,35 @@ class Metrics:
 BREAKER_STATES = ("closed", "open", "half_open")
 
 
-def observe_one(histogram: Any, value: float) -> None:
-    """``histogram.observe(value)`` without its per-call checks and linear bucket scan:
-    one binary search (it runs a few times per Call)."""
+def fast_observe(histogram: Any) -> Callable[[float], None]:
+    """``histogram.observe`` (a label child's) without prometheus_client's per-call
+    checks and linear bucket scan: one binary search. For the Call path."""
     bounds = getattr(histogram, "_upper_bounds", None)
     buckets = getattr(histogram, "_buckets", None)
     total = getattr(histogram, "_sum", None)
     if bounds is None or buckets is None or total is None:
-        histogram.observe(value)  # another prometheus_client: the public way
-        return
-    total.inc(value)
-    buckets[bisect_left(bounds, value)].inc(1)
+        return histogram.observe  # type: ignore[no-any-return]  # another prometheus_client
+    add_to_sum = total.inc
+    counts = [bucket.inc for bucket in buckets]
+
+    def observe(value: float) -> None:
+        add_to_sum(value)
+        counts[bisect_left(bounds, value)](1)
+
+    return observe
+
+
+def fast_inc(counter: Any) -> Callable[[], None]:
+    """``counter.inc`` (a label child's) without prometheus_client's per-call checks."""
+    value = getattr(counter, "_value", None)
+    if value is None or not callable(getattr(value, "inc", None)):
+        return counter.inc  # type: ignore[no-any-return]  # another prometheus_client
+    add = value.inc
+    return lambda: add(1)
+
+
+#: A label set's counter increment and histogram observation.
+_Recorders = tuple[Callable[[], None], Callable[[float], None]]
 
 
 class CallMetrics:
@@ -251,28 +270,30 @@ class CallMetrics:
     def __init__(self, metrics: Metrics) -> None:
         self._m = metrics
         # Label children looked up once per label set (names come from config).
-        self._calls: dict[tuple[str, str, str], tuple[Any, Any]] = {}
-        self._attempts: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._calls: dict[tuple[str, str, str], _Recorders] = {}
+        self._attempts: dict[tuple[str, str, str], _Recorders] = {}
 
     def call_finished(self, integration: str, route: str, outcome: str, status: int,
                       attempts: int, duration: float) -> None:
         key = (integration, route, outcome)
         pair = self._calls.get(key)
         if pair is None:
-            pair = self._calls[key] = (self._m.calls.labels(*key),
-                                       self._m.call_seconds.labels(integration, route))
-        pair[0].inc()
-        observe_one(pair[1], duration)
+            pair = self._calls[key] = (
+                fast_inc(self._m.calls.labels(*key)),
+                fast_observe(self._m.call_seconds.labels(integration, route)))
+        pair[0]()
+        pair[1](duration)
 
     def attempt_finished(self, integration: str, route: str, outcome: str,
                          duration: float) -> None:
         key = (integration, route, outcome)
         pair = self._attempts.get(key)
         if pair is None:
-            pair = self._attempts[key] = (self._m.attempts.labels(*key),
-                                          self._m.attempt_seconds.labels(integration, route))
-        pair[0].inc()
-        observe_one(pair[1], duration)
+            pair = self._attempts[key] = (
+                fast_inc(self._m.attempts.labels(*key)),
+                fast_observe(self._m.attempt_seconds.labels(integration, route)))
+        pair[0]()
+        pair[1](duration)
 
     def retried(self, integration: str, route: str, reason: str) -> None:
         self._m.retries.labels(integration, route, reason).inc()

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import grpc
 
 from sidecar.errors import Unauthenticated
-from sidecar.metrics import Metrics, observe_one
+from sidecar.metrics import Metrics, fast_inc, fast_observe
 from sidecar.rpc.status import abort_with
 
 HEALTH_SERVICE_PREFIX = "/grpc.health.v1.Health/"
@@ -82,8 +82,9 @@ class MetricsInterceptor:
         labels = (_rpc_type(handler), service, method)
         m = self._m
         started = m.grpc_started.labels(*labels)
+        count_started = fast_inc(started)
         # Label children by status code, looked up once: this runs on every RPC.
-        by_code: dict[str, tuple[Any, Any]] = {}
+        by_code: dict[str, tuple[Callable[[], None], Callable[[float], None]]] = {}
 
         def finish(context: grpc.aio.ServicerContext, start: float,
                    failed: BaseException | None) -> None:
@@ -91,14 +92,15 @@ class MetricsInterceptor:
             code = _final_code(context, failed)
             children = by_code.get(code)
             if children is None:
-                children = by_code[code] = (m.grpc_handled.labels(*labels, code),
-                                            m.grpc_handling_seconds.labels(*labels, code))
-            children[0].inc()
-            observe_one(children[1], elapsed)
+                children = by_code[code] = (
+                    fast_inc(m.grpc_handled.labels(*labels, code)),
+                    fast_observe(m.grpc_handling_seconds.labels(*labels, code)))
+            children[0]()
+            children[1](elapsed)
 
         def unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                started.inc()
+                count_started()
                 start = time.perf_counter()
                 failed: BaseException | None = None
                 try:
