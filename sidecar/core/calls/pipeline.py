@@ -15,9 +15,7 @@ import re
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
-
-from tenacity import AsyncRetrying, RetryCallState
+from typing import TYPE_CHECKING, Protocol
 
 from sidecar.clock import Clock
 from sidecar.config import (
@@ -70,6 +68,9 @@ from sidecar.errors import (
     Unavailable,
 )
 from sidecar.storage.base import ClaimStatus, Storage
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 
 log = logging.getLogger("sidecar.calls")
 
@@ -132,6 +133,8 @@ class _Integration:
     retired: bool = False
 
     def match(self, method: str, path: str) -> _Policy:
+        if not self.routes:
+            return self.default
         norm = "/" + path.lstrip("/")
         for route, policy in self.routes:
             if route.method in ("*", method) and route_matches(route.path, norm):
@@ -562,6 +565,10 @@ class CallPipeline:
                      state: _Attempts, may_retry: bool, reason: str,
                      pause: float) -> UpstreamResponse:
         """Retries after a first attempt that asked for one (``reason``, ``pause``)."""
+        # Imported on the first retry: most processes never retry, and tenacity
+        # would be resident memory for nothing.
+        from tenacity import AsyncRetrying
+
         cfg = integ.config
         retry = policy.retry
 
