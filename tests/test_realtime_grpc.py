@@ -41,12 +41,21 @@ async def started(sc: Sidecar, topic: str, count: int = 1) -> None:
 
 
 async def read(stream: Any, n: int) -> list[pb.SubscribeResponse]:
+    """The next ``n`` events and gaps (heartbeats and the opening Subscribed skipped)."""
     out = []
     while len(out) < n:
         msg = await asyncio.wait_for(stream.read(), 5)
-        if not msg.HasField("heartbeat"):
+        if msg.HasField("event") or msg.HasField("gap"):
             out.append(msg)
     return out
+
+
+async def opened(stream: Any) -> dict[str, int]:
+    """The stream's first message, which must be Subscribed: its offsets. The sidecar
+    sends it once the subscription is on the live bus."""
+    msg = await asyncio.wait_for(stream.read(), 5)
+    assert msg.WhichOneof("message") == "subscribed", msg
+    return dict(msg.subscribed.offsets)
 
 
 @pytest.fixture
@@ -197,6 +206,7 @@ async def test_heartbeat_on_idle_stream(tmp_path: Path) -> None:
                 break
             await asyncio.sleep(0.002)
         clock.advance(10)
+        await opened(stream)
         msg = await asyncio.wait_for(stream.read(), 5)
         assert msg.HasField("heartbeat")
         stream.cancel()
@@ -212,8 +222,89 @@ async def test_subscribe_validation(env: Env) -> None:
 async def test_shutdown_ends_streams_promptly(tmp_path: Path) -> None:
     async with running(tmp_path) as env:
         stream = env.subscribe()
-        await started(env.sc, "orders")
+        await opened(stream)
         await env.sc.stop()
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await asyncio.wait_for(stream.read(), 5)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+# ------------------------------------------------------------------ Subscribed: where it starts
+
+
+async def test_subscribed_names_where_each_start_position_continues(env: Env) -> None:
+    ids = [(await env.publish(data=str(i).encode())).event_id for i in range(3)]
+    topics = ["orders", "quiet"]  # "quiet" has never had an event
+    cases: list[tuple[dict[str, Any], dict[str, int]]] = [
+        ({}, {"orders": 3, "quiet": 0}),
+        ({"start": pb.START_POSITION_LATEST}, {"orders": 3, "quiet": 0}),
+        ({"start": pb.START_POSITION_EARLIEST}, {"orders": 0, "quiet": 0}),
+        ({"start": pb.START_POSITION_AFTER_OFFSET, "after_offsets": {"orders": 1}},
+         {"orders": 1, "quiet": 0}),
+        ({"start": pb.START_POSITION_AFTER_OFFSET, "after_offsets": {"quiet": 7}},
+         {"orders": 3, "quiet": 7}),
+        ({"start": pb.START_POSITION_AFTER_EVENT_ID, "after_event_id": ids[1]},
+         {"orders": 2, "quiet": 0}),
+    ]
+    for request, expected in cases:
+        stream = env.subscribe(*topics, **request)
+        assert await opened(stream) == expected, request
+        stream.cancel()
+    # Replays follow the announcement: after offset 1, events 2 and 3.
+    stream = env.subscribe("orders", start=pb.START_POSITION_AFTER_OFFSET,
+                           after_offsets={"orders": 1})
+    assert await opened(stream) == {"orders": 1}
+    assert [m.event.offset for m in await read(stream, 2)] == [2, 3]
+    stream.cancel()
+
+
+async def test_durable_groups_send_no_subscribed_message(env: Env) -> None:
+    published = await env.publish()
+    stream = env.subscribe("orders", group="g")
+    msg = await asyncio.wait_for(stream.read(), 5)
+    assert msg.WhichOneof("message") == "event" and msg.event.id == published.event_id
+    stream.cancel()
+
+
+async def test_latest_announces_an_exact_seam_while_publishes_race_the_join(env: Env) -> None:
+    """Publishes in flight while the subscription joins: every event after the announced
+    offset arrives once, in order, and none at or before it."""
+    for _ in range(5):
+        await env.publish()
+    racing = asyncio.gather(*(env.publish() for _ in range(40)))
+    stream = env.subscribe("orders")
+    start = (await opened(stream))["orders"]
+    await racing
+    last = (await env.publish()).offset
+    got = [m.event.offset for m in await read(stream, last - start)]
+    assert got == list(range(start + 1, last + 1))
+    stream.cancel()
+
+
+async def test_resuming_with_the_announced_offsets_delivers_what_the_outage_missed(
+        tmp_path: Path) -> None:
+    """LATEST on a topic with nothing delivered yet, the sidecar restarts before any event
+    arrives, events are published before the client comes back: resuming after the
+    announced offsets delivers exactly those events, in order."""
+    async with running(tmp_path) as env:
+        await env.publish("quiet", b"before")  # before the subscription: not wanted
+        stream = env.subscribe("quiet", "orders")
+        announced = await opened(stream)
+        assert announced == {"quiet": 1, "orders": 0}
+        await env.sc.stop()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await read(stream, 1)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    async with running(tmp_path) as env:  # the same data directory: a restart
+        missed = [await env.publish("quiet", str(i).encode()) for i in range(3)]
+        missed.append(await env.publish("orders", b"o"))
+        stream = env.subscribe("quiet", "orders", start=pb.START_POSITION_AFTER_OFFSET,
+                               after_offsets=announced)
+        assert await opened(stream) == announced
+        got = await read(stream, 4)
+        assert [m.event.id for m in got] == [p.event_id for p in missed]
+        assert [(m.event.topic, m.event.offset) for m in got] == [
+            ("quiet", 2), ("quiet", 3), ("quiet", 4), ("orders", 1)]
+        later = await env.publish("quiet", b"live")
+        assert [m.event.id for m in await read(stream, 1)] == [later.event_id]
+        stream.cancel()

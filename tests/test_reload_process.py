@@ -104,6 +104,8 @@ async def test_sighup_reloads_retry_policy_keeps_streams_and_rejects_a_broken_fi
         stream = stub.Subscribe(pb.SubscribeRequest(topics=["orders"]))
         ws = await http.ws_connect(f"http://{started['edge']}/ws",
                                    headers={"Authorization": f"Bearer {token}"})
+        # A live stream's first message (Subscribed) comes once it is registered.
+        assert (await asyncio.wait_for(stream.read(), 5)).HasField("subscribed")
         while True:  # the stream is registered once an event published now reaches it
             sent = await stub.Publish(pb.PublishRequest(topic="orders", data=b"{}"), timeout=5)
             got = await asyncio.wait_for(stream.read(), 5)

@@ -188,6 +188,7 @@ async def test_replaced_certificate_is_served_after_reload_and_streams_carry_on(
         # The stream opened under the old certificate is still live.
         published = await stub.Publish(pb.PublishRequest(topic="orders", data=b"{}"),
                                        timeout=5)
+        assert (await asyncio.wait_for(stream.read(), 5)).HasField("subscribed")
         msg = await asyncio.wait_for(stream.read(), 5)
         assert msg.event.id == published.event_id
         stream.cancel()

@@ -20,7 +20,7 @@ from sidecar.core.calls.models import CallRequest, CallResult
 from sidecar.core.calls.pipeline import CallPipeline
 from sidecar.core.events.groups import ConsumerGroups, validate_topics
 from sidecar.core.events.live import Gap as LiveGap
-from sidecar.core.events.live import LiveBus
+from sidecar.core.events.live import LiveBus, Subscribed
 from sidecar.core.events.models import AckOutcome, StoredEvent
 from sidecar.core.events.presence import Presence
 from sidecar.core.tracing import (
@@ -317,7 +317,7 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
         start = _START_POSITIONS.get(request.start, "latest")
         async for item in self._live.subscribe(
                 list(request.topics), start=start, after_offsets=dict(request.after_offsets),
-                after_event_id=request.after_event_id, transport="grpc"):
+                after_event_id=request.after_event_id, transport="grpc", announce=True):
             if item is None:
                 beat = pb.SubscribeResponse()
                 beat.heartbeat.time.GetCurrentTime()
@@ -327,6 +327,8 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
                     topic=item.topic, from_offset=item.from_offset, to_offset=item.to_offset,
                     reason=pb.GAP_REASON_RETENTION if item.reason == "retention"
                     else pb.GAP_REASON_SLOW_CONSUMER))
+            elif isinstance(item, Subscribed):
+                yield pb.SubscribeResponse(subscribed=pb.Subscribed(offsets=item.offsets))
             else:
                 yield self._responses.get(item)
 

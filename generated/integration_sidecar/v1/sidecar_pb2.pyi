@@ -221,14 +221,29 @@ class SubscribeRequest(_message.Message):
     def __init__(self, topics: _Optional[_Iterable[str]] = ..., start: _Optional[_Union[StartPosition, str]] = ..., after_offsets: _Optional[_Mapping[str, int]] = ..., after_event_id: _Optional[str] = ..., group: _Optional[str] = ..., consumer: _Optional[str] = ..., max_in_flight: _Optional[int] = ...) -> None: ...
 
 class SubscribeResponse(_message.Message):
-    __slots__ = ("event", "heartbeat", "gap")
+    __slots__ = ("event", "heartbeat", "gap", "subscribed")
     EVENT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     GAP_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIBED_FIELD_NUMBER: _ClassVar[int]
     event: Event
     heartbeat: Heartbeat
     gap: Gap
-    def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., gap: _Optional[_Union[Gap, _Mapping]] = ...) -> None: ...
+    subscribed: Subscribed
+    def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., gap: _Optional[_Union[Gap, _Mapping]] = ..., subscribed: _Optional[_Union[Subscribed, _Mapping]] = ...) -> None: ...
+
+class Subscribed(_message.Message):
+    __slots__ = ("offsets",)
+    class OffsetsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    offsets: _containers.ScalarMap[str, int]
+    def __init__(self, offsets: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("id", "topic", "type", "data", "content_type", "attributes", "offset", "time", "delivery_attempt")

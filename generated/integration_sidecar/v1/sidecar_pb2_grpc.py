@@ -141,8 +141,9 @@ class SidecarServiceServicer:
 
         Without `group` the subscription is live: it replays the event log from
         the requested start position, then tails new events with no gap or
-        duplicate at the seam. When the log no longer holds the requested
-        position, the stream first sends a `Gap` message.
+        duplicate at the seam. Its first message is always `Subscribed`, naming
+        per topic the offset the stream continues after; when the log no longer
+        holds the requested position, a `Gap` message follows it.
 
         With `group` the subscription is a member of a durable consumer group:
         each event is delivered to one member at a time until it is acknowledged

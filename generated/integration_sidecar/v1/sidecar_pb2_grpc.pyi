@@ -120,8 +120,9 @@ class SidecarServiceStub:
 
     Without `group` the subscription is live: it replays the event log from
     the requested start position, then tails new events with no gap or
-    duplicate at the seam. When the log no longer holds the requested
-    position, the stream first sends a `Gap` message.
+    duplicate at the seam. Its first message is always `Subscribed`, naming
+    per topic the offset the stream continues after; when the log no longer
+    holds the requested position, a `Gap` message follows it.
 
     With `group` the subscription is a member of a durable consumer group:
     each event is delivered to one member at a time until it is acknowledged
@@ -214,8 +215,9 @@ class SidecarServiceAsyncStub(SidecarServiceStub):
 
     Without `group` the subscription is live: it replays the event log from
     the requested start position, then tails new events with no gap or
-    duplicate at the seam. When the log no longer holds the requested
-    position, the stream first sends a `Gap` message.
+    duplicate at the seam. Its first message is always `Subscribed`, naming
+    per topic the offset the stream continues after; when the log no longer
+    holds the requested position, a `Gap` message follows it.
 
     With `group` the subscription is a member of a durable consumer group:
     each event is delivered to one member at a time until it is acknowledged
@@ -329,8 +331,9 @@ class SidecarServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Without `group` the subscription is live: it replays the event log from
         the requested start position, then tails new events with no gap or
-        duplicate at the seam. When the log no longer holds the requested
-        position, the stream first sends a `Gap` message.
+        duplicate at the seam. Its first message is always `Subscribed`, naming
+        per topic the offset the stream continues after; when the log no longer
+        holds the requested position, a `Gap` message follows it.
 
         With `group` the subscription is a member of a durable consumer group:
         each event is delivered to one member at a time until it is acknowledged

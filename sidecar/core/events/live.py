@@ -2,7 +2,9 @@
 
 A subscriber registers *before* it replays history, so events published while
 it catches up wait in its queue; at the seam, queued events at or below the
-last replayed offset are dropped: no gap, no duplicate. Each subscriber's
+last replayed offset are dropped: no gap, no duplicate. A subscription that
+asks for it is first told where it starts per topic (:class:`Subscribed`), so a
+client can resume after a break that came before any event. Each subscriber's
 queue is bounded; one that falls behind is disconnected or loses its oldest
 events with a gap marker, so it never slows publishers or other subscribers.
 """
@@ -106,6 +108,14 @@ class Gap:
 
 
 @dataclass(frozen=True)
+class Subscribed:
+    """Where a live subscription starts: per topic, the offset it continues after (it
+    yields every later event, or a gap for it, and nothing at or below it)."""
+
+    offsets: Mapping[str, int]
+
+
+@dataclass(frozen=True)
 class Published:
     event_id: str
     offset: int
@@ -116,7 +126,7 @@ class SlowConsumer(ResourceExhausted):
     default_reason = "SLOW_CONSUMER"
 
 
-Item = StoredEvent | Gap | None  # None: heartbeat
+Item = StoredEvent | Gap | Subscribed | None  # None: heartbeat
 
 
 @dataclass(eq=False)
@@ -258,13 +268,15 @@ class LiveBus:
             if idempotency_key:
                 await self._store.idempotency_release(scope, idempotency_key)
             raise
+        # Fan out before anything else awaits: live subscribers get events in the order
+        # their appends finished (a subscriber drops an offset at or below one it had).
+        self._observer.published(topic_class(topic))
+        self.deliver(stored)
         if idempotency_key:
             await self._store.idempotency_complete(
                 scope, idempotency_key,
                 json.dumps({"event_id": stored.id, "offset": stored.offset}).encode(),
                 now=now, ttl=self._policy.idempotency_retention)
-        self._observer.published(topic_class(topic))
-        self.deliver(stored)
         return Published(stored.id, stored.offset, replayed=False)
 
     def follow(self, feed: EventFeed, more_interest: Callable[[], Iterable[str]]) -> None:
@@ -370,10 +382,15 @@ class LiveBus:
     async def subscribe(self, topics: Sequence[str], *, start: str = "latest",
                         after_offsets: Mapping[str, int] | None = None,
                         after_event_id: str = "", transport: str = "grpc",
-                        heartbeat: float | None = None) -> AsyncIterator[Item]:
+                        heartbeat: float | None = None, announce: bool = False
+                        ) -> AsyncIterator[Item]:
         """Replay from ``start``, then tail live. Yields events, gaps and None (heartbeat).
 
         ``heartbeat``: seconds of idleness before a None; ``math.inf`` for none at all.
+        ``announce``: yield a :class:`Subscribed` first. Topics that start at the latest
+        position then start after their last offset read once the subscriber is
+        registered (one storage read each), and events at or below it that reach the
+        queue are dropped, so the announced offsets are exact.
         """
         problems = validate_topics(topics)
         if start not in ("latest", "earliest", "after_offset", "after_event_id"):
@@ -398,6 +415,13 @@ class LiveBus:
                 await self._follower.ensure(topics)
             positions = await self._positions(list(topics), start, dict(after_offsets or {}),
                                               after_event_id)
+            if announce:
+                latest = [t for t in topics if positions.get(t) is None]
+                # Read after registering: every event past these offsets reaches the queue.
+                heads = await asyncio.gather(*(self.head(t) for t in latest))
+                sub.seen.update(zip(latest, heads, strict=True))
+                yield Subscribed({t: sub.seen[t] if (p := positions.get(t)) is None else p
+                                  for t in topics})
             for topic in topics:
                 after = positions.get(topic)
                 if after is None:
@@ -454,6 +478,10 @@ class LiveBus:
                     idle.cancel()
         finally:
             self._remove(sub)
+
+    async def head(self, topic: str) -> int:
+        """The last offset of ``topic`` (0 before its first event)."""
+        return (await self._store.topic_bounds(topic))[1]
 
     async def _positions(self, topics: list[str], start: str, offsets: dict[str, int],
                          after_event_id: str) -> dict[str, int | None]:
