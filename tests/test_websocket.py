@@ -205,7 +205,7 @@ async def test_subscribe_only_to_topics_the_token_lists(env: Env) -> None:
     assert await subscribed(ws, 1) == {"orders:42"}
     await ws.send_json({"type": "subscribe", "topic": "user:alice"})
     (err,) = await frames(ws, 1, events_only=False)
-    assert err == {"control": "error", "reason": "PERMISSION_DENIED",
+    assert err == {"control": "error", "reason": "PERMISSION_DENIED", "topic": "user:alice",
                    "message": "the token does not allow topic 'user:alice'"}
     await env.publish("orders:42", b'{"id": 42}')
     await env.publish("user:alice", b'{"secret": true}')
@@ -417,3 +417,72 @@ async def test_shutdown_closes_clients_with_1001(env: Env) -> None:
     assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 1001,
                                                "server shutting down")
     assert env.sc.live.subscriber_count("broadcast") == 0
+
+
+# --------------------------------------------------------------------------- subscribed offsets
+
+
+async def announced(ws: aiohttp.ClientWebSocketResponse, count: int) -> dict[str, int]:
+    """``count`` subscribed frames: topic -> the offset the room continues after."""
+    got: dict[str, int] = {}
+    while len(got) < count:
+        frame = (await frames(ws, 1, events_only=False))[0]
+        assert "control" in frame, frame  # nothing comes before a room's subscribed frame
+        if frame["control"] == "subscribed":
+            got[frame["topic"]] = frame["offset"]
+    return got
+
+
+async def test_subscribed_frames_carry_the_offset_each_room_continues_after(env: Env) -> None:
+    for _ in range(2):
+        await env.publish("user:fay")
+    for _ in range(3):
+        await env.publish("orders:7")
+    first = await env.connect(env.token("fay", topics=["orders:*"]))
+    assert await announced(first, 2) == {"user:fay": 2, "broadcast": 0}
+    await first.send_json({"type": "subscribe", "topic": "orders:7"})
+    assert await announced(first, 1) == {"orders:7": 3}
+    await first.send_json({"type": "subscribe", "topic": "orders:8", "offset": 5})
+    assert await announced(first, 1) == {"orders:8": 5}
+    # A second connection joins rooms that already exist (and know their head).
+    await env.publish("user:fay")
+    second = await env.connect(env.token("fay"))
+    assert await announced(second, 2) == {"user:fay": 3, "broadcast": 0}
+    published = await env.publish("user:fay")
+    assert [f["offset"] for f in await frames(first, 2)] == [3, published.offset]
+    assert [f["offset"] for f in await frames(second, 1)] == [published.offset]
+    await first.close()
+    await second.close()
+
+
+async def test_live_join_seam_is_exact_while_publishes_race_it(env: Env) -> None:
+    """Events in flight while connections join: each gets every event after the offset
+    its subscribed frame announced, once and in order, and none before it."""
+    for _ in range(3):
+        await env.publish("user:gus")
+    racing = asyncio.gather(*(env.publish("user:gus") for _ in range(30)))
+    sockets = [await env.connect(env.token("gus")) for _ in range(3)]
+    starts = [(await announced(ws, 2))["user:gus"] for ws in sockets]
+    await racing
+    last = (await env.publish("user:gus")).offset
+    for ws, start in zip(sockets, starts, strict=True):
+        got = [f["offset"] for f in await frames(ws, last - start)]
+        assert got == list(range(start + 1, last + 1))
+        await ws.close()
+
+
+async def test_reconnecting_with_the_announced_offset_gets_what_was_missed(
+        tmp_path: Path, rsa_keys: tuple[bytes, bytes]) -> None:
+    """Connected to a room with no event yet, the sidecar restarts, events are published
+    before the client comes back: resuming after the announced offset delivers them."""
+    async with started(tmp_path, rsa_keys) as env:
+        ws = await env.connect(env.token("hal", topics=["orders:*"]))
+        offsets = await announced(ws, 2)
+        assert offsets == {"user:hal": 0, "broadcast": 0}
+    async with started(tmp_path, rsa_keys) as env:
+        missed = [await env.publish("user:hal", str(i).encode()) for i in range(3)]
+        resume = json.dumps(offsets)
+        ws = await env.connect(env.token("hal"), query={"offsets": resume})
+        assert await announced(ws, 2) == offsets
+        assert [f["id"] for f in await frames(ws, 3)] == [p.event_id for p in missed]
+        await ws.close()

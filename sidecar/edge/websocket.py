@@ -10,9 +10,10 @@ Client -> server frames (JSON):
     {"type": "unsubscribe", "topic": "orders:42"}
 Server -> client frames (JSON):
     {"id", "topic", "type", "data", "offset", "time", "attributes"}   an event
-    {"control": "subscribed" | "unsubscribed", "topic"}
+    {"control": "subscribed", "topic", "offset"}   offset: events after it follow
+    {"control": "unsubscribed", "topic"}
     {"control": "gap", "topic", "from_offset", "to_offset", "reason"}
-    {"control": "error", "reason", "message"}
+    {"control": "error", "reason", "message", "topic"}   topic: when a (un)subscribe failed
 Resume on connect: ``?offsets={"user:alice": 12}`` (JSON) replays what was missed.
 Close codes: 4001 token expired, 4008 slow consumer, 1001 server shutting down.
 
@@ -78,6 +79,11 @@ def event_frame(event: StoredEvent) -> str:
     else:
         frame["data_base64"] = base64.b64encode(event.data).decode()
     return json.dumps(frame, separators=(",", ":"))
+
+
+def _subscribed(topic: str, offset: int) -> str:
+    """The frame saying ``topic`` is joined: the events after ``offset`` follow it."""
+    return json.dumps({"control": "subscribed", "topic": topic, "offset": offset})
 
 
 def wire_frame(text: str) -> bytes:
@@ -164,12 +170,17 @@ class _Member:
 class _Room:
     """The connections of this process in one topic: the live bus's sink for it."""
 
-    __slots__ = ("edge", "members", "topic")
+    __slots__ = ("edge", "head_known", "members", "top", "topic")
 
     def __init__(self, edge: WebSocketEdge, topic: str) -> None:
         self.edge = edge
         self.topic = topic
         self.members: dict[_Member, None] = {}
+        #: The highest offset fanned out to the room, and (once ``head_known``) at least
+        #: the topic's last offset read after the room was attached: every later event
+        #: comes through the room, so a member joining live starts after ``top``.
+        self.top = 0
+        self.head_known = False
 
     def __len__(self) -> int:
         return len(self.members)
@@ -283,11 +294,11 @@ class WebSocketEdge:
     async def _client_subscribe(self, conn: _Connection, topic: str, offset: int | None) -> None:
         if not topic_allowed(conn.identity, topic):
             await self._send_error(conn, "PERMISSION_DENIED",
-                                   f"the token does not allow topic {topic!r}")
+                                   f"the token does not allow topic {topic!r}", topic)
             return
         if len(conn.members) >= MAX_SUBSCRIPTIONS:
             await self._send_error(conn, "RESOURCE_EXHAUSTED",
-                                   f"at most {MAX_SUBSCRIPTIONS} subscriptions")
+                                   f"at most {MAX_SUBSCRIPTIONS} subscriptions", topic)
             return
         if topic not in conn.members:
             await self._join(conn, topic, offset)
@@ -301,18 +312,20 @@ class WebSocketEdge:
         if topic in conn.members or conn.ws.closed or conn.closer is not None:
             return
         member = _Member(conn, topic)
-        subscribed = json.dumps({"control": "subscribed", "topic": topic})
+        room = self._rooms.get(topic)
+        if offset is None and room is not None and room.head_known:
+            # In the room and told so in one step: every event after this frame follows it.
+            member.sent = room.top
+            self._enter(member)
+            self._flush(conn)
+            conn.transport.write(wire_frame(_subscribed(topic, room.top)))
+            return
+        member.backlog = self._new_backlog(topic)
         if offset is not None:
             self._metrics.resumes.labels("ws").inc()
-            member.backlog = self._new_backlog(topic)
             member.backlog.seen[topic] = offset
         self._enter(member)
-        if offset is None:
-            # In the room and told so in one step: every event after this frame follows it.
-            self._flush(conn)
-            conn.transport.write(wire_frame(subscribed))
-        else:
-            member.task = asyncio.ensure_future(self._replay(member, offset, subscribed))
+        member.task = asyncio.ensure_future(self._replay(member, offset))
 
     def _new_backlog(self, topic: str) -> Subscriber:
         policy = self._live.policy
@@ -356,6 +369,8 @@ class WebSocketEdge:
         """One live event to everyone in ``room``: the same bytes to every socket that
         keeps up, the bounded backlog for the others."""
         wire = self._frames.frame(event)
+        if event.offset > room.top:
+            room.top = event.offset
         sent = 0
         slow: list[_Member] = []
         unflushed = self._unflushed
@@ -425,12 +440,24 @@ class WebSocketEdge:
             conn.closer = asyncio.ensure_future(
                 conn.ws.close(code=CLOSE_SLOW_CONSUMER, message=b"slow consumer"))
 
-    async def _replay(self, member: _Member, offset: int, subscribed: str) -> None:
-        """Resume: the retained events after ``offset``, then what queued meanwhile."""
-        ws, backlog = member.conn.ws, member.backlog
+    async def _replay(self, member: _Member, offset: int | None) -> None:
+        """Resume: the retained events after ``offset``, then what queued meanwhile.
+        Without an offset: the room's head (read once per room), then what queued."""
+        ws, backlog, topic = member.conn.ws, member.backlog, member.topic
         assert backlog is not None
         try:
-            await ws.send_str(subscribed)
+            if offset is None:
+                head = await self._live.head(topic)
+                room = self._rooms.get(topic)
+                if room is not None and member in room.members:
+                    room.top = max(room.top, head)
+                    room.head_known = True
+                    head = room.top
+                backlog.seen[topic] = head
+                await ws.send_str(_subscribed(topic, head))
+                await self._send_backlog(member)
+                return
+            await ws.send_str(_subscribed(topic, offset))
             async for item in self._live.history(member.topic, offset):
                 if isinstance(item, Gap):
                     await self._send_gap(ws, item.topic, item.from_offset, item.to_offset,
@@ -441,7 +468,7 @@ class WebSocketEdge:
                                         WSMsgType.TEXT)
         except SidecarError as exc:  # e.g. storage unavailable: this subscription ends
             self._leave(member.conn, member.topic)
-            await self._send_error(member.conn, exc.reason, exc.message)
+            await self._send_error(member.conn, exc.reason, exc.message, member.topic)
             return
         except (ConnectionResetError, RuntimeError):
             return  # the client went away mid-send
@@ -482,11 +509,15 @@ class WebSocketEdge:
         await ws.send_str(json.dumps({"control": "gap", "topic": topic, "from_offset": lo,
                                       "to_offset": hi, "reason": reason}))
 
-    async def _send_error(self, conn: _Connection, reason: str, message: str) -> None:
+    async def _send_error(self, conn: _Connection, reason: str, message: str,
+                          topic: str | None = None) -> None:
+        """An error frame; ``topic`` names the subscription a refusal or failure ended."""
         self._flush(conn)
+        frame = {"control": "error", "reason": reason, "message": message}
+        if topic is not None:
+            frame["topic"] = topic
         with contextlib.suppress(ConnectionResetError, RuntimeError):
-            await conn.ws.send_str(json.dumps({"control": "error", "reason": reason,
-                                               "message": message}))
+            await conn.ws.send_str(json.dumps(frame))
 
     def _schedule_expiry(self, conn: _Connection) -> None:
         """Close the connection with 4001 when its token expires."""
