@@ -319,6 +319,45 @@ async def test_subscribe_resumes_after_the_sidecar_restarts(tmp_path: Path) -> N
     assert waits and waits[0] == 0.05
 
 
+async def test_latest_subscription_resumes_a_topic_it_had_no_event_on(tmp_path: Path) -> None:
+    """LATEST on topics with nothing delivered yet; the sidecar restarts before any event
+    arrives and events are published before the client is back: the resubscription
+    starts after the offsets the first stream announced, so each arrives once, in order."""
+    address = f"127.0.0.1:{free_port()}"
+    extra = {"server": {"grpc": {"address": address}}}
+    sc = Sidecar(make_config(tmp_path, extra))
+    await sc.start()
+    reconnect = Reconnect(initial=0.02, maximum=0.1)
+    async with AsyncSidecarClient(address, reconnect=reconnect) as sidecar:
+        await sidecar.publish("quiet", b"before")  # older than the subscription
+        sub = sidecar.subscribe(["quiet", "empty"])
+        items = Collector(sub)
+        try:
+            # The announcement is consumed inside the subscription (nothing is yielded):
+            # wait, bounded, until its resume point holds it.
+            deadline = time.monotonic() + WAIT
+            while sub.offsets != {"quiet": 1}:
+                assert time.monotonic() < deadline, sub.offsets
+                await asyncio.sleep(0.005)
+            await sc.stop()
+            sc = Sidecar(make_config(tmp_path, extra))
+            await sc.start()
+            async with AsyncSidecarClient(address, wait_for_ready=True) as publisher:
+                for data in (b"q2", b"q3"):
+                    await publisher.publish("quiet", data)
+                await publisher.publish("empty", b"e1")
+                missed = await items.take(3)
+                later = await publisher.publish("quiet", b"q4")
+                after = await items.take(1)
+        finally:
+            await items.close()
+            await sc.stop()
+    assert [(e.topic, e.offset, e.data) for e in missed if isinstance(e, Event)] == [
+        ("quiet", 2, b"q2"), ("quiet", 3, b"q3"), ("empty", 1, b"e1")]
+    assert [(e.topic, e.offset) for e in after if isinstance(e, Event)] == [
+        ("quiet", later.offset)]
+
+
 async def next_offset(sub: AsyncIterator[Event | Gap]) -> int:
     item = await asyncio.wait_for(anext(sub), WAIT)
     assert isinstance(item, Event), item

@@ -19,6 +19,7 @@ from integration_sidecar_client.models import (
     GapReason,
     Presence,
     PublishResult,
+    Subscribed,
     VerifyResult,
     WebhookVerdict,
 )
@@ -162,8 +163,8 @@ def event(msg: Any) -> Event:
         delivery_attempt=int(msg.delivery_attempt))
 
 
-def stream_item(msg: Any) -> Event | Gap | None:
-    """An event, a gap, or None for a heartbeat."""
+def stream_item(msg: Any) -> Event | Gap | Subscribed | None:
+    """An event, a gap, a live stream's opening, or None for a heartbeat."""
     kind = msg.WhichOneof("message")
     if kind == "event":
         return event(msg.event)
@@ -171,4 +172,6 @@ def stream_item(msg: Any) -> Event | Gap | None:
         g = msg.gap
         return Gap(topic=str(g.topic), reason=_GAP_REASONS.get(g.reason, GapReason.UNSPECIFIED),
                    from_offset=int(g.from_offset), to_offset=int(g.to_offset))
+    if kind == "subscribed":
+        return Subscribed({str(t): int(o) for t, o in msg.subscribed.offsets.items()})
     return None

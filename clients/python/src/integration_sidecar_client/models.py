@@ -166,6 +166,14 @@ class Gap:
 
 
 @dataclass(frozen=True)
+class Subscribed:
+    """A live stream's first message: per topic, the offset the stream continues after
+    (consumed by the subscription's resume point, never yielded)."""
+
+    offsets: Mapping[str, int]
+
+
+@dataclass(frozen=True)
 class AckResult:
     #: How many of the given events this call settled.
     settled: int

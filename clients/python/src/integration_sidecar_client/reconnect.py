@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from integration_sidecar_client import _wire
-from integration_sidecar_client.models import Event, Gap, StartPosition
+from integration_sidecar_client.models import Event, Gap, StartPosition, Subscribed
 
 
 @dataclass(frozen=True)
@@ -43,14 +43,14 @@ class Reconnect:
 
 
 class ResumePoint:
-    """Where a live subscription is: the last offset yielded per topic.
+    """Where a live subscription is: the last offset yielded per topic, or where the
+    stream said it started (its ``Subscribed`` message) for a topic with nothing yet.
 
     The first request asks for what the caller asked; every later one asks for the
-    events after the offsets already yielded (``START_POSITION_AFTER_OFFSET``), so a
-    reconnect neither loses nor repeats an event. Topics with nothing yielded yet
-    resume where the caller asked: EARLIEST and explicit offsets exactly; LATEST
-    at the latest position again (events published to such a topic while
-    disconnected are not replayed; start from EARLIEST or offsets to get them).
+    events after those offsets (``START_POSITION_AFTER_OFFSET``), so a reconnect
+    neither loses nor repeats an event, even on a LATEST topic that had no event
+    before the stream broke. (A sidecar too old to announce its start leaves such a
+    topic at the latest position again.)
     """
 
     def __init__(self, topics: Iterable[str], start: StartPosition,
@@ -66,7 +66,8 @@ class ResumePoint:
 
     @property
     def offsets(self) -> dict[str, int]:
-        """Per topic, the last offset yielded (or covered by a gap): store it to resume
+        """Per topic, the last offset yielded (or covered by a gap, or where the stream
+        started when nothing came yet): store it to resume
         in a later process with ``subscribe(after_offsets=...)``."""
         return {t: o for t, o in self._offsets.items() if o > 0}
 
@@ -78,8 +79,13 @@ class ResumePoint:
         return _wire.live_subscribe_request(self.topics, earliest=False, after_offsets=None,
                                             after_event_id=self._after_event_id)
 
-    def accept(self, item: Event | Gap) -> bool:
-        """Record ``item``; False for an event at or before what was already yielded."""
+    def accept(self, item: Event | Gap | Subscribed) -> bool:
+        """Record ``item``; False for an event at or before what was already yielded
+        (and for the stream's opening, which is only recorded)."""
+        if isinstance(item, Subscribed):
+            for topic, offset in item.offsets.items():
+                self._offsets.setdefault(topic, offset)
+            return False
         if isinstance(item, Gap):
             self._offsets[item.topic] = max(self._offsets.get(item.topic, 0), item.to_offset)
             return True

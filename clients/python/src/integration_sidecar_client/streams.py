@@ -17,7 +17,7 @@ from integration_sidecar_client.errors import (
     UnavailableError,
     error_from_rpc,
 )
-from integration_sidecar_client.models import Event, Gap
+from integration_sidecar_client.models import Event, Gap, Subscribed
 from integration_sidecar_client.reconnect import Reconnect
 
 log = logging.getLogger("integration_sidecar_client")
@@ -61,15 +61,19 @@ class _Attempts:
         return delay
 
 
-def _keep_all(item: Event | Gap) -> bool:
+Item = Event | Gap | Subscribed
+
+
+def _keep_all(item: Item) -> bool:
     return True
 
 
 async def resumable(open_stream: Callable[[Any], Any], request: Callable[[], Any],
-                    reconnect: Reconnect, accept: Callable[[Event | Gap], bool] = _keep_all
+                    reconnect: Reconnect, accept: Callable[[Item], bool] = _keep_all
                     ) -> AsyncGenerator[Event | Gap, None]:
     """Events and gaps from ``open_stream(request())`` that ``accept`` keeps, reopened
-    until a non-reconnectable error or ``reconnect.max_attempts`` failures in a row."""
+    until a non-reconnectable error or ``reconnect.max_attempts`` failures in a row.
+    ``accept`` also sees each stream's opening (``Subscribed``), which is not yielded."""
     attempts = _Attempts(reconnect)
     while True:
         call = open_stream(request())
@@ -77,7 +81,8 @@ async def resumable(open_stream: Callable[[Any], Any], request: Callable[[], Any
         try:
             async for msg in call:
                 attempts.succeeded()
-                if (item := _wire.stream_item(msg)) is not None and accept(item):
+                if (item := _wire.stream_item(msg)) is not None and accept(item) \
+                        and not isinstance(item, Subscribed):
                     yield item
         except grpc.RpcError as err:
             error = err
@@ -87,7 +92,7 @@ async def resumable(open_stream: Callable[[Any], Any], request: Callable[[], Any
 
 
 def resumable_sync(open_stream: Callable[[Any], Any], request: Callable[[], Any],
-                   reconnect: Reconnect, accept: Callable[[Event | Gap], bool] = _keep_all
+                   reconnect: Reconnect, accept: Callable[[Item], bool] = _keep_all
                    ) -> Generator[Event | Gap, None, None]:
     """``resumable`` for the sync client (blocking reads, ``reconnect.sync_sleep``)."""
     attempts = _Attempts(reconnect)
@@ -97,7 +102,8 @@ def resumable_sync(open_stream: Callable[[Any], Any], request: Callable[[], Any]
         try:
             for msg in call:
                 attempts.succeeded()
-                if (item := _wire.stream_item(msg)) is not None and accept(item):
+                if (item := _wire.stream_item(msg)) is not None and accept(item) \
+                        and not isinstance(item, Subscribed):
                     yield item
         except grpc.RpcError as err:
             error = err
