@@ -415,6 +415,10 @@ class CallPipeline:
                  trace: TraceContext) -> tuple[tuple[str, str], ...]:
         """Headers every attempt sends; ``traceparent`` is added per attempt."""
         auth = cfg.auth
+        if not (cfg.headers or req.headers or trace.tracestate or req.idempotency_key
+                or auth.secret is not None
+                or (version and cfg.api_version.location == "header")):
+            return ()  # the common case: nothing to merge
         reserved = TRACE_HEADERS | {auth.header.lower()} if auth.secret else TRACE_HEADERS
         out = [(k, v) for k, v in cfg.headers if k.lower() not in TRACE_HEADERS]
         overridden = {k.lower() for k, _ in req.headers}
