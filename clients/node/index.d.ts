@@ -218,7 +218,11 @@ export interface SubscribeOptions {
 
 export declare class Subscription implements AsyncIterableIterator<SubscriptionItem> {
   private constructor();
-  /** Per topic, the offset of the last event (or end of the last gap) yielded. */
+  /**
+   * Per topic, the offset of the last event (or end of the last gap) yielded; for a
+   * topic with nothing yielded yet, the offset its live stream announced it starts
+   * after (so a reconnect at `latest` still gets what was published meanwhile).
+   */
   readonly offsets: Record<string, number>;
   readonly closed: boolean;
   [Symbol.asyncIterator](): this;

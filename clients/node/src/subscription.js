@@ -30,7 +30,8 @@ class Subscription {
     this._group = options.group || '';
     this._initial = this._initialRequest(options);
     this._base = this._baseOffsets(options);
-    // Per topic: the offset of the last event (or end of the last gap) yielded.
+    // Per topic: the offset of the last event (or end of the last gap) yielded, or
+    // where the stream said it started (its `subscribed` message) if nothing came yet.
     this._offsets = new Map();
     this._reconnect = options.reconnect === false ? null : new Backoff(options.reconnect || {});
     this._stop = new AbortController();
@@ -44,7 +45,10 @@ class Subscription {
     this._gen = this._run();
   }
 
-  /** Per topic, the last offset this subscription yielded (persist it to resume later with `afterOffsets`). */
+  /**
+   * Per topic, the last offset this subscription yielded, or where its stream started
+   * when nothing came yet (persist it to resume later with `afterOffsets`).
+   */
   get offsets() {
     return Object.fromEntries(this._offsets);
   }
@@ -128,8 +132,16 @@ class Subscription {
     };
   }
 
-  /** The item to yield for one stream message, or null (heartbeat, repeat). */
+  /** The item to yield for one stream message, or null (heartbeat, repeat, opening). */
   _accept(message) {
+    if (message.message === 'subscribed') {
+      // A topic with nothing yielded yet resumes after the offset its stream started
+      // after: with 'latest', events published while the stream was down still arrive.
+      for (const [topic, offset] of Object.entries(message.subscribed.offsets || {})) {
+        if (!this._offsets.has(topic)) this._offsets.set(topic, Number(offset));
+      }
+      return null;
+    }
     if (message.message === 'event') {
       const event = convert.event(message.event);
       if (!this._group) {
