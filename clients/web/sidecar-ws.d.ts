@@ -64,20 +64,33 @@ export interface SidecarEvent<T = unknown> {
 }
 
 export type ControlFrame =
-  | { control: "subscribed" | "unsubscribed"; topic: string }
+  /** `offset`: the topic continues after it (a topic with no event yet resumes from it). */
+  | { control: "subscribed"; topic: string; offset: number }
+  | { control: "unsubscribed"; topic: string }
   | { control: "gap"; topic: string; from_offset: number; to_offset: number; reason: string }
-  | { control: "error"; reason: string; message: string };
+  /** `topic`: set when a subscribe (or its replay) failed. */
+  | { control: "error"; reason: string; message: string; topic?: string };
+
+/** A subscription the server refused for good; the topic was dropped. */
+export interface SubscriptionError {
+  topic: string;
+  /** PERMISSION_DENIED, INVALID_ARGUMENT or RESOURCE_EXHAUSTED. */
+  reason: string;
+  message: string;
+}
 
 export class SidecarSocket {
   constructor(url: string, options: SidecarSocketOptions);
   readonly state: ConnectionState;
-  /** Last offset seen per topic: where a reconnect resumes. */
+  /** Last offset seen per topic (or where the server said it started): where a reconnect resumes. */
   readonly offsets: Record<string, number>;
   /** Events of one topic, or of every topic with "*". Returns a function that removes the listener. */
   on<T = unknown>(topic: string, listener: (event: SidecarEvent<T>) => void): () => void;
   /** Called at once with the current state, then on every change. */
   onState(listener: (change: StateChange) => void): () => void;
   onControl(listener: (frame: ControlFrame) => void): () => void;
+  /** Subscriptions refused for good: the topic is dropped, not asked for on reconnect. */
+  onError(listener: (error: SubscriptionError) => void): () => void;
   subscribe(topic: string, options?: { offset?: number }): void;
   unsubscribe(topic: string): void;
   connect(): void;

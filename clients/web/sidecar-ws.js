@@ -9,7 +9,10 @@
 //   resume   ?offsets={"user:alice": 12} replays what came after offset 12.
 //   client   {"type": "subscribe", "topic", "offset"?} / {"type": "unsubscribe", "topic"}
 //   server   events {id, topic, type, data | data_base64, offset, time, attributes};
-//            control frames {control: subscribed | unsubscribed | gap | error, ...}
+//            control frames {control: subscribed | unsubscribed | gap | error, ...};
+//            subscribed carries the offset the topic continues after (a topic with
+//            no event yet resumes from it), error names the topic of a refused
+//            subscribe
 //   liveness the server sends WebSocket pings; the browser answers them itself, so
 //            the client sends no heartbeat frames of its own.
 //   close    4001 token expired, 4008 slow consumer, 1001 server shutting down.
@@ -21,6 +24,9 @@ export const CLOSE_GOING_AWAY = 1001;
 // Why these defaults: a first retry within half a second hides a sidecar restart;
 // the 30 s cap keeps a fleet of tabs from hammering an edge that is down; a
 // connection that stayed up 10 s is healthy again, so the next outage starts over.
+// Refusals that a reconnect would only earn again: the topic is dropped.
+const FINAL_REASONS = new Set(["PERMISSION_DENIED", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"]);
+
 const DEFAULTS = Object.freeze({
   backoff: Object.freeze({ initial: 500, max: 30000, factor: 2 }),
   stableAfter: 10000,
@@ -88,6 +94,7 @@ export class SidecarSocket {
     this._listeners = new Map(); // topic or "*" -> Set<fn>
     this._stateListeners = new Set();
     this._controlListeners = new Set();
+    this._errorListeners = new Set();
     this._state = "offline";
     this._attempt = 0;
     this._ws = null;
@@ -125,6 +132,15 @@ export class SidecarSocket {
   /** Control frames from the server: subscribed, unsubscribed, gap, error. */
   onControl(listener) {
     return addTo(this._controlListeners, listener);
+  }
+
+  /**
+   * Subscriptions the server refused for good (PERMISSION_DENIED, INVALID_ARGUMENT,
+   * RESOURCE_EXHAUSTED): {topic, reason, message}. The topic is dropped, not asked
+   * for again on reconnect.
+   */
+  onError(listener) {
+    return addTo(this._errorListeners, listener);
   }
 
   /** Subscribe to a topic the token allows; kept across reconnects. */
@@ -268,10 +284,21 @@ export class SidecarSocket {
       return;
     }
     if (frame.control) {
-      if (frame.control === "gap" && frame.to_offset > (this._offsets.get(frame.topic) ?? 0)) {
-        this._offsets.set(frame.topic, frame.to_offset);
+      const topic = frame.topic;
+      if (frame.control === "gap" && frame.to_offset > (this._offsets.get(topic) ?? 0)) {
+        this._offsets.set(topic, frame.to_offset);
+      } else if (frame.control === "subscribed" && typeof frame.offset === "number" &&
+                 !this._offsets.has(topic) && !this._left.has(topic)) {
+        // Nothing seen on this topic yet: a reconnect resumes where the server said
+        // it started, so events published while offline are not lost.
+        this._offsets.set(topic, frame.offset);
       }
       emit(this._controlListeners, frame);
+      if (frame.control === "error" && topic && FINAL_REASONS.has(frame.reason)) {
+        this._topics.delete(topic);
+        this._offsets.delete(topic);
+        emit(this._errorListeners, { topic, reason: frame.reason, message: frame.message });
+      }
       return;
     }
     const { topic, offset } = frame;

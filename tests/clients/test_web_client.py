@@ -42,6 +42,7 @@ TEST_PAGE = """<!doctype html>
 import { SidecarSocket } from "/sidecar-ws.js";
 window.received = [];
 window.controls = [];
+window.refusals = [];
 window.start = (url, token, options = {}) => {
   const source = token || (async () => (await fetch("/token")).text());
   const sock = new SidecarSocket(url, {
@@ -60,6 +61,7 @@ window.start = (url, token, options = {}) => {
     sock.badges.push(document.getElementById("badge").textContent);
   });
   sock.onControl((c) => controls.push(c));
+  sock.onError((e) => refusals.push(e));
   return sock;
 };
 window.ready = true;
@@ -283,6 +285,68 @@ async def scenario(page: Any, sc: Sidecar, tmp_path: Path, site: StaticSite) -> 
         assert [g for g in got if g[0] == "orders:42"] == orders
     finally:
         await sc.stop()
+
+
+async def test_topics_with_no_event_yet_resume_and_refused_topics_are_dropped(
+        tmp_path: Path) -> None:
+    """Rooms joined at the latest position with nothing delivered yet: the sidecar
+    restarts before any event arrives and events are published meanwhile; the page
+    resumes after the offsets its subscribed frames announced and gets them once, in
+    order. A topic the token does not allow is dropped, not asked for on reconnect."""
+    site = StaticSite(TEST_PAGE, {"sidecar-ws.js": WEB_CLIENT},
+                      token=lambda n: make_token("carol", topics=["orders:*"]))
+    async with site.running():
+        sc = await start_sidecar(ws_config(tmp_path, site.origin))
+        edge_port = sc.edge.port
+        try:
+            await Publisher(sc)("orders:9", {"n": 0})  # before the page joins: not wanted
+            async with browser_page(site.origin + "/") as page:
+                await wait_js(page, "window.ready === true")
+                await page.evaluate("url => { window.sock = window.start(url); }",
+                                    f"ws://127.0.0.1:{edge_port}/ws")
+                await wait_control(page, "subscribed", "user:carol")
+                await page.evaluate("window.sock.subscribe('orders:9')")
+                await page.evaluate("window.sock.subscribe('user:dave')")  # not allowed
+                await wait_js(page, "window.refusals.length === 1")
+                await wait_control(page, "subscribed", "orders:9")
+                assert await page.evaluate("window.refusals") == [{
+                    "topic": "user:dave", "reason": "PERMISSION_DENIED",
+                    "message": "the token does not allow topic 'user:dave'"}]
+                assert await page.evaluate("window.sock.offsets") == {
+                    "user:carol": 0, "broadcast": 0, "orders:9": 1}
+
+                await sc.stop()
+                await wait_js(page, "window.sock.states.some(s => s.code === 1001)")
+                other = await start_sidecar(ws_config(tmp_path, site.origin))
+                try:
+                    publish = Publisher(other)
+                    await publish("orders:9", {"n": 1})
+                    await publish("user:carol", {"n": 1})
+                    await publish("orders:9", {"n": 2})
+                finally:
+                    await other.stop()
+                assert await page.evaluate("window.received.length") == 0
+
+                sc = await start_sidecar(ws_config(tmp_path, site.origin, edge_port))
+                publish = Publisher(sc)
+                got = await wait_received(page, 3)
+                assert sorted(got) == [("orders:9", 2, {"n": 1}), ("orders:9", 3, {"n": 2}),
+                                       ("user:carol", 1, {"n": 1})]
+                assert [g for g in got if g[0] == "orders:9"] == [
+                    ("orders:9", 2, {"n": 1}), ("orders:9", 3, {"n": 2})]
+                # Frames are handled in order: had the reconnect asked for user:dave
+                # again, its refusal would come before this subscription's answer.
+                await page.evaluate("window.sock.subscribe('orders:10')")
+                await wait_control(page, "subscribed", "orders:10")
+                await publish("orders:9", {"n": 3})
+                got = await wait_received(page, 4)
+                assert got[3] == ("orders:9", 4, {"n": 3})
+                errors = await page.evaluate(
+                    "window.controls.filter(c => c.control === 'error')")
+                assert [e["topic"] for e in errors] == ["user:dave"]
+                assert await page.evaluate("window.refusals.length") == 1
+        finally:
+            await sc.stop()
 
 
 async def test_expired_token_stops_a_fixed_token_and_renews_a_provided_one(
