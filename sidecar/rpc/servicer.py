@@ -128,7 +128,6 @@ def call_request(request: pb.CallRequest, context: grpc.aio.ServicerContext,
 def call_response(result: CallResult) -> pb.CallResponse:
     resp = pb.CallResponse(
         status=result.status,
-        headers=[pb.Header(name=k, value=v) for k, v in result.headers],
         body=result.body,
         attempts=result.attempts,
         replayed=result.replayed,
@@ -136,6 +135,10 @@ def call_response(result: CallResult) -> pb.CallResponse:
         route=result.route,
         duration_ms=max(0, round(result.duration * 1000)),
     )
+    # Built in place: a list of Header messages would be made, then copied in.
+    add_header = resp.headers.add
+    for name, value in result.headers:
+        add_header(name=name, value=value)
     dep = result.deprecation
     if dep is not None:
         resp.deprecation.deprecated = dep.deprecated
