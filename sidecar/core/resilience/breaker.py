@@ -134,7 +134,9 @@ class Permit:
 
     def record(self, success: bool, duration: float) -> None:
         """Report the call's outcome; ``duration`` in seconds."""
-        self._settle()
+        if self._settled:  # _settle() inlined: this runs on every attempt
+            raise RuntimeError("breaker permit already settled")
+        self._settled = True
         self._breaker._on_outcome(self, success, max(0.0, duration))
 
     def release(self) -> None:
@@ -161,7 +163,11 @@ class _OutcomeWindow:
         self.slow = 0
 
     def add(self, now: float, *, failed: bool, slow: bool) -> None:
-        bucket = self._roll(now)
+        index = math.floor(now / self._width)
+        if index == self._head:  # still the current bucket: nothing to roll
+            bucket = self._buckets[index % len(self._buckets)]
+        else:
+            bucket = self._roll(now)
         bucket[0] += 1
         bucket[1] += failed
         bucket[2] += slow
