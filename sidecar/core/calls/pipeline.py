@@ -89,6 +89,8 @@ _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 #: long after the call's total timeout.
 CLAIM_MARGIN = 30.0
 MAX_HEADERS = 100
+#: Attempt outcomes by status class, made once rather than formatted per attempt.
+_STATUS_CLASSES = {n: f"{n}xx" for n in range(1, 6)}
 
 
 class Transport(Protocol):
@@ -670,8 +672,9 @@ class CallPipeline:
                 permit.release()  # no exchange happened (or it was cancelled): no verdict
             raise
         duration = self._clock.monotonic() - t0
-        self._observer.attempt_finished(cfg.name, policy.name, f"{response.status // 100}xx",
-                                        duration)
+        status_class = _STATUS_CLASSES.get(response.status // 100)
+        self._observer.attempt_finished(cfg.name, policy.name,
+                                        status_class or f"{response.status // 100}xx", duration)
         if permit is not None:
             permit.record(response.status not in policy.failure_statuses, duration)
         state.last_response = response
