@@ -726,8 +726,16 @@ class CallPipeline:
 
     def _deprecation(self, integ: _Integration, policy: _Policy,
                      resp: UpstreamResponse) -> DeprecationInfo | None:
-        dep_header = resp.header("Deprecation")
-        sunset_header = resp.header("Sunset")
+        # One pass for both (the first of each, as header() finds): this runs per call.
+        dep_header: str | None = None
+        sunset_header: str | None = None
+        for name, value in resp.headers:
+            lname = name.lower()
+            if lname == "deprecation":
+                if dep_header is None:
+                    dep_header = value
+            elif lname == "sunset" and sunset_header is None:
+                sunset_header = value
         if dep_header is None and sunset_header is None:
             return None
         deprecated, at = parse_deprecation(dep_header) if dep_header else (False, None)
