@@ -111,7 +111,8 @@ class Sidecar:
         self.live = LiveBus(self.storage, self.clock,
                             LivePolicy(queue_size=rt.queue_size, slow_consumer=rt.slow_consumer,
                                        heartbeat=rt.heartbeat, max_data_bytes=rt.max_data_bytes,
-                                       idempotency_retention=rt.idempotency_retention),
+                                       idempotency_retention=rt.idempotency_retention,
+                                       durable_publish=rt.durable_publish),
                             LiveMetrics(self.metrics), self.notifier.notify)
         if getattr(self.storage, "follows_events", False):
             # Shared backend: every replica's events reach this one's subscribers.

@@ -10,6 +10,7 @@ import pytest
 
 from sidecar.app import Sidecar
 from sidecar.config import Config, parse_config
+from sidecar.storage import SqliteStorage
 
 
 def make_config(tmp_path: Path, extra: dict | None = None, env: dict | None = None) -> Config:
@@ -51,3 +52,14 @@ async def sidecar(tmp_path: Path) -> AsyncIterator[Sidecar]:
 async def channel(sidecar: Sidecar) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(sidecar.grpc.address) as ch:
         yield ch
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStorage]:
+    """An open SQLite store in a fresh data directory."""
+    s = SqliteStorage(tmp_path)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,24 +24,14 @@ NOW = 1_000.0
 TOPIC = "webhooks.stripe"
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStorage]:
-    s = SqliteStorage(tmp_path)
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
 def record_batches(store: SqliteStorage) -> list[int]:
     """Sizes of the batches the store commits from now on."""
     sizes: list[int] = []
     original = store._commit_batch
 
-    def counting(fns: Sequence[Callable[[], Any]]) -> Any:
+    def counting(fns: Sequence[Callable[[], Any]], **kw: Any) -> Any:
         sizes.append(len(fns))
-        return original(fns)
+        return original(fns, **kw)
 
     store._commit_batch = counting  # type: ignore[method-assign]
     return sizes

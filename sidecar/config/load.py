@@ -970,6 +970,7 @@ def _realtime(sec: _Section, env: Mapping[str, str], base_dir: Path) -> Realtime
         max_events_per_topic=sec.integer("max_events_per_topic", base.max_events_per_topic,
                                          minimum=1),
         max_event_age=sec.duration("max_event_age", base.max_event_age),
+        durable_publish=sec.boolean("durable_publish", base.durable_publish),
         websocket=ws,
     )
     sec.finish()

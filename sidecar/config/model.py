@@ -381,6 +381,9 @@ class RealtimeConfig:
     max_events_per_topic: int = 10_000
     #: ... and none older than this (seconds).
     max_event_age: float = 24 * 3600.0
+    #: SQLite: Publish answers only after an fsync (safe from power loss). Off: once
+    #: the event is written (safe from a crash or restart of the sidecar), no fsync.
+    durable_publish: bool = False
     websocket: WebSocketConfig = WebSocketConfig()
 
 

@@ -69,8 +69,10 @@ class Storage(EventStore, GroupStore, Protocol):
     async def idempotency_release(self, scope: str, key: str) -> None:
         """Drop an in-flight claim whose call produced no storable answer."""
 
-    async def append_event(self, event: NewEvent, *, now: float) -> StoredEvent:
-        """Append to the event's topic, assigning the next offset."""
+    async def append_event(self, event: NewEvent, *, now: float,
+                           durable: bool = True) -> StoredEvent:
+        """Append to the event's topic, assigning the next offset. ``durable=False``:
+        answering before the write is safe from power loss is acceptable."""
 
     async def read_events(self, topic: str, *, after: int, limit: int) -> list[StoredEvent]:
         """Events of ``topic`` with offsets above ``after``, oldest first."""

@@ -133,7 +133,9 @@ class RedisEventsMixin:
                 out.append(_event(topic, entry_id, fields))
         return out
 
-    async def append_event(self, event: NewEvent, *, now: float) -> StoredEvent:
+    async def append_event(self, event: NewEvent, *, now: float,
+                           durable: bool = True) -> StoredEvent:
+        # ``durable`` is Redis's own persistence setting (appendfsync) here.
         with self._errors():
             offset = await self._scripts.append(
                 args=[*self._event_args(event, now), APPEND_MARKER_MS])

@@ -10,6 +10,20 @@ writes arriving meanwhile form the next batch (at most ``MAX_WRITE_BATCH``).
 Each write runs in its own savepoint, so one that fails is rolled back alone
 and fails alone; each caller gets its result only after the transaction that
 holds its rows has committed (``synchronous=FULL``, as before).
+
+Writes that need not survive a power loss (``durable=False``: live Publish
+appends, unless configured otherwise) commit with ``synchronous=NORMAL``: in WAL
+mode that is atomic and survives a crash or restart of the sidecar, only not
+an OS crash or power loss, and it needs no fsync. When the database is idle
+(no write queued or running, the thread not busy) such writes run on the event
+loop's thread instead of queueing for the database thread -- those arriving in
+one turn of the loop in one transaction at its end: a hop between threads (and
+the GIL handed back and forth) costs more than the statements. A later durable
+commit fsyncs the log, earlier rows included. Because commits on the loop's
+thread could otherwise meet SQLite's automatic checkpoint (two fsyncs and a
+copy), the connection is set back for the database thread's work, and that
+thread checkpoints once the loop's commits have written about as much as SQLite
+would allow before checkpointing.
 """
 
 from __future__ import annotations
@@ -19,6 +33,7 @@ import collections
 import contextlib
 import functools
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,9 +53,14 @@ DB_FILENAME = "sidecar.db"
 #: Most writes one group commit carries (bounds the time a transaction holds
 #: the thread, and the work redone if SQLite abandons a transaction).
 MAX_WRITE_BATCH = 256
+#: Log pages after which SQLite checkpoints (its default), and after which the
+#: database thread does so for inline writes.
+CHECKPOINT_PAGES = 1000
+PAGE_SIZE = 4096
 
-#: A queued write: the work (run on the database thread) and its caller's future.
-_Write = tuple[Callable[[], Any], "asyncio.Future[Any]"]
+#: A queued write: the work (run on the database thread), its caller's future, and
+#: whether its commit must be fsynced.
+_Write = tuple[Callable[[], Any], "asyncio.Future[Any]", bool]
 #: What one write of a batch came to: (True, result) or (False, exception).
 _Outcome = tuple[bool, Any]
 
@@ -68,6 +88,16 @@ class SqliteStorage(SqliteEventsMixin):
         self.applied_migrations: list[int] = []
         self._writes: collections.deque[_Write] = collections.deque()
         self._writing = False
+        #: Held by whichever thread is using the connection (the database thread, or
+        #: the event loop for an inline write).
+        self._lock = threading.Lock()
+        #: Non-durable writes gathered in this turn of the loop, committed at its end
+        #: (the work, the caller's future, about how many bytes it writes).
+        self._inline: list[tuple[Callable[[], Any], asyncio.Future[Any], int]] = []
+        #: The connection is set for non-durable commits (see _relax).
+        self._relaxed = False
+        #: Log pages (about) that inline writes added since their last checkpoint.
+        self._inline_pages = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -86,7 +116,10 @@ class SqliteStorage(SqliteEventsMixin):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: no implicit transactions; we BEGIN explicitly.
-            conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=10.0)
+            # Used by one thread at a time (self._lock): the database thread, or the
+            # event loop's for an inline write.
+            conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=10.0,
+                                   check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
             raise StorageUnavailable(f"cannot open database {self.path}: {exc}") from exc
         db = sqlite_utils.Database(conn)
@@ -120,11 +153,20 @@ class SqliteStorage(SqliteEventsMixin):
         finally:
             executor.shutdown(wait=True)
 
+    def _locked(self, fn: Callable[[], T]) -> T:
+        """On the database thread: ``fn`` with the connection to itself, at its own
+        durability settings."""
+        with self._lock:
+            if self._relaxed and self._db is not None:
+                self._restore()
+            return fn()
+
     async def _run(self, fn: Callable[[], T]) -> T:
         if self._executor is None:
             raise StorageUnavailable("storage is closed")
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._locked, fn)
         except sqlite3.OperationalError as exc:
             # Disk full, I/O error, locked: the store cannot serve right now.
             raise StorageUnavailable(f"database {self.path.name}: {exc}") from exc
@@ -137,21 +179,90 @@ class SqliteStorage(SqliteEventsMixin):
 
     # ------------------------------------------------------------------ group commit
 
-    async def _write(self, fn: Callable[[], T]) -> T:
+    async def _write(self, fn: Callable[[], T], *, durable: bool = True, size: int = 0) -> T:
         """Run ``fn`` (statements, no transaction control) in a group commit.
 
         Returns once the transaction holding ``fn``'s statements has committed;
         raises what ``fn`` raised (its statements rolled back, the batch's others
-        unaffected) or, when the commit itself fails, that error.
+        unaffected) or, when the commit itself fails, that error. ``durable=False``:
+        the commit need not be fsynced, and runs on this thread when the database
+        is idle (``size``: about how many bytes it writes).
         """
         if self._executor is None:
             raise StorageUnavailable("storage is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._writes.append((fn, future))
+        if not durable and not self._writing and not self._writes:
+            # Nothing queued or running: this write, and those arriving in the same
+            # turn of the loop, commit together on this thread (see _flush_inline).
+            self._inline.append((fn, future, size))
+            if len(self._inline) == 1:
+                loop.call_soon(self._flush_inline, loop)
+            return await future
+        if self._inline:  # gathered before this one: they go first (commits in call order)
+            self._writes.extend((f, fut, False) for f, fut, _ in self._inline)
+            self._inline.clear()
+        self._writes.append((fn, future, durable))
         if not self._writing:
             self._start_batch(loop)
         return await future
+
+    def _flush_inline(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Commit the writes gathered for this thread, in one transaction without fsync;
+        or, when the database thread is busy or has a batch in flight, queue them for it
+        (behind that batch: callers get results in commit order)."""
+        batch = [w for w in self._inline if not w[1].done()]
+        self._inline.clear()
+        if not batch:
+            return
+        if self._writing or self._executor is None or not self._lock.acquire(blocking=False):
+            self._writes.extend((fn, future, False) for fn, future, _ in batch)
+            if not self._writing:
+                self._start_batch(loop)
+            return
+        try:
+            self._relax()
+            try:
+                outcomes = self._commit_savepoints(self.db.conn, [fn for fn, _, _ in batch])
+            except sqlite3.OperationalError as exc:
+                error = StorageUnavailable(f"database {self.path.name}: {exc}")
+                outcomes = [(False, error)] * len(batch)
+            except Exception as exc:
+                outcomes = [(False, exc)] * len(batch)
+        finally:
+            self._lock.release()
+        for (_, future, _), (ok, value) in zip(batch, outcomes, strict=True):
+            if not future.done():
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+        # A row, its index entries and the topic's counter: a few pages each at least.
+        self._inline_pages += sum(3 + size // PAGE_SIZE for _, _, size in batch)
+        if self._inline_pages >= CHECKPOINT_PAGES and self._executor is not None:
+            self._inline_pages = 0
+            self._executor.submit(self._locked, self._checkpoint)
+
+    def _relax(self) -> None:
+        """No fsync on commit, no automatic checkpoint (lock held)."""
+        if not self._relaxed:
+            conn = self.db.conn
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            self._relaxed = True
+
+    def _restore(self) -> None:
+        """The connection's own settings again (lock held)."""
+        if self._relaxed:
+            conn = self.db.conn
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            conn.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
+            self._relaxed = False
+
+    def _checkpoint(self) -> None:
+        """On the database thread: copy the log into the database."""
+        with contextlib.suppress(sqlite3.Error):  # busy readers: the next one catches up
+            self.db.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _start_batch(self, loop: asyncio.AbstractEventLoop) -> None:
         """Hand every queued write (up to the bound) to the thread as one batch."""
@@ -165,13 +276,15 @@ class SqliteStorage(SqliteEventsMixin):
                 continue
             executor = self._executor
             if executor is None:
-                for _, future in batch:
+                for _, future, _ in batch:
                     if not future.done():
                         future.set_exception(StorageUnavailable("storage is closed"))
                 continue
             self._writing = True
             done = asyncio.wrap_future(
-                executor.submit(self._commit_batch, [fn for fn, _ in batch]), loop=loop)
+                executor.submit(self._locked, functools.partial(
+                    self._commit_batch, [fn for fn, _, _ in batch],
+                    durable=any(d for _, _, d in batch))), loop=loop)
             done.add_done_callback(functools.partial(self._finish_batch, loop, batch))
             return
         self._writing = False
@@ -181,7 +294,7 @@ class SqliteStorage(SqliteEventsMixin):
         error = (asyncio.CancelledError() if done.cancelled() else done.exception())
         outcomes: list[_Outcome] = ([(False, error)] * len(batch) if error is not None
                                     else done.result())
-        for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+        for (_, future, _), (ok, value) in zip(batch, outcomes, strict=True):
             if future.done():
                 continue
             if ok:
@@ -192,9 +305,17 @@ class SqliteStorage(SqliteEventsMixin):
         if self._writes:
             self._start_batch(loop)
 
-    def _commit_batch(self, fns: Sequence[Callable[[], Any]]) -> list[_Outcome]:
-        """On the database thread: every write in one transaction, each in a savepoint."""
-        conn = self.db.conn
+    def _commit_batch(self, fns: Sequence[Callable[[], Any]], *, durable: bool = True
+                      ) -> list[_Outcome]:
+        """On the database thread: every write in one transaction, each in a savepoint
+        (fsynced when ``durable``)."""
+        if not durable:
+            self._relax()  # _locked set it back for everything else
+        return self._commit_savepoints(self.db.conn, fns)
+
+    @staticmethod
+    def _commit_savepoints(conn: sqlite3.Connection, fns: Sequence[Callable[[], Any]]
+                           ) -> list[_Outcome]:
         outcomes: list[_Outcome | None] = [None] * len(fns)
         todo = list(range(len(fns)))
         while todo:

@@ -58,15 +58,19 @@ class SqliteEventsMixin:
     async def _run(self, fn: Callable[[], T]) -> T:  # pragma: no cover - provided by the host
         raise NotImplementedError
 
-    async def _write(self, fn: Callable[[], T]) -> T:  # pragma: no cover - provided by the host
+    async def _write(self, fn: Callable[[], T], *, durable: bool = True,
+                     size: int = 0) -> T:  # pragma: no cover - provided by the host
         raise NotImplementedError
 
     # ------------------------------------------------------------------ event log
 
-    async def append_event(self, event: NewEvent, *, now: float) -> StoredEvent:
+    async def append_event(self, event: NewEvent, *, now: float,
+                           durable: bool = True) -> StoredEvent:
         # A group commit: the write shares a transaction (and its fsync) with the
-        # writes queued alongside it, in a savepoint of its own.
-        return await self._write(lambda: _append(self.db, event, now))
+        # writes queued alongside it, in a savepoint of its own; or, not durable on
+        # an idle database, a transaction of its own at once (see SqliteStorage).
+        return await self._write(lambda: _append(self.db, event, now), durable=durable,
+                                 size=len(event.data))
 
     async def ingest_webhook(self, event: NewEvent, *, source: str, dedup_key: str,
                              audit_headers: dict[str, str], now: float,

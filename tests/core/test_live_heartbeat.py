@@ -19,7 +19,8 @@ class _Store:
     def __init__(self) -> None:
         self.offset = 0
 
-    async def append_event(self, event: NewEvent, *, now: float) -> StoredEvent:
+    async def append_event(self, event: NewEvent, *, now: float,
+                           durable: bool = True) -> StoredEvent:
         self.offset += 1
         return StoredEvent(event.id, event.topic, self.offset, event.type, event.data,
                            event.content_type, event.attributes, now)

@@ -48,7 +48,8 @@ REPLAY_BATCH = 500
 
 
 class LiveStore(Protocol):
-    async def append_event(self, event: NewEvent, *, now: float) -> StoredEvent: ...
+    async def append_event(self, event: NewEvent, *, now: float,
+                           durable: bool = True) -> StoredEvent: ...
 
     async def read_events(self, topic: str, *, after: int, limit: int) -> list[StoredEvent]: ...
 
@@ -97,6 +98,9 @@ class LivePolicy:
     max_data_bytes: int = 1024 * 1024
     #: Seconds a publish idempotency key is remembered.
     idempotency_retention: float = 24 * 3600.0
+    #: Answer Publish only once the event is safe from power loss (an fsync per
+    #: commit); else once it survives a crash or restart of the sidecar.
+    durable_publish: bool = False
 
 
 @dataclass(frozen=True)
@@ -263,7 +267,8 @@ class LiveBus:
                               reason="IDEMPOTENCY_IN_FLIGHT", metadata={"topic": topic})
         try:
             stored = await self._store.append_event(
-                NewEvent(new_event_id(now), topic, type_, data, content_type, attrs), now=now)
+                NewEvent(new_event_id(now), topic, type_, data, content_type, attrs), now=now,
+                durable=self._policy.durable_publish)
         except BaseException:
             if idempotency_key:
                 await self._store.idempotency_release(scope, idempotency_key)
