@@ -11,6 +11,7 @@ from typing import Any
 
 from sidecar import __version__
 from sidecar.config import Config, ConfigError, dump_redacted, load_config
+from sidecar.lazy_modules import defer_unused_modules
 from sidecar.logs import configure_logging
 
 EXIT_CONFIG_ERROR = 2
@@ -34,6 +35,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    defer_unused_modules()
     from sidecar.app import serve
 
     config = _load(args)

@@ -46,7 +46,6 @@ from sidecar.core.resilience import CircuitBreaker
 from sidecar.errors import SidecarError
 from sidecar.http_common import Handler, json_error
 from sidecar.metrics import Metrics
-from sidecar.status_html import render_fragment, render_page
 from sidecar.storage import Storage
 
 SCHEMA_VERSION = 1
@@ -308,6 +307,9 @@ class StatusPage:
             refresh = DEFAULT_REFRESH
         if not MIN_REFRESH <= refresh <= MAX_REFRESH:  # also NaN
             refresh = DEFAULT_REFRESH
+        # Imported on the first page view: most sidecars never serve one.
+        from sidecar.status_html import render_fragment, render_page
+
         data = await self.snapshot()
         nonce = secrets.token_urlsafe(16)
         if request.query.get("fragment"):

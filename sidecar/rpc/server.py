@@ -8,7 +8,6 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from integration_sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 from sidecar.config import GrpcListenerConfig
@@ -19,6 +18,7 @@ from sidecar.rpc.interceptors import (
     InterceptedServer,
     MetricsInterceptor,
 )
+from sidecar.rpc.reflection import REFLECTION_SERVICE, LazyReflection
 from sidecar.rpc.servicer import SERVICE_NAME, SidecarServicer
 from sidecar.server_tls import TlsMaterial, read_material
 
@@ -73,11 +73,8 @@ class GrpcServer:
         for register in extra_services:
             register(target)
         if config.reflection:
-            names.append(reflection.SERVICE_NAME)
-            # Registered directly: enable_server_reflection picks the sync servicer
-            # for anything that is not a grpc.aio.Server, like our wrapper.
-            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-                reflection.aio.ReflectionServicer(names), target)
+            names.append(REFLECTION_SERVICE)
+            target.add_generic_rpc_handlers((LazyReflection(names),))
         self.address = ""
         self._tls_lock = threading.Lock()
         self._next_tls: Any = None
