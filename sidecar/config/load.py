@@ -6,7 +6,6 @@ field by its dotted path and saying why, so one start-up shows them all.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -233,6 +232,8 @@ class _Section:
                 continue
             hint = (hints or {}).get(key, "")
             if not hint:
+                import difflib  # only for this message: a valid config never needs it
+
                 close = difflib.get_close_matches(str(key), list(self._seen), n=1)
                 hint = f"did you mean {close[0]!r}?" if close else ""
             msg = "unknown field" + (f"; {hint}" if hint else "")
