@@ -369,19 +369,29 @@ class LiveMetrics:
 
     def __init__(self, metrics: Metrics) -> None:
         self._m = metrics
-        self._by_transport: dict[str, tuple[Any, Any]] = {}
+        #: Label children looked up once: these run per event and per delivery.
+        self._by_transport: dict[str, tuple[Any, Any, _Recorders]] = {}
+        self._published: dict[str, Callable[[], None]] = {}
 
     def published(self, topic_class: str) -> None:
-        self._m.published.labels(topic_class).inc()
+        inc = self._published.get(topic_class)
+        if inc is None:
+            inc = self._published[topic_class] = fast_inc(self._m.published.labels(topic_class))
+        inc()
 
     def delivered_live(self, transport: str, count: int, latency: float) -> None:
-        pair = self._by_transport.get(transport)
-        if pair is None:  # label children looked up once: this runs per delivery
-            pair = self._by_transport[transport] = (
-                self._m.live_deliveries.labels(transport),
-                self._m.publish_to_delivery.labels(transport))
-        pair[0].inc(count)
-        observe_many(pair[1], latency, count)
+        entry = self._by_transport.get(transport)
+        if entry is None:
+            deliveries = self._m.live_deliveries.labels(transport)
+            histogram = self._m.publish_to_delivery.labels(transport)
+            entry = self._by_transport[transport] = (
+                deliveries, histogram, (fast_inc(deliveries), fast_observe(histogram)))
+        if count == 1:
+            entry[2][0]()
+            entry[2][1](latency)
+        else:
+            entry[0].inc(count)
+            observe_many(entry[1], latency, count)
 
     def subscribers_changed(self, transport: str, delta: int) -> None:
         self._m.live_subscribers.labels(transport).inc(delta)

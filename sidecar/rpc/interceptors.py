@@ -52,15 +52,30 @@ def _final_code(context: grpc.aio.ServicerContext, failed: BaseException | None)
     return "UNKNOWN"
 
 
+def _passing_bytes(serializer: Callable[[Any], bytes] | None
+                   ) -> Callable[[Any], bytes] | None:
+    """``serializer``, except that bytes (a message serialised once for many streams, as
+    live fan-out does) are written as they are."""
+    if serializer is None:
+        return None
+
+    def serialize(message: Any) -> bytes:
+        return message if type(message) is bytes else serializer(message)
+
+    return serialize
+
+
 def _rewrap(
     handler: grpc.RpcMethodHandler,
     unary: Callable[[Any], Any],
     stream: Callable[[Any], Any],
 ) -> grpc.RpcMethodHandler:
-    """A copy of ``handler`` whose behaviour is wrapped (unary or streaming response)."""
+    """A copy of ``handler`` whose behaviour is wrapped (unary or streaming response);
+    a streaming response may also yield pre-serialised bytes."""
     kw = {
         "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
+        "response_serializer": (_passing_bytes(handler.response_serializer)
+                                if handler.response_streaming else handler.response_serializer),
     }
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kw)
@@ -120,13 +135,13 @@ class MetricsInterceptor:
                 started.inc()
                 start = time.perf_counter()
                 failed: BaseException | None = None
-                sent = m.grpc_msg_sent.labels(*labels)
+                sent = fast_inc(m.grpc_msg_sent.labels(*labels))
                 try:
                     result = behavior(request, context)
                     if inspect.isasyncgen(result):
                         async for item in result:
                             await context.write(item)
-                            sent.inc()
+                            sent()
                     else:
                         await result
                 except BaseException as exc:

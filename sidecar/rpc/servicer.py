@@ -181,21 +181,22 @@ def event_message(event: StoredEvent, attempt: int = 0) -> pb.Event:
 
 
 class _Responses:
-    """The live ``SubscribeResponse`` of the latest events, built once for all the streams
-    an event goes to (gRPC serialises a message when it is written and nothing changes it
-    afterwards). Bounded by entries and by event data bytes, the oldest going first."""
+    """The live ``SubscribeResponse`` of the latest events, built and serialised once for
+    all the streams an event goes to (Subscribe's serialiser passes bytes through: see
+    ``rpc.interceptors``). Bounded by entries and by event data bytes, the oldest going
+    first."""
 
     def __init__(self, entries: int = 256, data_bytes: int = 8 * 1024 * 1024) -> None:
         self._entries = entries
         self._data_bytes = data_bytes
-        self._items: dict[str, tuple[pb.SubscribeResponse, int]] = {}
+        self._items: dict[str, tuple[bytes, int]] = {}
         self._held = 0
 
-    def get(self, event: StoredEvent) -> pb.SubscribeResponse:
+    def get(self, event: StoredEvent) -> bytes:
         item = self._items.get(event.id)
         if item is not None:
             return item[0]
-        msg = pb.SubscribeResponse(event=event_message(event))
+        msg = pb.SubscribeResponse(event=event_message(event)).SerializeToString()
         size = len(event.data)
         if size <= self._data_bytes // 2:
             self._items[event.id] = (msg, size)
@@ -289,8 +290,11 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
                 await _fail(context, exc)
                 raise
 
-    async def Subscribe(self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext
-                        ) -> AsyncIterator[pb.SubscribeResponse]:
+    # Live events come serialised once for every stream (bytes): GrpcServer registers
+    # Subscribe with a serialiser that passes bytes through (rpc.interceptors._rewrap).
+    async def Subscribe(  # type: ignore[override]
+            self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.SubscribeResponse | bytes]:
         with _traced(_caller_trace(context) or new_trace()):
             try:
                 if not request.group:
@@ -314,7 +318,7 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
                 raise
 
     async def _live_stream(self, request: pb.SubscribeRequest
-                           ) -> AsyncIterator[pb.SubscribeResponse]:
+                           ) -> AsyncIterator[pb.SubscribeResponse | bytes]:
         if self._live is None:
             raise _not_yet("Subscribe", "the event bus is not configured")
         start = _START_POSITIONS.get(request.start, "latest")

@@ -1,6 +1,9 @@
-"""Live SubscribeResponses are built once per event for every stream, within bounds."""
+"""Live SubscribeResponses are built and serialised once per event for every stream,
+within bounds."""
 
 from __future__ import annotations
+
+from integration_sidecar.v1 import sidecar_pb2 as pb
 
 from sidecar.core.events.models import StoredEvent
 from sidecar.rpc.servicer import _Responses
@@ -15,7 +18,7 @@ def test_one_message_per_event_with_every_field() -> None:
     responses = _Responses()
     first = responses.get(ev(1))
     assert responses.get(ev(1)) is first
-    e = first.event
+    e = pb.SubscribeResponse.FromString(first).event
     assert (e.id, e.topic, e.offset, e.type, e.data, e.content_type, dict(e.attributes)) == (
         "evt_1", "orders", 1, "created", b"{}", "application/json", {"k": "v"})
     assert abs(e.time.ToNanoseconds() - 1_700_000_000_250_000_000) < 1000
