@@ -25,6 +25,7 @@ UNUSED_AT_IDLE = (
     "grpc_reflection.v1alpha.reflection",  # no reflection request made
     "sidecar.status_html",  # no status page viewed
     "dateutil.parser._parser", "dateutil.tz", "zoneinfo",  # sqlite-utils' date recipes
+    "importlib.metadata",  # sqlite-utils looks for plugins only when asked
 )
 
 # Reports, as the process exits, which of UNUSED_AT_IDLE it imported.

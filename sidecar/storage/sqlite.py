@@ -122,7 +122,9 @@ class SqliteStorage(SqliteEventsMixin):
                                    check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
             raise StorageUnavailable(f"cannot open database {self.path}: {exc}") from exc
-        db = sqlite_utils.Database(conn)
+        # No plugin discovery: it scans every installed package (importlib.metadata
+        # and zipfile at start-up), and the sidecar uses none.
+        db = sqlite_utils.Database(conn, execute_plugins=False)
         try:
             db.enable_wal()
             db.execute(f"PRAGMA synchronous={self._synchronous}")

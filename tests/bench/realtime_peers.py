@@ -636,6 +636,30 @@ async def idle(args: argparse.Namespace) -> None:
     await asyncio.sleep(0.2)
 
 
+# --------------------------------------------------------------------------- stalls
+
+#: A gap between two readings of the clock longer than this counts as a stall.
+STALL_GAP = 0.0005
+
+
+def stall_probe(seconds: float) -> None:
+    """Spin on this CPU for ``seconds`` reading the clock; report the time lost in gaps
+    (the process was not running although it never waited: the CPU went elsewhere,
+    e.g. a virtual CPU descheduled by its host)."""
+    gaps: list[float] = []
+    end = time.perf_counter() + seconds
+    last = time.perf_counter()
+    while last < end:
+        now = time.perf_counter()
+        if now - last > STALL_GAP:
+            gaps.append(now - last)
+        last = now
+    gaps.sort()
+    _announce({"seconds": seconds, "lost_ms": round(sum(gaps) * 1e3, 1),
+               "max_ms": round(gaps[-1] * 1e3, 2) if gaps else 0.0,
+               "over_5ms": sum(1 for g in gaps if g > 0.005)})
+
+
 # --------------------------------------------------------------------------- entry point
 
 def run(main: Callable[[], Awaitable[None]]) -> None:
@@ -673,6 +697,8 @@ def cli(argv: list[str] | None = None) -> int:
     ld.add_argument("--duration", type=float, default=4.0)
     ld.add_argument("--latency", action="store_true")
     ld.add_argument("--server-pid", type=int, default=0)
+    sp = sub.add_parser("stall-probe")
+    sp.add_argument("--seconds", type=float, default=2.0)
     il = sub.add_parser("idle")
     il.add_argument("--edge", required=True)
     il.add_argument("--count", type=int, required=True)
@@ -686,6 +712,8 @@ def cli(argv: list[str] | None = None) -> int:
         run(raw_ws)
     elif args.which == "load":
         run(lambda: load(args))
+    elif args.which == "stall-probe":
+        stall_probe(args.seconds)
     else:
         run(lambda: idle(args))
     return 0
