@@ -78,16 +78,18 @@ async def test_idle_publish_commits_on_the_callers_thread_without_fsync(
     ran = statements.take()
     assert {thread for thread, _ in ran} == {here}
     texts = [sql.split(" ", 1)[0] if sql.startswith("INSERT") else sql for _, sql in ran]
-    assert texts == ["PRAGMA synchronous=NORMAL", "PRAGMA wal_autocheckpoint=0", "BEGIN",
-                     "SAVEPOINT batch_item", "INSERT", "INSERT", "RELEASE batch_item", "COMMIT"]
+    assert texts == ["PRAGMA synchronous=NORMAL", "PRAGMA wal_autocheckpoint=0",
+                     "PRAGMA busy_timeout=0", "BEGIN IMMEDIATE", "SAVEPOINT batch_item",
+                     "INSERT", "INSERT", "RELEASE batch_item", "COMMIT"]
     assert stored.offset == 1
     # The next one needs no change of settings; the database thread's work gets
     # the connection's own (FULL) back.
     await store.append_event(NewEvent("evt_2", TOPIC), now=1.0, durable=False)
     assert not any("PRAGMA" in sql for _, sql in statements.take())
     assert await synchronous(store) == 2
-    assert [sql for _, sql in statements.take()][:2] == [
-        "PRAGMA synchronous=FULL", "PRAGMA wal_autocheckpoint=1000"]
+    assert [sql for _, sql in statements.take()][:3] == [
+        "PRAGMA synchronous=FULL", "PRAGMA wal_autocheckpoint=1000",
+        "PRAGMA busy_timeout=10000"]
 
 
 async def test_publishes_in_one_turn_share_a_transaction_and_fail_alone(
@@ -100,11 +102,35 @@ async def test_publishes_in_one_turn_share_a_transaction_and_fail_alone(
     assert isinstance(results[1], sqlite3.IntegrityError)  # the id is taken: this one only
     assert [r.offset for r in (results[0], results[2])] == [2, 3]  # type: ignore[union-attr]
     texts = statements.texts()
-    assert texts.count("BEGIN") == 1 and texts.count("COMMIT") == 1
+    assert texts.count("BEGIN IMMEDIATE") == 1 and texts.count("COMMIT") == 1
     assert texts.count("ROLLBACK TO batch_item") == 1
     ids = await store._run(lambda: [r[0] for r in store.db.execute(
         "SELECT id FROM events ORDER BY seq")])
     assert ids == ["evt_taken", "evt_a", "evt_b"]
+
+
+async def test_a_lock_held_elsewhere_never_blocks_the_event_loop(store: SqliteStorage) -> None:
+    """Another process writing to the file: the publish waits on the database thread,
+    not on the loop's (which stays free), and commits once the lock is released."""
+    worker = await db_thread(store)
+    other = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # holds the write lock
+        statements = Statements(store)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        append = asyncio.ensure_future(store.append_event(NewEvent("evt_1", TOPIC), now=1.0,
+                                                          durable=False))
+        await asyncio.sleep(0)  # gathered
+        await asyncio.sleep(0)  # the inline commit was tried (and found the lock taken)
+        assert loop.time() - started < 1.0  # not the 10 s busy timeout on this thread
+        assert not append.done()
+        assert (threading.get_ident(), "BEGIN IMMEDIATE") in statements.seen
+        other.execute("ROLLBACK")
+        assert (await asyncio.wait_for(append, WAIT)).offset == 1
+        assert (worker, "COMMIT") in statements.take()
+    finally:
+        other.close()
 
 
 async def test_durable_writes_still_fsync_on_the_database_thread(store: SqliteStorage) -> None:

@@ -57,6 +57,8 @@ MAX_WRITE_BATCH = 256
 #: database thread does so for inline writes.
 CHECKPOINT_PAGES = 1000
 PAGE_SIZE = 4096
+#: How long the database thread waits for a lock another connection holds.
+BUSY_TIMEOUT_MS = 10_000
 
 #: A queued write: the work (run on the database thread), its caller's future, and
 #: whether its commit must be fsynced.
@@ -94,8 +96,10 @@ class SqliteStorage(SqliteEventsMixin):
         #: Non-durable writes gathered in this turn of the loop, committed at its end
         #: (the work, the caller's future, about how many bytes it writes).
         self._inline: list[tuple[Callable[[], Any], asyncio.Future[Any], int]] = []
-        #: The connection is set for non-durable commits (see _relax).
+        #: The connection is set for non-durable commits (see _relax) ...
         self._relaxed = False
+        #: ... and not to wait for locks (on the loop's thread).
+        self._no_wait = False
         #: Log pages (about) that inline writes added since their last checkpoint.
         self._inline_pages = 0
 
@@ -118,7 +122,8 @@ class SqliteStorage(SqliteEventsMixin):
             # isolation_level=None: no implicit transactions; we BEGIN explicitly.
             # Used by one thread at a time (self._lock): the database thread, or the
             # event loop's for an inline write.
-            conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=10.0,
+            conn = sqlite3.connect(str(self.path), isolation_level=None,
+                                   timeout=BUSY_TIMEOUT_MS / 1000,
                                    check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
             raise StorageUnavailable(f"cannot open database {self.path}: {exc}") from exc
@@ -159,8 +164,12 @@ class SqliteStorage(SqliteEventsMixin):
         """On the database thread: ``fn`` with the connection to itself, at its own
         durability settings."""
         with self._lock:
-            if self._relaxed and self._db is not None:
-                self._restore()
+            if self._db is not None:
+                if self._relaxed:
+                    self._restore()
+                if self._no_wait:
+                    self._db.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                    self._no_wait = False
             return fn()
 
     async def _run(self, fn: Callable[[], T]) -> T:
@@ -211,28 +220,25 @@ class SqliteStorage(SqliteEventsMixin):
 
     def _flush_inline(self, loop: asyncio.AbstractEventLoop) -> None:
         """Commit the writes gathered for this thread, in one transaction without fsync;
-        or, when the database thread is busy or has a batch in flight, queue them for it
-        (behind that batch: callers get results in commit order)."""
+        or, when the database thread is busy or has a batch in flight, or another
+        connection (another process on the file) holds the write lock, queue them for
+        the database thread (behind any batch: callers get results in commit order)."""
         batch = [w for w in self._inline if not w[1].done()]
         self._inline.clear()
         if not batch:
             return
-        if self._writing or self._executor is None or not self._lock.acquire(blocking=False):
+        outcomes: list[_Outcome] | None = None
+        if not self._writing and self._executor is not None and self._lock.acquire(
+                blocking=False):
+            try:
+                outcomes = self._commit_here([fn for fn, _, _ in batch])
+            finally:
+                self._lock.release()
+        if outcomes is None:
             self._writes.extend((fn, future, False) for fn, future, _ in batch)
             if not self._writing:
                 self._start_batch(loop)
             return
-        try:
-            self._relax()
-            try:
-                outcomes = self._commit_savepoints(self.db.conn, [fn for fn, _, _ in batch])
-            except sqlite3.OperationalError as exc:
-                error = StorageUnavailable(f"database {self.path.name}: {exc}")
-                outcomes = [(False, error)] * len(batch)
-            except Exception as exc:
-                outcomes = [(False, exc)] * len(batch)
-        finally:
-            self._lock.release()
         for (_, future, _), (ok, value) in zip(batch, outcomes, strict=True):
             if not future.done():
                 if ok:
@@ -244,6 +250,26 @@ class SqliteStorage(SqliteEventsMixin):
         if self._inline_pages >= CHECKPOINT_PAGES and self._executor is not None:
             self._inline_pages = 0
             self._executor.submit(self._locked, self._checkpoint)
+
+    def _commit_here(self, fns: Sequence[Callable[[], Any]]) -> list[_Outcome] | None:
+        """On the loop's thread (lock held): ``fns`` in one transaction without fsync;
+        None when another connection holds the write lock (nothing ran)."""
+        try:
+            self._relax()
+            conn = self.db.conn
+            if not self._no_wait:
+                # Never wait here for a lock another connection holds: the database
+                # thread does the waiting (its busy timeout comes back in _locked).
+                conn.execute("PRAGMA busy_timeout=0")
+                self._no_wait = True
+            # IMMEDIATE: the write lock is taken first, so "busy" comes before anything ran.
+            return self._commit_savepoints(conn, fns, begin="BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorname.startswith("SQLITE_BUSY"):
+                return None
+            return [(False, StorageUnavailable(f"database {self.path.name}: {exc}"))] * len(fns)
+        except Exception as exc:
+            return [(False, exc)] * len(fns)
 
     def _relax(self) -> None:
         """No fsync on commit, no automatic checkpoint (lock held)."""
@@ -316,13 +342,13 @@ class SqliteStorage(SqliteEventsMixin):
         return self._commit_savepoints(self.db.conn, fns)
 
     @staticmethod
-    def _commit_savepoints(conn: sqlite3.Connection, fns: Sequence[Callable[[], Any]]
-                           ) -> list[_Outcome]:
+    def _commit_savepoints(conn: sqlite3.Connection, fns: Sequence[Callable[[], Any]],
+                           begin: str = "BEGIN") -> list[_Outcome]:
         outcomes: list[_Outcome | None] = [None] * len(fns)
         todo = list(range(len(fns)))
         while todo:
             lost_at: int | None = None
-            conn.execute("BEGIN")
+            conn.execute(begin)
             try:
                 for i in todo:
                     conn.execute("SAVEPOINT batch_item")
