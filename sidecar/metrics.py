@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.values import MutexValue
 
 from sidecar import __version__
 from sidecar.core.calls.models import DeprecationInfo
@@ -233,16 +234,29 @@ class Metrics:
 BREAKER_STATES = ("closed", "open", "half_open")
 
 
+def _adder(value: Any) -> Callable[[float], None]:
+    """``value.inc`` (one of prometheus_client's values), without its lock where it is
+    the in-process kind: every write to a metric comes from the event loop's thread,
+    and the lock only keeps writers apart (a scrape reads a float, before or after)."""
+    if type(value) is MutexValue:
+        def add(amount: float) -> None:
+            value._value += amount
+
+        return add
+    return value.inc  # type: ignore[no-any-return]  # e.g. multiprocess mode: its own way
+
+
 def fast_observe(histogram: Any) -> Callable[[float], None]:
     """``histogram.observe`` (a label child's) without prometheus_client's per-call
-    checks and linear bucket scan: one binary search. For the Call path."""
+    checks and linear bucket scan: one binary search. For the Call path and live
+    deliveries."""
     bounds = getattr(histogram, "_upper_bounds", None)
     buckets = getattr(histogram, "_buckets", None)
     total = getattr(histogram, "_sum", None)
     if bounds is None or buckets is None or total is None:
         return histogram.observe  # type: ignore[no-any-return]  # another prometheus_client
-    add_to_sum = total.inc
-    counts = [bucket.inc for bucket in buckets]
+    add_to_sum = _adder(total)
+    counts = [_adder(bucket) for bucket in buckets]
 
     def observe(value: float) -> None:
         add_to_sum(value)
@@ -256,7 +270,7 @@ def fast_inc(counter: Any) -> Callable[[], None]:
     value = getattr(counter, "_value", None)
     if value is None or not callable(getattr(value, "inc", None)):
         return counter.inc  # type: ignore[no-any-return]  # another prometheus_client
-    add = value.inc
+    add = _adder(value)
     return lambda: add(1)
 
 
