@@ -23,7 +23,8 @@ commit fsyncs the log, earlier rows included. Because commits on the loop's
 thread could otherwise meet SQLite's automatic checkpoint (two fsyncs and a
 copy), the connection is set back for the database thread's work, and that
 thread checkpoints once the loop's commits have written about as much as SQLite
-would allow before checkpointing.
+would allow before checkpointing -- on a connection of its own, so that writes
+go on meanwhile instead of waiting for its fsyncs.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class SqliteStorage(SqliteEventsMixin):
         self._synchronous = synchronous
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite_utils.Database | None = None
+        self._checkpointer: sqlite3.Connection | None = None
         self.applied_migrations: list[int] = []
         self._writes: collections.deque[_Write] = collections.deque()
         self._writing = False
@@ -139,6 +141,11 @@ class SqliteStorage(SqliteEventsMixin):
             conn.close()
             raise
         self._db = db
+        # A second connection, for checkpoints only: a checkpoint (two fsyncs and a
+        # copy) then runs beside the writes instead of holding the main connection.
+        self._checkpointer = sqlite3.connect(str(self.path), isolation_level=None,
+                                             timeout=BUSY_TIMEOUT_MS / 1000,
+                                             check_same_thread=False)
         if current_version(db) >= 2:
             with db.atomic():
                 self._recover_in_flight(time.time())
@@ -149,6 +156,9 @@ class SqliteStorage(SqliteEventsMixin):
             return
 
         def _close() -> None:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+                self._checkpointer = None
             if self._db is not None:
                 # Fold the WAL back so the file is self-contained after exit.
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -249,7 +259,7 @@ class SqliteStorage(SqliteEventsMixin):
         self._inline_pages += sum(3 + size // PAGE_SIZE for _, _, size in batch)
         if self._inline_pages >= CHECKPOINT_PAGES and self._executor is not None:
             self._inline_pages = 0
-            self._executor.submit(self._locked, self._checkpoint)
+            self._executor.submit(self._checkpoint)
 
     def _commit_here(self, fns: Sequence[Callable[[], Any]]) -> list[_Outcome] | None:
         """On the loop's thread (lock held): ``fns`` in one transaction without fsync;
@@ -288,9 +298,11 @@ class SqliteStorage(SqliteEventsMixin):
             self._relaxed = False
 
     def _checkpoint(self) -> None:
-        """On the database thread: copy the log into the database."""
-        with contextlib.suppress(sqlite3.Error):  # busy readers: the next one catches up
-            self.db.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        """On the database thread, on its own connection (writes go on meanwhile, on the
+        loop's thread too): copy the log into the database."""
+        if self._checkpointer is not None:
+            with contextlib.suppress(sqlite3.Error):  # busy readers: the next one catches up
+                self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _start_batch(self, loop: asyncio.AbstractEventLoop) -> None:
         """Hand every queued write (up to the bound) to the thread as one batch."""
