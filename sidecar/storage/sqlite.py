@@ -68,6 +68,16 @@ _Write = tuple[Callable[[], Any], "asyncio.Future[Any]", bool]
 _Outcome = tuple[bool, Any]
 
 
+def _settle(futures: Sequence[asyncio.Future[Any]], outcomes: Sequence[_Outcome]) -> None:
+    """Hand each caller still waiting its write's result or error."""
+    for future, (ok, value) in zip(futures, outcomes, strict=True):
+        if not future.done():
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+
 def _not_failed(outcome: _Outcome | None) -> bool:
     return outcome is None or bool(outcome[0])
 
@@ -175,11 +185,7 @@ class SqliteStorage(SqliteEventsMixin):
         durability settings."""
         with self._lock:
             if self._db is not None:
-                if self._relaxed:
-                    self._restore()
-                if self._no_wait:
-                    self._db.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-                    self._no_wait = False
+                self._restore()
             return fn()
 
     async def _run(self, fn: Callable[[], T]) -> T:
@@ -249,12 +255,7 @@ class SqliteStorage(SqliteEventsMixin):
             if not self._writing:
                 self._start_batch(loop)
             return
-        for (_, future, _), (ok, value) in zip(batch, outcomes, strict=True):
-            if not future.done():
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(value)
+        _settle([future for _, future, _ in batch], outcomes)
         # A row, its index entries and the topic's counter: a few pages each at least.
         self._inline_pages += sum(3 + size // PAGE_SIZE for _, _, size in batch)
         if self._inline_pages >= CHECKPOINT_PAGES and self._executor is not None:
@@ -269,7 +270,7 @@ class SqliteStorage(SqliteEventsMixin):
             conn = self.db.conn
             if not self._no_wait:
                 # Never wait here for a lock another connection holds: the database
-                # thread does the waiting (its busy timeout comes back in _locked).
+                # thread does the waiting (its busy timeout comes back in _restore).
                 conn.execute("PRAGMA busy_timeout=0")
                 self._no_wait = True
             # IMMEDIATE: the write lock is taken first, so "busy" comes before anything ran.
@@ -290,12 +291,16 @@ class SqliteStorage(SqliteEventsMixin):
             self._relaxed = True
 
     def _restore(self) -> None:
-        """The connection's own settings again (lock held)."""
+        """The connection's own settings again, after _relax and the loop's no-wait
+        (lock held)."""
+        conn = self.db.conn
         if self._relaxed:
-            conn = self.db.conn
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
             self._relaxed = False
+        if self._no_wait:
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            self._no_wait = False
 
     def _checkpoint(self) -> None:
         """On the database thread, on its own connection (writes go on meanwhile, on the
@@ -334,13 +339,7 @@ class SqliteStorage(SqliteEventsMixin):
         error = (asyncio.CancelledError() if done.cancelled() else done.exception())
         outcomes: list[_Outcome] = ([(False, error)] * len(batch) if error is not None
                                     else done.result())
-        for (_, future, _), (ok, value) in zip(batch, outcomes, strict=True):
-            if future.done():
-                continue
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
+        _settle([future for _, future, _ in batch], outcomes)
         self._writing = False
         if self._writes:
             self._start_batch(loop)
