@@ -155,7 +155,11 @@ async def test_publish_while_the_database_is_busy_queues_in_order(
     first = asyncio.ensure_future(store.append_event(NewEvent("evt_a", TOPIC), now=1.0,
                                                      durable=False))
     statements = Statements(store)
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # gathered for an inline commit
+    await asyncio.sleep(0)  # which found the thread's lock taken: queued for the thread
+    # The batch is in flight before the thread is let go (else the first write could
+    # find the lock free again and commit here).
+    assert store._writing
     second = asyncio.ensure_future(store.append_event(NewEvent("evt_b", TOPIC), now=1.0,
                                                       durable=False))
     release.set()
