@@ -270,8 +270,41 @@ def fast_inc(counter: Any) -> Callable[[], None]:
     value = getattr(counter, "_value", None)
     if value is None or not callable(getattr(value, "inc", None)):
         return counter.inc  # type: ignore[no-any-return]  # another prometheus_client
-    add = _adder(value)
+    if type(value) is MutexValue:
+        def inc() -> None:
+            value._value += 1
+
+        return inc
+    add = value.inc
     return lambda: add(1)
+
+
+def fast_count_and_observe(counter: Any, histogram: Any) -> Callable[[float], None]:
+    """One increment of ``counter`` and one observation of ``histogram`` (label children)
+    in a single call: a live delivery records both. Where both hold prometheus_client's
+    in-process values, they are added to directly (see ``_adder``)."""
+    value = getattr(counter, "_value", None)
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if (bounds is None or buckets is None or total is None
+            or not all(type(v) is MutexValue for v in (value, total, *buckets))):
+        inc, observe = fast_inc(counter), fast_observe(histogram)
+
+        def both(amount: float) -> None:
+            inc()
+            observe(amount)
+
+        return both
+
+    count: Any = value
+
+    def record(amount: float) -> None:
+        count._value += 1
+        total._value += amount
+        buckets[bisect_left(bounds, amount)]._value += 1
+
+    return record
 
 
 #: A label set's counter increment and histogram observation.
@@ -406,6 +439,12 @@ class LiveMetrics:
         else:
             entry[0].inc(count)
             observe_many(entry[1], latency, count)
+
+    def delivery_recorder(self, transport: str) -> Callable[[float], None]:
+        """``delivered_live(transport, 1, latency)`` as one call taking the latency: for
+        a subscriber that records each delivery it makes."""
+        return fast_count_and_observe(self._m.live_deliveries.labels(transport),
+                                      self._m.publish_to_delivery.labels(transport))
 
     def subscribers_changed(self, transport: str, delta: int) -> None:
         self._m.live_subscribers.labels(transport).inc(delta)

@@ -180,6 +180,24 @@ def event_message(event: StoredEvent, attempt: int = 0) -> pb.Event:
     return msg
 
 
+def _heartbeat() -> pb.SubscribeResponse:
+    beat = pb.SubscribeResponse()
+    beat.heartbeat.time.GetCurrentTime()
+    return beat
+
+
+def _live_control(item: LiveGap | Subscribed | None) -> pb.SubscribeResponse:
+    """The response for a live subscription's item other than an event."""
+    if item is None:
+        return _heartbeat()
+    if isinstance(item, LiveGap):
+        return pb.SubscribeResponse(gap=pb.Gap(
+            topic=item.topic, from_offset=item.from_offset, to_offset=item.to_offset,
+            reason=pb.GAP_REASON_RETENTION if item.reason == "retention"
+            else pb.GAP_REASON_SLOW_CONSUMER))
+    return pb.SubscribeResponse(subscribed=pb.Subscribed(offsets=item.offsets))
+
+
 class _Responses:
     """The live ``SubscribeResponse`` of the latest events, built and serialised once for
     all the streams an event goes to (Subscribe's serialiser passes bytes through: see
@@ -298,8 +316,19 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
         with _traced(_caller_trace(context) or new_trace()):
             try:
                 if not request.group:
-                    async for item in self._live_stream(request):
-                        yield item
+                    if self._live is None:
+                        raise _not_yet("Subscribe", "the event bus is not configured")
+                    responses = self._responses
+                    # The bus's items straight to the stream (no generator in between:
+                    # this loop runs per delivery), events first.
+                    async for item in self._live.subscribe(
+                            list(request.topics), start=_START_POSITIONS.get(request.start,
+                                                                             "latest"),
+                            after_offsets=dict(request.after_offsets),
+                            after_event_id=request.after_event_id, transport="grpc",
+                            announce=True):
+                        yield (responses.get(item) if isinstance(item, StoredEvent)
+                               else _live_control(item))
                     return
                 if self._groups is None:
                     raise _not_yet("Subscribe", "durable groups are not configured")
@@ -307,37 +336,13 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
                         request.group, list(request.topics), consumer=request.consumer,
                         max_in_flight=request.max_in_flight):
                     if delivery is None:
-                        beat = pb.SubscribeResponse()
-                        beat.heartbeat.time.GetCurrentTime()
-                        yield beat
+                        yield _heartbeat()
                     else:
                         yield pb.SubscribeResponse(event=event_message(delivery.event,
                                                                        delivery.attempt))
             except Exception as exc:
                 await _fail(context, exc)
                 raise
-
-    async def _live_stream(self, request: pb.SubscribeRequest
-                           ) -> AsyncIterator[pb.SubscribeResponse | bytes]:
-        if self._live is None:
-            raise _not_yet("Subscribe", "the event bus is not configured")
-        start = _START_POSITIONS.get(request.start, "latest")
-        async for item in self._live.subscribe(
-                list(request.topics), start=start, after_offsets=dict(request.after_offsets),
-                after_event_id=request.after_event_id, transport="grpc", announce=True):
-            if item is None:
-                beat = pb.SubscribeResponse()
-                beat.heartbeat.time.GetCurrentTime()
-                yield beat
-            elif isinstance(item, LiveGap):
-                yield pb.SubscribeResponse(gap=pb.Gap(
-                    topic=item.topic, from_offset=item.from_offset, to_offset=item.to_offset,
-                    reason=pb.GAP_REASON_RETENTION if item.reason == "retention"
-                    else pb.GAP_REASON_SLOW_CONSUMER))
-            elif isinstance(item, Subscribed):
-                yield pb.SubscribeResponse(subscribed=pb.Subscribed(offsets=item.offsets))
-            else:
-                yield self._responses.get(item)
 
     async def Ack(self, request: pb.AckRequest, context: grpc.aio.ServicerContext
                   ) -> pb.AckResponse:

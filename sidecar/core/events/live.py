@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -80,6 +81,10 @@ class LiveObserver(Protocol):
     def published(self, topic_class: str) -> None: ...
 
     def delivered_live(self, transport: str, count: int, latency: float) -> None: ...
+
+    def delivery_recorder(self, transport: str) -> Callable[[float], None]:
+        """``delivered_live(transport, 1, latency)`` as one call taking the latency."""
+        ...
 
     def subscribers_changed(self, transport: str, delta: int) -> None: ...
 
@@ -440,6 +445,8 @@ class LiveBus:
             beat = heartbeat or self._policy.heartbeat
             idle = (_IdleTimer(sub.wake, beat)
                     if type(self._clock) is SystemClock and beat != math.inf else None)
+            delivered = self._observer.delivery_recorder(transport)
+            now = time.time if type(self._clock) is SystemClock else self._clock.time
             try:
                 while True:
                     if sub.closed_reason == "slow consumer":
@@ -457,12 +464,11 @@ class LiveBus:
                         sub.dropped.clear()
                     if sub.queue:
                         item = sub.queue.popleft()
-                        if isinstance(item, StoredEvent):
+                        if type(item) is StoredEvent:
                             if item.offset <= sub.seen.get(item.topic, 0):
                                 continue  # already replayed: the seam
                             sub.seen[item.topic] = item.offset
-                            self._observer.delivered_live(
-                                sub.transport, 1, max(0.0, self._clock.time() - item.time))
+                            delivered(max(0.0, now() - item.time))
                         if idle is not None:
                             idle.active()
                         yield item
