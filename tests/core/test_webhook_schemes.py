@@ -1,4 +1,5 @@
-"""Webhook signature schemes, checked against signatures built here with hmac/hashlib.
+"""Webhook signature schemes, checked against signatures built here with hmac/hashlib
+(and cryptography's Ed25519 for Standard Webhooks v1a).
 
 Signatures are computed independently of the code under test, and published test
 vectors are used where the provider has one.
@@ -13,6 +14,8 @@ import math
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 import sidecar.core.webhooks as webhooks
 from sidecar.core.webhooks import (
@@ -144,9 +147,10 @@ class TestStandardWebhooks:
         assert_rejected(verify(sw(), sw_request(signature=header), NOW), V.INVALID_SIGNATURE)
 
     def test_only_other_versions(self):
-        # Ed25519 (v1a) is optional in the standard and not checked: unverifiable.
-        req = sw_request(signature=f"v1a,{b64(b'e' * 64)}")
-        assert_rejected(verify(sw(), req, NOW), V.INVALID_SIGNATURE)
+        req = sw_request(signature=f"v2,{b64(b'e' * 64)} v1b,whatever")
+        verdict = verify(sw(), req, NOW)
+        assert_rejected(verdict, V.INVALID_SIGNATURE)
+        assert verdict.reason == "webhook-signature has no v1 or v1a entry"
 
     @pytest.mark.parametrize(("offset", "result"), [
         (-300, V.VALID), (-301, V.STALE_TIMESTAMP), (300, V.VALID), (301, V.FUTURE_TIMESTAMP),
@@ -223,6 +227,204 @@ class TestStandardWebhooks:
         verdict = verify(sw(), sw_request(body=b"\xff\xfe not json"), NOW)
         assert verdict.valid
         assert (verdict.event_id, verdict.event_type) == ("msg_1", "")
+
+
+# --------------------------------------------------------------------------- Standard Webhooks v1a
+
+# Test vector of the Standard Webhooks reference libraries:
+# github.com/standard-webhooks/standard-webhooks, libraries/go/webhook_asymmetric_test.go
+# (TestAsymmetricWebhookSign): the whsk_ seed, message and expected v1a signature are
+# theirs; the whpk_ public key below is derived from that seed (checked in the test).
+SW_ED_VECTOR_SEED = "VEVTVFNJR05JTkdLRVlET05PVFVTRVRISVNGT1JBTlk="
+SW_ED_VECTOR_PUBLIC = "whpk_ZlN4eg7dSSqi0moX9hQUk3orrOouK3QVQSlJa248c/g="
+SW_ED_VECTOR_SIGNATURE = ("v1a,tQ9V2XOqn7jL/DQenEFpqIugdBVtiMmER5mhSkXBNwM0mkATuDe6KYYUuxq"
+                          "taiHeYGb7KaaBRdM5WqyeFiL8Ag==")
+
+SW_SIGNING_KEY = Ed25519PrivateKey.generate()
+SW_OTHER_SIGNING_KEY = Ed25519PrivateKey.generate()
+
+
+def whpk(private: Ed25519PrivateKey) -> str:
+    raw = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return "whpk_" + b64(raw)
+
+
+SW_PUBLIC = whpk(SW_SIGNING_KEY)
+
+
+def sw_v1a(private: Ed25519PrivateKey, msg_id: str = "msg_1", ts: int | str = TS,
+           body: bytes = SW_BODY) -> str:
+    return "v1a," + b64(private.sign(f"{msg_id}.{ts}.".encode() + body))
+
+
+class TestStandardWebhooksEd25519:
+    def test_published_vector(self):
+        seed = Ed25519PrivateKey.from_private_bytes(base64.b64decode(SW_ED_VECTOR_SEED))
+        assert whpk(seed) == SW_ED_VECTOR_PUBLIC
+        req = request({"webhook-id": SW_VECTOR_ID, "webhook-timestamp": str(SW_VECTOR_TS),
+                       "webhook-signature": SW_ED_VECTOR_SIGNATURE}, SW_VECTOR_BODY)
+        verdict = verify(sw(SW_ED_VECTOR_PUBLIC), req, SW_VECTOR_TS)
+        assert verdict == Verdict(V.VALID, "signature matches secrets[0]", SW_VECTOR_ID, "",
+                                  SW_VECTOR_TS)
+        # One character off (the last byte of the signature changes).
+        forged = request({**dict(req.headers), "webhook-signature":
+                          SW_ED_VECTOR_SIGNATURE.replace("8Ag==", "8Bg==")}, SW_VECTOR_BODY)
+        assert_rejected(verify(sw(SW_ED_VECTOR_PUBLIC), forged, SW_VECTOR_TS),
+                        V.INVALID_SIGNATURE)
+
+    def test_valid(self):
+        verdict = verify(sw(SW_PUBLIC), sw_request(signature=sw_v1a(SW_SIGNING_KEY)), NOW)
+        assert verdict == Verdict(V.VALID, "signature matches secrets[0]", "msg_1",
+                                  "invoice.paid", NOW)
+
+    def test_wrong_key(self):
+        req = sw_request(signature=sw_v1a(SW_OTHER_SIGNING_KEY))
+        verdict = verify(sw(SW_PUBLIC), req, NOW)
+        assert_rejected(verdict, V.INVALID_SIGNATURE)
+        assert verdict.reason == "no v1a signature matches any secret"
+
+    def test_tampered_body(self):
+        signature = sw_v1a(SW_SIGNING_KEY, body=SW_BODY)
+        assert verify(sw(SW_PUBLIC), sw_request(signature=signature), NOW).valid
+        req = sw_request(body=SW_BODY.replace(b"in_1", b"in_2"), signature=signature)
+        assert_rejected(verify(sw(SW_PUBLIC), req, NOW), V.INVALID_SIGNATURE)
+
+    def test_signed_id_and_timestamp_are_bound(self):
+        good = sw_request(signature=sw_v1a(SW_SIGNING_KEY))
+        assert verify(sw(SW_PUBLIC), good, NOW).valid
+        headers = dict(good.headers)
+        for name, value in [("webhook-id", "msg_2"), ("webhook-timestamp", str(TS + 1))]:
+            forged = request({**headers, name: value}, SW_BODY)
+            assert_rejected(verify(sw(SW_PUBLIC), forged, NOW), V.INVALID_SIGNATURE)
+
+    @pytest.mark.parametrize("order", ["whsec_first", "whpk_first"])
+    def test_rotation_between_hmac_and_ed25519_either_way(self, order):
+        secrets = (SW_SECRET, SW_PUBLIC) if order == "whsec_first" else (SW_PUBLIC, SW_SECRET)
+        config = sw(*secrets)
+        hmac_signed = verify(config, sw_request(), NOW)
+        ed_signed = verify(config, sw_request(signature=sw_v1a(SW_SIGNING_KEY)), NOW)
+        assert hmac_signed.reason == f"signature matches secrets[{secrets.index(SW_SECRET)}]"
+        assert ed_signed.reason == f"signature matches secrets[{secrets.index(SW_PUBLIC)}]"
+        assert hmac_signed.valid and ed_signed.valid
+        strangers = (f"{sw_signature(b'x' * 32, 'msg_1', TS, SW_BODY)} "
+                     f"{sw_v1a(SW_OTHER_SIGNING_KEY)}")
+        verdict = verify(config, sw_request(signature=strangers), NOW)
+        assert_rejected(verdict, V.INVALID_SIGNATURE)
+        assert verdict.reason == "no v1 or v1a signature matches any secret"
+
+    def test_rotation_between_public_keys(self):
+        config = sw(whpk(SW_OTHER_SIGNING_KEY), SW_PUBLIC)
+        old = verify(config, sw_request(signature=sw_v1a(SW_OTHER_SIGNING_KEY)), NOW)
+        new = verify(config, sw_request(signature=sw_v1a(SW_SIGNING_KEY)), NOW)
+        assert (old.valid, old.reason) == (True, "signature matches secrets[0]")
+        assert (new.valid, new.reason) == (True, "signature matches secrets[1]")
+        stranger = sw_request(signature=sw_v1a(Ed25519PrivateKey.generate()))
+        assert_rejected(verify(config, stranger, NOW), V.INVALID_SIGNATURE)
+
+    def test_mixed_header_accepted_when_either_matches(self):
+        for good in ("v1", "v1a", "both"):
+            v1 = sw_signature(SW_KEY if good != "v1a" else b"x" * 32, "msg_1", TS, SW_BODY)
+            v1a = sw_v1a(SW_SIGNING_KEY if good != "v1" else SW_OTHER_SIGNING_KEY)
+            for header in (f"{v1} {v1a}", f"{v1a} {v1}"):
+                verdict = verify(sw(SW_SECRET, SW_PUBLIC), sw_request(signature=header), NOW)
+                assert verdict.valid, (header, verdict.reason)
+                assert verdict.reason == ("signature matches secrets[1]" if good == "v1a"
+                                          else "signature matches secrets[0]")
+
+    def test_mixed_header_with_keys_of_one_kind_checks_that_kind(self):
+        header = f"{sw_signature(SW_KEY, 'msg_1', TS, SW_BODY)} {sw_v1a(SW_SIGNING_KEY)}"
+        assert verify(sw(SW_SECRET), sw_request(signature=header), NOW).valid
+        assert verify(sw(SW_PUBLIC), sw_request(signature=header), NOW).valid
+
+    def test_only_versions_without_a_configured_key(self):
+        only_v1a = verify(sw(SW_SECRET), sw_request(signature=sw_v1a(SW_SIGNING_KEY)), NOW)
+        assert_rejected(only_v1a, V.INVALID_SIGNATURE)
+        assert only_v1a.reason == ("webhook-signature has only v1a (Ed25519) signatures, "
+                                   "and this source has no whpk_ public key to check them")
+        only_v1 = verify(sw(SW_PUBLIC), sw_request(), NOW)
+        assert_rejected(only_v1, V.INVALID_SIGNATURE)
+        assert only_v1.reason == ("webhook-signature has only v1 (HMAC) signatures, "
+                                  "and this source has no whsec_ secret to check them")
+
+    @pytest.mark.parametrize("signature", [
+        "v1a,not*base64", "v1a,abc", "v1a,", "v1,{v1} v1a,%%%%",
+    ])
+    def test_v1a_that_is_not_base64_is_malformed(self, signature):
+        header = signature.format(v1=sw_signature(SW_KEY, "msg_1", TS, SW_BODY)[3:])
+        req = sw_request(signature=header)
+        assert_rejected(verify(sw(SW_SECRET, SW_PUBLIC), req, NOW), V.MALFORMED)
+
+    def test_v1a_of_the_wrong_length_does_not_match(self):
+        signed = base64.b64decode(sw_v1a(SW_SIGNING_KEY).removeprefix("v1a,"))
+        assert verify(sw(SW_PUBLIC), sw_request(signature="v1a," + b64(signed)), NOW).valid
+        for wrong in ("v1a," + b64(signed[:63]), "v1a," + b64(signed + b"s")):
+            req = sw_request(signature=wrong)
+            assert_rejected(verify(sw(SW_PUBLIC), req, NOW), V.INVALID_SIGNATURE)
+
+    @pytest.mark.parametrize(("offset", "result"), [
+        (-300, V.VALID), (-301, V.STALE_TIMESTAMP), (301, V.FUTURE_TIMESTAMP),
+    ])
+    def test_timestamp_window(self, offset, result):
+        req = sw_request(ts=TS + offset, signature=sw_v1a(SW_SIGNING_KEY, ts=TS + offset))
+        verdict = verify(sw(SW_PUBLIC), req, NOW)
+        assert verdict.result is result, verdict.reason
+        assert (verdict.event_id, verdict.timestamp) == ("msg_1", NOW + offset)
+
+    def test_svix_aliases(self):
+        verdict = verify(sw(SW_PUBLIC), sw_request(family="svix",
+                                                   signature=sw_v1a(SW_SIGNING_KEY)), NOW)
+        assert (verdict.valid, verdict.event_id) == (True, "msg_1")
+
+    def test_public_key_without_padding(self):
+        assert SW_PUBLIC.endswith("=")
+        unpadded = SW_PUBLIC.rstrip("=")
+        assert verify(sw(unpadded), sw_request(signature=sw_v1a(SW_SIGNING_KEY)), NOW).valid
+
+    def test_unusable_public_keys_are_skipped_and_none_usable_is_malformed(self):
+        req = sw_request(signature=sw_v1a(SW_SIGNING_KEY))
+        short = "whpk_" + b64(b"p" * 31)
+        assert verify(sw(short, "whpk_%%%", SW_PUBLIC), req, NOW).reason == (
+            "signature matches secrets[2]")
+        assert_rejected(verify(sw(short, "whpk_%%%"), req, NOW), V.MALFORMED)
+
+    def test_signing_key_is_never_used_to_verify(self):
+        # A whsk_ in the config is refused at start-up; if it got through anyway it
+        # must neither verify v1a nor serve as an HMAC secret.
+        seed = base64.b64decode(SW_ED_VECTOR_SEED)
+        private = Ed25519PrivateKey.from_private_bytes(seed)
+        whsk = "whsk_" + SW_ED_VECTOR_SEED
+        for signature in (sw_v1a(private), sw_signature(seed, "msg_1", TS, SW_BODY)):
+            assert_rejected(verify(sw(whsk), sw_request(signature=signature), NOW), V.MALFORMED)
+
+    def test_reasons_never_hold_key_material(self):
+        config = sw(SW_SECRET, SW_PUBLIC)
+        good = sw_v1a(SW_SIGNING_KEY)
+        raw_public = base64.b64decode(SW_PUBLIC.removeprefix("whpk_"))
+        for req in (sw_request(signature=good, body=SW_BODY + b"x"),
+                    sw_request(signature=sw_v1a(SW_OTHER_SIGNING_KEY))):
+            reason = verify(config, req, NOW).reason
+            assert reason == "no v1a signature matches any secret"
+            for text in (SW_PUBLIC, SW_PUBLIC.removeprefix("whpk_"), raw_public.hex(),
+                         SW_SECRET, good.removeprefix("v1a,")):
+                assert text.lower() not in reason.lower()
+
+    def test_public_keys_are_loaded_once_not_per_request(self, monkeypatch):
+        loads = []
+        real = Ed25519PublicKey.from_public_bytes
+
+        def counting(data):
+            loads.append(data)
+            return real(data)
+
+        monkeypatch.setattr(Ed25519PublicKey, "from_public_bytes", counting)
+        private = Ed25519PrivateKey.generate()  # a key no other test has loaded
+        config = sw(SW_SECRET, whpk(private))
+        for n in range(3):
+            req = sw_request(msg_id=f"msg_{n}", signature=sw_v1a(private, msg_id=f"msg_{n}"))
+            assert verify(config, req, NOW).valid
+        # A new config object with the same key (a reload) reuses it too.
+        assert verify(sw(whpk(private)), sw_request(signature=sw_v1a(private)), NOW).valid
+        assert len(loads) == 1
 
 
 # --------------------------------------------------------------------------- Stripe
@@ -856,13 +1058,27 @@ class TestValidateSchemeConfig:
 
     def test_standard_webhooks_secrets(self):
         problems = validate_scheme_config(
-            sw(SW_SECRET, "whsec_not*base64", "whpk_" + b64(b"p" * 32), "c2VjcmV0"))
+            sw(SW_SECRET, "whsec_not*base64", SW_PUBLIC, "c2VjcmV0", SW_PUBLIC.rstrip("=")))
+        assert problems == ["secrets[1]: whsec_ secret is not valid base64"]
+        assert "not*base64" not in problems[0]
+
+    def test_standard_webhooks_signing_key_is_refused(self):
+        whsk = "whsk_" + SW_ED_VECTOR_SEED
+        problems = validate_scheme_config(sw(SW_PUBLIC, whsk))
         assert problems == [
-            "secrets[1]: whsec_ secret is not valid base64",
-            "secrets[2]: Ed25519 keys (whpk_) are not supported; "
-            "use the endpoint's whsec_ signing secret",
-        ]
-        assert not any("not*base64" in p or b64(b"p" * 32) in p for p in problems)
+            "secrets[1]: whsk_ is the sender's Ed25519 signing key; "
+            "configure the matching whpk_ public key instead"]
+        assert SW_ED_VECTOR_SEED not in problems[0]
+
+    @pytest.mark.parametrize("encoded", [
+        b64(b"p" * 31), b64(b"p" * 33), b64(b"p" * 64), "not*base64", "", "whpk_" + b64(b"p" * 32),
+    ])
+    def test_standard_webhooks_bad_public_key(self, encoded):
+        problems = validate_scheme_config(sw(SW_SECRET, "whpk_" + encoded))
+        assert problems == [
+            "secrets[1]: whpk_ public key is not base64 of a 32-byte Ed25519 key"]
+        if encoded:
+            assert encoded not in problems[0]
 
     @pytest.mark.parametrize("tolerance", [-1.0, math.nan, math.inf])
     def test_tolerance(self, tolerance):

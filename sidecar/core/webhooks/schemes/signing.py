@@ -9,12 +9,15 @@ import base64
 import hmac
 import re
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from sidecar.core.webhooks.schemes.config import SchemeConfig
 from sidecar.core.webhooks.verdict import VerifyResult
 
 #: An HMAC key with the index of the configured secret it came from.
 Key = tuple[int, bytes]
+#: Whatever a scheme derives from a secret: HMAC key bytes, a loaded public key.
+K = TypeVar("K")
 
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
 # Standard alphabet with correct padding; whitespace is not tolerated inside a signature.
@@ -51,11 +54,12 @@ def raw_keys(config: SchemeConfig) -> list[Key]:
     return keyed(config, utf8)
 
 
-def keyed(config: SchemeConfig, derive: Callable[[str], bytes | None]) -> list[Key]:
-    """The keys ``derive`` makes of the secrets; empty and underivable ones are skipped."""
+def keyed(config: SchemeConfig, derive: Callable[[str], K | None]) -> list[tuple[int, K]]:
+    """The keys ``derive`` makes of the secrets, each with its index; empty and
+    underivable ones are skipped."""
     if isinstance(config.secrets, str):
         return []
-    keys: list[Key] = []
+    keys: list[tuple[int, K]] = []
     for index, secret in enumerate(config.secrets):
         key = derive(secret) if secret else None
         if key:
