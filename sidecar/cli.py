@@ -46,7 +46,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_show(args: argparse.Namespace) -> int:
-    sys.stdout.write(dump_redacted(_load(args)))
+    # The environment too: it marks the fields that environment overrides set.
+    sys.stdout.write(dump_redacted(_load(args), os.environ))
     return 0
 
 

@@ -195,8 +195,8 @@ def test_redacted_dump_has_no_secret_values() -> None:
         assert value not in text
         assert value not in repr(cfg)
     dumped = yaml.safe_load(text)
-    assert dumped["integrations"]["payments"]["auth"]["secret"] == {
-        "env": "PAYMENTS_TOKEN", "value": "<redacted>"}
+    assert dumped["integrations"]["payments"]["auth"] == {"type": "bearer",
+                                                          "token_env": "PAYMENTS_TOKEN"}
 
 
 def test_cli_config_show_and_check(tmp_path: Path) -> None:
@@ -205,7 +205,7 @@ def test_cli_config_show_and_check(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", **ENV}
     show = subprocess.run([sys.executable, "-m", "sidecar", "config", "show", "-c", str(path)],
                           capture_output=True, text=True, env=env, check=True)
-    assert "payments" in show.stdout and "<redacted>" in show.stdout
+    assert "payments:" in show.stdout and "token_env: PAYMENTS_TOKEN" in show.stdout
     assert SECRET not in show.stdout + show.stderr
     bad = subprocess.run([sys.executable, "-m", "sidecar", "config", "check", "-c", str(path)],
                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})

@@ -923,6 +923,7 @@ def _jwt(sec: _Section, env: Mapping[str, str], base_dir: Path) -> JwtConfig:
         algorithms=algorithms,
         hs256_secret=sec.secret("hs256_secret_env", env, required=False),
         rs256_public_key=public_key,
+        rs256_public_key_file=str(base_dir / key_file) if key_file else "",
         audience=sec.string("audience"),
         issuer=sec.string("issuer"),
         roles_claim=sec.string("roles_claim", "roles"),

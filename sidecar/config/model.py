@@ -342,8 +342,11 @@ class JwtConfig:
     #: Allowed algorithms; a token with any other (``none`` included) is refused.
     algorithms: tuple[str, ...] = ("HS256",)
     hs256_secret: Secret | None = None
-    #: PEM public key for RS256 (a file path, relative to the config file).
+    #: PEM public key for RS256 (the file's contents).
     rs256_public_key: str = ""
+    #: The file it was read from, resolved against the config file's directory
+    #: (``config show`` prints this path, not the key).
+    rs256_public_key_file: str = ""
     audience: str = ""
     issuer: str = ""
     #: Claim listing the user's roles (joined as ``role:<r>`` rooms).
