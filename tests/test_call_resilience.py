@@ -312,6 +312,21 @@ async def test_rate_limit_wait_spaces_calls(tmp_path: Path, upstream: Upstream) 
     assert sum(clock.sleeps) >= 0.45  # two waits of about a quarter second
 
 
+async def test_a_route_can_switch_the_integrations_rate_limit_off(
+        tmp_path: Path, upstream: Upstream) -> None:
+    svc = integration(upstream.url, rate_limit={"rate": 1, "burst": 1, "on_limit": "reject"})
+    routes = [{"integration": "svc", "name": "health", "path": "/health",
+               "rate_limit": {"enabled": False}}]
+    async with running(tmp_path, {"svc": svc}, routes=routes, clock=FakeClock()) as (_, stub):
+        for _ in range(3):  # over the integration's burst of one: never limited here
+            assert (await stub.Call(call(path="/health"), timeout=5)).route == "health"
+        assert (await stub.Call(call(path="/orders"), timeout=5)).status == 200
+        with pytest.raises(grpc.aio.AioRpcError) as info:  # the rest is still limited
+            await stub.Call(call(path="/orders"), timeout=5)
+    assert rich_error(info.value).reason == "RATE_LIMITED"
+    assert len(upstream.seen) == 4
+
+
 async def test_upstream_429_pauses_the_bucket(tmp_path: Path, upstream: Upstream) -> None:
     clock = FakeClock()
     upstream.then(reply(429, headers={"Retry-After": "30"}))

@@ -120,6 +120,8 @@ def full_config() -> dict[str, Any]:
              "fallback": {"enabled": False}},
             {"integration": "mail", "name": "any", "path": "/**",
              "rate_limit": {"rate": 3}},
+            {"integration": "payments", "name": "health", "method": "get", "path": "health",
+             "rate_limit": {"enabled": False}},
         ],
         "webhooks": {
             "sources": {
@@ -260,6 +262,7 @@ def test_keys_durations_and_statuses_are_written_as_the_file_reads_them(full: Co
     routes = shown["routes"]
     assert (routes[0]["method"], routes[0]["path"]) == ("POST", "/charges/*/capture")
     assert set(routes[1]) == {"integration", "name", "method", "path", "rate_limit"}
+    assert routes[2]["rate_limit"] == {"enabled": False}  # not the same as inheriting
 
 
 def test_no_secret_value_and_nothing_of_the_redis_url(full: Config) -> None:
@@ -305,5 +308,5 @@ def test_cli_show_then_check_with_the_shown_file(files: Path, tmp_path: Path) ->
     check = subprocess.run([sys.executable, "-m", "sidecar", "config", "check", "-c", str(shown)],
                            capture_output=True, text=True, env=env, cwd=tmp_path)
     assert check.returncode == 0, check.stderr
-    assert check.stdout == "configuration OK: 3 integration(s), 2 route(s)\n"
+    assert check.stdout == "configuration OK: 3 integration(s), 3 route(s)\n"
     assert load_config(shown, env) == load_config(source, env)

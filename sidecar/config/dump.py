@@ -230,7 +230,7 @@ def _route(r: RouteConfig) -> Tree:
         out["retry"] = _retry(r.retry)
     if r.circuit_breaker is not None:
         out["circuit_breaker"] = _breaker(r.circuit_breaker)
-    if r.rate_limit is not None:
+    if r.rate_limit is not None or r.unlimited:
         out["rate_limit"] = _rate_limit(r.rate_limit)
     if r.fallback is not None:
         out["fallback"] = _fallback(r.fallback)

@@ -583,14 +583,18 @@ def _integration(name: str, sec: _Section, env: Mapping[str, str],
 
 def _route_overrides(sec: _Section, base: IntegrationConfig, name: str, integration: str,
                      method: str, path: str) -> RouteConfig:
+    limited = sec.has("rate_limit")
+    rate_limit = _optional(sec, "rate_limit", lambda s: _rate_limit(s, base.rate_limit))
     return RouteConfig(
         name=name, integration=integration, method=method, path="/" + path.lstrip("/"),
         timeouts=_optional(sec, "timeouts", lambda s: _timeouts(s, base.timeouts)),
         retry=_optional(sec, "retry", lambda s: _retry(s, base.retry)),
         circuit_breaker=_optional(sec, "circuit_breaker",
                                   lambda s: _breaker(s, base.circuit_breaker)),
-        rate_limit=_optional(sec, "rate_limit", lambda s: _rate_limit(s, base.rate_limit)),
+        rate_limit=rate_limit,
         fallback=_optional(sec, "fallback", lambda s: _fallback(s, base.fallback)),
+        # Present but switched off (errors aside: they fail the whole config).
+        unlimited=limited and rate_limit is None,
     )
 
 

@@ -264,6 +264,9 @@ class RouteConfig:
     #: A route with its own rate limit has its own bucket.
     rate_limit: RateLimitPolicy | None = None
     fallback: FallbackConfig | None = None
+    #: ``rate_limit: {enabled: false}``: the route's calls are not rate limited, whatever
+    #: the integration's limit (``rate_limit`` is then None).
+    unlimited: bool = False
 
 
 WEBHOOK_SCHEMES = ("standard_webhooks", "stripe", "github", "shopify", "slack", "generic_hmac")

@@ -298,7 +298,8 @@ class CallPipeline:
                 retry=r.retry or cfg.retry,
                 breaker=breaker,
                 failure_statuses=(r.circuit_breaker or cfg.circuit_breaker).failure_statuses,
-                bucket=(self._limiter(f"{cfg.name}/{r.name}", r.rate_limit) if r.rate_limit
+                bucket=(None if r.unlimited
+                        else self._limiter(f"{cfg.name}/{r.name}", r.rate_limit) if r.rate_limit
                         else base_bucket),
                 fallback=fallback,
                 cache=cache(fallback) if r.fallback else default.cache,
