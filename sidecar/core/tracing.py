@@ -11,7 +11,8 @@ import contextvars
 import random
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+
+from sidecar.core.values import value_type
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
@@ -38,7 +39,7 @@ _TS_KEY = re.compile(
 _TS_VALUE = re.compile(r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class TraceContext:
     """One trace as the sidecar carries it: ids in lower-case hex."""
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -97,26 +97,36 @@ def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
-def call_trace(request: pb.CallRequest, context: grpc.aio.ServicerContext) -> TraceContext:
+_TRACE_KEYS = frozenset((TRACEPARENT, TRACESTATE))
+
+
+def call_trace(request: pb.CallRequest, metadata: Sequence[tuple[str, str | bytes]]
+               ) -> TraceContext:
     """Metadata is the place for trace context; a caller that put it in the
     request's headers instead is understood too. Else the sidecar starts a trace."""
-    return (_caller_trace(context) or from_headers((h.name, h.value) for h in request.headers)
+    found = [(k, v) for k, v in metadata
+             if k in _TRACE_KEYS and isinstance(v, str)]
+    return ((found and from_headers(found))
+            or (request.headers and from_headers((h.name, h.value) for h in request.headers))
             or new_trace())
 
 
 def call_request(request: pb.CallRequest, context: grpc.aio.ServicerContext,
-                 clock: Clock, trace: TraceContext) -> CallRequest:
+                 metadata: Sequence[tuple[str, str | bytes]], clock: Clock,
+                 trace: TraceContext) -> CallRequest:
     remaining = context.time_remaining()
     key = request.idempotency_key
     if not key:
-        found = _metadata(context, "idempotency-key")
-        key = found[0][1] if found else ""
+        key = next((v for k, v in metadata if k == "idempotency-key" and isinstance(v, str)),
+                   "")
+    # Most calls carry no query and no headers: no generator for those.
+    query, headers = request.query, request.headers
     return CallRequest(
         integration=request.integration,
         method=request.method,
         path=request.path,
-        query=tuple((q.name, q.value) for q in request.query),
-        headers=tuple((h.name, h.value) for h in request.headers),
+        query=tuple((q.name, q.value) for q in query) if query else (),
+        headers=tuple((h.name, h.value) for h in headers) if headers else (),
         body=request.body,
         idempotency_key=key,
         api_version=request.api_version,
@@ -239,12 +249,14 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
 
     async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext
                    ) -> pb.CallResponse:
-        trace = call_trace(request, context)
+        metadata = context.invocation_metadata() or ()
+        trace = call_trace(request, metadata)
         token = current.set(trace)
         try:
             if self._calls is None:
                 raise _not_yet("Call", "no call pipeline is configured")
-            result = await self._calls.call(call_request(request, context, self._clock, trace))
+            result = await self._calls.call(call_request(request, context, metadata,
+                                                         self._clock, trace))
             _trailer(context, trace)
             return call_response(result)
         except Exception as exc:

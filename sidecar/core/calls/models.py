@@ -1,4 +1,5 @@
-"""Plain data the Call pipeline speaks: requests, results, upstream exchanges."""
+"""Plain data the Call pipeline speaks: requests, results, upstream exchanges (immutable:
+see ``sidecar.core.values``)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import enum
 from dataclasses import dataclass, field
 
 from sidecar.core.tracing import TraceContext
+from sidecar.core.values import value_type
 
 Headers = tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True)
+@value_type
 class CallRequest:
     integration: str
     method: str = "GET"
@@ -27,7 +29,7 @@ class CallRequest:
     trace: TraceContext | None = None
 
 
-@dataclass(frozen=True)
+@value_type
 class DeprecationInfo:
     deprecated: bool = False
     deprecated_at: float | None = None
@@ -35,7 +37,7 @@ class DeprecationInfo:
     link: str = ""
 
 
-@dataclass(frozen=True)
+@value_type
 class CallResult:
     status: int
     headers: Headers
@@ -48,7 +50,7 @@ class CallResult:
     duration: float = 0.0
 
 
-@dataclass(frozen=True)
+@value_type
 class UpstreamRequest:
     method: str
     url: str
@@ -59,7 +61,7 @@ class UpstreamRequest:
     connect_timeout: float
 
 
-@dataclass(frozen=True)
+@value_type
 class UpstreamResponse:
     status: int
     headers: Headers

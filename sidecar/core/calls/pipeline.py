@@ -156,7 +156,7 @@ class IntegrationChanges:
         return bool(self.added or self.removed or self.changed)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Attempts:
     """State shared by the attempts of one call."""
 
