@@ -436,6 +436,12 @@ async def _measure(s: Settings, results: dict[str, Any], env: dict[str, str], tm
         floor_rate = throughput["floor"]["calls_per_s"]
         throughput["ratio"] = (throughput["sidecar"]["calls_per_s"] / floor_rate
                                if floor_rate else None)
+        # Each round's (b) and (c) run back to back: their ratio is less moved by the
+        # host's capacity, which drifts between rounds on this kind of machine.
+        throughput["round_ratios"] = [
+            round(c["calls_per_s"] / b["calls_per_s"], 2)
+            for b, c in zip(throughput["floor"]["rounds"], throughput["sidecar"]["rounds"],
+                            strict=True) if b["calls_per_s"]]
 
         memory["sidecar_rss_after_load_mb"] = round(sidecar.rss_mb(), 1)
         memory["sidecar_peak_rss_mb"] = round(sidecar.peak_rss_mb(), 1)
@@ -558,7 +564,8 @@ def report(s: Settings, res: dict[str, Any]) -> str:
                        f"{OTHER_LOAD_NOTE:g} CPU)")
         floor_cpu = tp["floor"]["server_cpu_us_per_call"]
         cpu_ratio = tp["sidecar"]["server_cpu_us_per_call"] / floor_cpu if floor_cpu else None
-        out.append(f"  throughput (c)/(b) = {_f(tp['ratio'])}; "
+        out.append(f"  throughput (c)/(b) = {_f(tp['ratio'])} (per round: "
+                   f"{' '.join(_f(v) for v in tp.get('round_ratios', []))}); "
                    f"server CPU per call (c)/(b) = {_f(cpu_ratio)}")
     if res.get("targets"):
         out += ["", "Summary"] + [f"  {_verdict(t)}" for t in res["targets"]]

@@ -65,7 +65,8 @@ time lost and the longest stall, because a delivery that meets one cannot be
 faster than it, whatever the server does.
 
 Throughput runs alternate raw and sidecar over several rounds (medians are
-reported), because other work on this small machine disturbs single runs.
+reported, and each round's own ratio beside them), because other work on this
+small machine, and the host's varying capacity, disturb single runs.
 Each run reports the CPUs the server and the load process used and, as
 "other", what every other process and kernel thread used meanwhile (some
 kernel work, e.g. the journal's share of fsyncs, may be the server's;
@@ -167,7 +168,7 @@ class Settings:
     budget: float
 
 
-FULL = Settings("full", warmup=0.5, duration=2.0, rounds=3, grpc_subs=50, ws_small=100,
+FULL = Settings("full", warmup=0.5, duration=2.0, rounds=5, grpc_subs=50, ws_small=100,
                 ws_large=1000, latency_rate=1000.0, latency_subs=100, latency_low_rate=100.0,
                 latency_one=True, idle=10_000, idle_procs=2, concurrency=16, window=16,
                 budget=175.0)
@@ -502,6 +503,12 @@ async def measure(run: Run, tmp: Path) -> None:
                 x["server_cpu_us_per_delivery"] or 0 for x in rounds)
         raw_rate = tp[name]["raw_deliveries_per_s"]
         tp[name]["ratio"] = tp[name]["sidecar_deliveries_per_s"] / raw_rate if raw_rate else None
+        # Each round's raw and sidecar runs are back to back: their ratio is less moved
+        # by the host's capacity, which drifts between rounds on this kind of machine.
+        tp[name]["round_ratios"] = [
+            round(sc["deliveries_per_s"] / raw["deliveries_per_s"], 2)
+            for raw, sc in zip(tp[name]["raw"], tp[name]["sidecar"], strict=True)
+            if raw["deliveries_per_s"]]
         raw_cpu = tp[name]["raw_server_cpu_us_per_delivery"]
         tp[name]["cpu_ratio"] = (tp[name]["sidecar_server_cpu_us_per_delivery"] / raw_cpu
                                  if raw_cpu else None)
@@ -627,8 +634,9 @@ def report(s: Settings, res: dict[str, Any]) -> str:
                     f"  {max(r['server_cores'] for r in rounds):>6.2f}"
                     f"  {max(r['load_cores'] for r in rounds):>5.2f}"
                     f"  {max(r['other_cores'] for r in rounds):>5.2f}")
-            out.append(f"  {'':<26}ratio sidecar/raw {_f(x['ratio'])}; server CPU per "
-                       f"delivery sidecar/raw {_f(x['cpu_ratio'])}")
+            out.append(f"  {'':<26}ratio sidecar/raw {_f(x['ratio'])} (per round: "
+                       f"{' '.join(_f(v) for v in x.get('round_ratios', []))}); server CPU "
+                       f"per delivery sidecar/raw {_f(x['cpu_ratio'])}")
     lat = res.get("latency")
     if lat:
         out += ["", f"Publish-to-delivery latency, {s.latency_subs} WebSocket clients (1: the "
