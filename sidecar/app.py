@@ -53,6 +53,7 @@ from sidecar.upstream.transport import AiohttpTransport
 
 if TYPE_CHECKING:
     from sidecar.edge.websocket import WebSocketEdge
+    from sidecar.otlp import OtlpExporter
 
 log = logging.getLogger("sidecar")
 
@@ -67,6 +68,9 @@ CHECK_TIMEOUT = 2.0
 PRUNE_INTERVAL = 60.0
 PRUNE_BATCH = 1000
 PRUNE_BATCHES = 20
+#: Seconds queued spans may take to export on shutdown, even after a drain that
+#: used up the grace period.
+TRACE_FLUSH_MIN = 1.0
 
 
 def _aiohttp_transport(config: IntegrationConfig) -> Transport:
@@ -95,6 +99,13 @@ class Sidecar:
         self.storage = storage or make_storage(config.storage)
         self.clock = clock or SystemClock()
         grace = config.server.shutdown_grace
+        #: The span exporter when ``tracing.enabled``; None: no span is ever made.
+        self.tracing: OtlpExporter | None = None
+        if config.tracing.enabled:
+            # Imported only when on: a sidecar without tracing never loads it.
+            from sidecar.otlp import OtlpExporter
+
+            self.tracing = OtlpExporter(config.tracing, self.metrics, self.clock)
         shared = getattr(self.storage, "rate_limiter", None)
         # Rolling call statistics for the status page, next to the metrics.
         self.call_health = CallHealth(self.clock)
@@ -134,10 +145,10 @@ class Sidecar:
                                SidecarServicer(calls=self.calls, webhooks=self.webhooks,
                                                groups=self.groups, live=self.live,
                                                presence=self.presence if self.websocket else None,
-                                               clock=self.clock),
+                                               clock=self.clock, recorder=self.tracing),
                                self.metrics, extra_services)
         self.webhook_edge = WebhookEdge(self.webhooks, config.webhooks, self.clock,
-                                        self.event_metrics)
+                                        self.event_metrics, self.tracing)
         self.edge = HttpListener(build_edge_app(config.server.edge, self.metrics,
                                                 self.webhook_edge, self.websocket),
                                  config.server.edge.host, config.server.edge.port,
@@ -166,6 +177,8 @@ class Sidecar:
     async def start(self) -> None:
         """Open storage, then bind every listener; raises if any step fails."""
         try:
+            if self.tracing is not None:
+                await self.tracing.start()
             await self.storage.open()
             await self.grpc.start()
             await self.edge.start()
@@ -197,6 +210,9 @@ class Sidecar:
                 await listener.stop()
         with contextlib.suppress(Exception):
             await self.storage.close()
+        if self.tracing is not None:
+            with contextlib.suppress(Exception):
+                await self.tracing.stop(0)
 
     async def stop(self) -> None:
         """Graceful shutdown, bounded by ``server.shutdown_grace``."""
@@ -204,6 +220,7 @@ class Sidecar:
             return
         self._stopping = True
         grace = self.config.server.shutdown_grace
+        stop_by = self.clock.monotonic() + grace
         log.info("sidecar stopping", extra={"grace_seconds": grace})
         self.metrics.ready.set(0)
         await self.reloader.close()
@@ -227,6 +244,10 @@ class Sidecar:
         log.info("sidecar draining")
         await draining
         await self.calls.close()
+        if self.tracing is not None:
+            # The drained requests' spans too; at least a second even when the
+            # drain used up the grace (Kubernetes allows twice the default).
+            await self.tracing.stop(max(TRACE_FLUSH_MIN, stop_by - self.clock.monotonic()))
         await self.storage.close()
         await self.admin.stop()
         log.info("sidecar stopped")

@@ -227,6 +227,14 @@ class Metrics:
             ["transport"], registry=r,
         )
 
+        # The sidecar's own spans (only when tracing export is on).
+        self.trace_spans = Counter(
+            "sidecar_trace_spans_total",
+            "Spans by what became of them: exported to the OTLP endpoint, dropped (queue "
+            "full) or failed (the endpoint refused them or stayed unreachable).",
+            ["result"], registry=r,
+        )
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -1,11 +1,11 @@
 """Hot reload: which settings apply without a restart, one reload at a time, file watch.
 
 A reload re-reads the config file and the environment. Listener addresses and
-options, storage, the log format, durable delivery and live-subscriber queue
-policies keep their running values and are reported as needing a restart;
-everything else (integrations and routes, webhook sources, WebSocket JWT keys
-and limits, listener certificates, log level, event retention) applies to new
-work at once.
+options, storage, the log format, durable delivery, live-subscriber queue
+policies and span export (``tracing``) keep their running values and are
+reported as needing a restart; everything else (integrations and routes,
+webhook sources, WebSocket JWT keys and limits, listener certificates, log
+level, event retention) applies to new work at once.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def effective_config(running: Config, new: Config) -> Config:
     return replace(new, server=server, storage=running.storage,
                    logging=replace(running.logging, level=new.logging.level),
                    webhooks=replace(new.webhooks, delivery=running.webhooks.delivery),
-                   realtime=realtime)
+                   realtime=realtime, tracing=running.tracing)
 
 
 def _diff(a: Any, b: Any, path: str) -> list[str]:
@@ -77,7 +77,7 @@ def restart_required(effective: Config, new: Config) -> list[str]:
     # Integrations, routes and webhook sources always apply: only the sections
     # that can hold restart-only settings are compared (cheap with many integrations).
     paths: list[str] = []
-    for section in ("server", "storage", "logging", "realtime"):
+    for section in ("server", "storage", "logging", "realtime", "tracing"):
         paths += _diff(to_plain(getattr(effective, section)),
                        to_plain(getattr(new, section)), section)
     paths += _diff(to_plain(effective.webhooks.delivery), to_plain(new.webhooks.delivery),
@@ -86,7 +86,9 @@ def restart_required(effective: Config, new: Config) -> list[str]:
     for path, old_secret, new_secret in (
             ("server.grpc.api_token_env", effective.server.grpc.api_token,
              new.server.grpc.api_token),
-            ("storage.redis.url_env", effective.storage.redis.url, new.storage.redis.url)):
+            ("storage.redis.url_env", effective.storage.redis.url, new.storage.redis.url),
+            ("tracing.otlp.headers_env", effective.tracing.otlp.headers,
+             new.tracing.otlp.headers)):
         if old_secret != new_secret:
             paths.append(path)
     return sorted(set(paths))

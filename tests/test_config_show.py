@@ -42,6 +42,7 @@ SECRETS = {
     "SW_SECRET": "whsec_" + base64.b64encode(b"standard-webhooks-key-1Xj7").decode(),
     "PARTNER_SECRET": "partner-hmac-secret-0Ga2",
     "JWT_SECRET": "jwt-hs256-secret-value-5Ue3",
+    "OTLP_HEADERS": "x-honeycomb-team=otlp-key-8Wq1,x-tenant=otlp-tenant-2Fs6",
 }
 
 
@@ -167,6 +168,13 @@ def full_config() -> dict[str, Any]:
                 "ping_interval": "7s", "max_connections": 9, "max_message_bytes": 2048,
             },
         },
+        "tracing": {
+            "enabled": True, "service_name": "checkout-sidecar",
+            "resource_attributes": {"k8s.pod.name": "pod-7", "deployment.environment": "qa"},
+            "sample_ratio": 0.25, "max_queue": 100, "max_batch": 10, "export_interval": "2s",
+            "otlp": {"endpoint": "https://otel.example:4318", "headers_env": "OTLP_HEADERS",
+                     "compression": "gzip", "timeout": "3s"},
+        },
     }
 
 
@@ -263,6 +271,8 @@ def test_keys_durations_and_statuses_are_written_as_the_file_reads_them(full: Co
     assert (routes[0]["method"], routes[0]["path"]) == ("POST", "/charges/*/capture")
     assert set(routes[1]) == {"integration", "name", "method", "path", "rate_limit"}
     assert routes[2]["rate_limit"] == {"enabled": False}  # not the same as inheriting
+    assert shown["tracing"]["otlp"]["endpoint"] == "https://otel.example:4318/v1/traces"
+    assert shown["tracing"]["otlp"]["headers_env"] == "OTLP_HEADERS"
 
 
 def test_no_secret_value_and_nothing_of_the_redis_url(full: Config) -> None:

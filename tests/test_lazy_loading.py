@@ -26,6 +26,7 @@ UNUSED_AT_IDLE = (
     "sidecar.status_html",  # no status page viewed
     "dateutil.parser._parser", "dateutil.tz", "zoneinfo",  # sqlite-utils' date recipes
     "importlib.metadata",  # sqlite-utils looks for plugins only when asked
+    "sidecar.otlp",  # span export: tracing is off
 )
 
 # Reports, as the process exits, which of UNUSED_AT_IDLE it imported.

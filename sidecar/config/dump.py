@@ -25,6 +25,7 @@ from sidecar.config.model import (
     ServerTlsConfig,
     StorageConfig,
     TimeoutsConfig,
+    TracingConfig,
     WebhooksConfig,
     WebhookSourceConfig,
 )
@@ -308,6 +309,22 @@ def _realtime(r: RealtimeConfig) -> Tree:
     }
 
 
+def _tracing(t: TracingConfig) -> Tree:
+    otlp = t.otlp
+    return {
+        "enabled": t.enabled,
+        "service_name": t.service_name,
+        "resource_attributes": dict(t.resource_attributes),
+        "sample_ratio": _number(t.sample_ratio),
+        "max_queue": t.max_queue,
+        "max_batch": t.max_batch,
+        "export_interval": _duration(t.export_interval),
+        # The headers hold API keys: only the variable's name.
+        "otlp": {"endpoint": otlp.endpoint, "headers_env": _env_name(otlp.headers),
+                 "compression": otlp.compression, "timeout": _duration(otlp.timeout)},
+    }
+
+
 def to_file_schema(config: Config) -> Tree:
     """``config`` as a config file: every key the loader reads, with its effective value."""
     return {
@@ -321,6 +338,7 @@ def to_file_schema(config: Config) -> Tree:
         "routes": [_route(r) for r in config.routes],
         "webhooks": _webhooks(config.webhooks),
         "realtime": _realtime(config.realtime),
+        "tracing": _tracing(config.tracing),
     }
 
 

@@ -21,6 +21,7 @@ from sidecar.config.model import (
     DEFAULT_ADMIN_PORT,
     DEFAULT_EDGE_HOST,
     DEFAULT_EDGE_PORT,
+    DEFAULT_OTLP_ENDPOINT,
     WEBHOOK_SCHEMES,
     ApiVersionConfig,
     AuthConfig,
@@ -36,6 +37,7 @@ from sidecar.config.model import (
     IntegrationConfig,
     JwtConfig,
     LoggingConfig,
+    OtlpConfig,
     RealtimeConfig,
     RedisConfig,
     ReloadConfig,
@@ -47,9 +49,11 @@ from sidecar.config.model import (
     StorageConfig,
     TimeoutsConfig,
     TlsConfig,
+    TracingConfig,
     WebhooksConfig,
     WebhookSourceConfig,
     WebSocketConfig,
+    parse_key_values,
 )
 from sidecar.core.resilience.backoff import BackoffPolicy
 from sidecar.core.resilience.breaker import BreakerPolicy
@@ -983,6 +987,116 @@ def _realtime(sec: _Section, env: Mapping[str, str], base_dir: Path) -> Realtime
     return cfg
 
 
+# --------------------------------------------------------------------------- tracing
+
+#: The OpenTelemetry exporter variables, read only when tracing is enabled and the
+#: file leaves the setting out (the file wins: it is this sidecar's own config).
+OTEL_TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+OTEL_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
+OTEL_HEADERS = ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS")
+OTEL_SERVICE_NAME = "OTEL_SERVICE_NAME"
+OTEL_RESOURCE_ATTRIBUTES = "OTEL_RESOURCE_ATTRIBUTES"
+TRACES_PATH = "/v1/traces"
+
+
+def _otlp_endpoint(sec: _Section, env: Mapping[str, str], enabled: bool) -> str:
+    """A base URL gets ``/v1/traces`` (as OTEL_EXPORTER_OTLP_ENDPOINT does); a URL
+    that already ends in it, or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, is used as is."""
+    endpoint = sec.string("endpoint")
+    origin = sec.field("endpoint")
+    if not endpoint and enabled:
+        if env.get(OTEL_TRACES_ENDPOINT):
+            endpoint, origin = env[OTEL_TRACES_ENDPOINT], OTEL_TRACES_ENDPOINT
+            return _checked_url(sec, endpoint, origin)
+        if env.get(OTEL_ENDPOINT):
+            endpoint, origin = env[OTEL_ENDPOINT], OTEL_ENDPOINT
+    if not endpoint:
+        return DEFAULT_OTLP_ENDPOINT
+    if not endpoint.rstrip("/").endswith(TRACES_PATH):
+        endpoint = endpoint.rstrip("/") + TRACES_PATH
+    return _checked_url(sec, endpoint, origin)
+
+
+def _checked_url(sec: _Section, url: str, origin: str) -> str:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        parts = urlsplit("")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        where = "" if origin == sec.field("endpoint") else f" (from {origin})"
+        sec.err("endpoint", f"must be an http:// or https:// URL{where}")
+        return DEFAULT_OTLP_ENDPOINT
+    return url
+
+
+def _otlp_headers(sec: _Section, env: Mapping[str, str], enabled: bool) -> Secret | None:
+    if sec.has("headers_env"):
+        secret = sec.secret("headers_env", env, required=False)
+    else:
+        name = next((n for n in OTEL_HEADERS if enabled and env.get(n)), "")
+        secret = Secret(name, env[name]) if name else None
+    if secret is not None and parse_key_values(secret.value) is None:
+        # Never the value: it holds API keys.
+        sec.err("headers_env", f"{secret.env} must hold key=value pairs separated by commas")
+        return None
+    return secret
+
+
+def _otlp(sec: _Section, env: Mapping[str, str], enabled: bool) -> OtlpConfig:
+    cfg = OtlpConfig(
+        endpoint=_otlp_endpoint(sec, env, enabled),
+        headers=_otlp_headers(sec, env, enabled),
+        compression=sec.string("compression", OtlpConfig.compression, choices=("none", "gzip")),
+        timeout=sec.duration("timeout", OtlpConfig.timeout),
+    )
+    sec.finish({"headers": "secrets come from the environment: use headers_env"})
+    return cfg
+
+
+def _resource_attributes(sec: _Section, env: Mapping[str, str],
+                         enabled: bool) -> dict[str, str]:
+    attrs: dict[str, str] = {}
+    raw = env.get(OTEL_RESOURCE_ATTRIBUTES, "") if enabled else ""
+    if raw:
+        parsed = parse_key_values(raw)
+        if parsed is None:
+            sec.err("resource_attributes", f"{OTEL_RESOURCE_ATTRIBUTES} must hold key=value "
+                                           f"pairs separated by commas")
+        attrs.update(parsed or ())
+    own = sec.section("resource_attributes")
+    for key in own.raw:
+        attrs[str(key)] = own.string(key, required=True)
+    own.finish()
+    return attrs
+
+
+def _tracing(sec: _Section, env: Mapping[str, str]) -> TracingConfig:
+    enabled = sec.boolean("enabled", TracingConfig.enabled)
+    attrs = _resource_attributes(sec, env, enabled)
+    from_env = env.get(OTEL_SERVICE_NAME, "") if enabled else ""
+    service_name = sec.string("service_name", from_env or attrs.get("service.name")
+                              or TracingConfig.service_name)
+    attrs.pop("service.name", None)
+    max_queue = sec.integer("max_queue", TracingConfig.max_queue, minimum=1)
+    cfg = TracingConfig(
+        enabled=enabled,
+        service_name=service_name,
+        resource_attributes=tuple(sorted(attrs.items())),
+        sample_ratio=sec.number("sample_ratio", TracingConfig.sample_ratio, minimum=0.0,
+                                maximum=1.0),
+        max_queue=max_queue,
+        max_batch=sec.integer("max_batch", TracingConfig.max_batch, minimum=1,
+                              maximum=max_queue),
+        export_interval=sec.duration("export_interval", TracingConfig.export_interval),
+        otlp=_otlp(sec.section("otlp"), env, enabled),
+    )
+    if not cfg.service_name:
+        sec.err("service_name", "must not be empty")
+    sec.finish()
+    return cfg
+
+
 # --------------------------------------------------------------------------- entry points
 
 
@@ -1031,11 +1145,13 @@ def parse_config(raw: object, env: Mapping[str, str] | None = None, *, source: s
     webhooks = _webhooks(root.section("webhooks"), env, server.edge.max_body_bytes)
     realtime = _realtime(root.section("realtime"), env, base_dir or Path.cwd())
     reload = _reload(root.section("reload"))
+    tracing = _tracing(root.section("tracing"), env)
     root.finish()
     if problems.items:
         raise ConfigError(problems.items, source)
     return Config(server=server, storage=storage, logging=logging, integrations=integrations,
-                  routes=routes, webhooks=webhooks, realtime=realtime, reload=reload)
+                  routes=routes, webhooks=webhooks, realtime=realtime, reload=reload,
+                  tracing=tracing)
 
 
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:

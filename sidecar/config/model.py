@@ -407,6 +407,61 @@ class ReloadConfig:
     watch_interval: float = DEFAULT_WATCH_INTERVAL
 
 
+#: The OTLP/HTTP port's standard address (OpenTelemetry's default endpoint).
+DEFAULT_OTLP_ENDPOINT = "http://localhost:4318/v1/traces"
+DEFAULT_SERVICE_NAME = "integration-sidecar"
+
+
+def parse_key_values(text: str) -> list[tuple[str, str]] | None:
+    """``k=v,k2=v2`` as OTEL_EXPORTER_OTLP_HEADERS and OTEL_RESOURCE_ATTRIBUTES write it
+    (values percent-decoded, blanks around items ignored); None when an item has no key."""
+    pairs: list[tuple[str, str]] = []
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            return None
+        pairs.append((key.strip(), unquote(value.strip())))
+    return pairs
+
+
+@dataclass(frozen=True)
+class OtlpConfig:
+    """Where spans go: OTLP/HTTP with the JSON encoding."""
+
+    #: The URL spans are POSTed to (``.../v1/traces``).
+    endpoint: str = DEFAULT_OTLP_ENDPOINT
+    #: ``k=v,k2=v2`` request headers (API keys) from an environment variable.
+    headers: Secret | None = None
+    compression: str = "none"
+    #: Per export request.
+    timeout: float = 10.0
+
+    def header_pairs(self) -> list[tuple[str, str]]:
+        return parse_key_values(self.headers.value) or [] if self.headers else []
+
+
+@dataclass(frozen=True)
+class TracingConfig:
+    """The sidecar's own spans, exported over OTLP. Off by default: then no span is
+    made and the exporter is not even imported."""
+
+    enabled: bool = False
+    service_name: str = DEFAULT_SERVICE_NAME
+    #: Extra resource attributes (OTEL_RESOURCE_ATTRIBUTES merged in), e.g. k8s.pod.name.
+    resource_attributes: tuple[tuple[str, str], ...] = ()
+    #: Share of the traces the sidecar starts itself that are recorded; a caller's
+    #: sampled flag decides for its own traces. 1.0: export is opt-in, so whoever
+    #: turned it on wants to see every trace (a collector can tail-sample).
+    sample_ratio: float = 1.0
+    #: Spans waiting for export; beyond it new spans are dropped (and counted).
+    max_queue: int = 2048
+    max_batch: int = 512
+    export_interval: float = 5.0
+    otlp: OtlpConfig = OtlpConfig()
+
+
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig = ServerConfig()
@@ -417,6 +472,7 @@ class Config:
     webhooks: WebhooksConfig = WebhooksConfig()
     realtime: RealtimeConfig = RealtimeConfig()
     reload: ReloadConfig = ReloadConfig()
+    tracing: TracingConfig = TracingConfig()
 
     def secrets(self) -> list[Secret]:
         """Every secret value in the config, for log redaction."""
@@ -430,4 +486,9 @@ class Config:
             found += source.secrets
         if self.realtime.websocket.jwt.hs256_secret:
             found.append(self.realtime.websocket.jwt.hs256_secret)
+        otlp_headers = self.tracing.otlp.headers
+        if otlp_headers is not None:
+            # Each header value too: a log line would show one, not the whole list.
+            found += [otlp_headers, *(Secret(otlp_headers.env, v)
+                                      for _, v in self.tracing.otlp.header_pairs() if v)]
         return found

@@ -72,9 +72,10 @@ def new_span_id() -> str:
     return f"{_bits(64) or 1:016x}"  # all zeros is the one invalid id
 
 
-def new_trace() -> TraceContext:
-    """A fresh trace, not sampled: the sidecar records no spans of its own."""
-    return TraceContext(f"{_bits(128) or 1:032x}", new_span_id(), 0, "", True)
+def new_trace(flags: int = 0) -> TraceContext:
+    """A fresh trace; not sampled (flags 00) unless the sidecar records spans and its
+    sampler chose this trace (``sidecar.core.spans.start_trace``)."""
+    return TraceContext(f"{_bits(128) or 1:032x}", new_span_id(), flags, "", True)
 
 
 def parse_traceparent(value: str) -> tuple[str, str, int] | None:

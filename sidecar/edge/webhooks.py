@@ -17,6 +17,7 @@ from aiohttp import web
 from sidecar.clock import Clock
 from sidecar.config import WebhooksConfig
 from sidecar.core.resilience.rate_limit import RateLimitPolicy, TokenBucket
+from sidecar.core.spans import Span, SpanRecorder, server_span, start_trace
 from sidecar.core.tracing import TRACEPARENT, TRACESTATE, current, from_headers, new_trace
 from sidecar.core.webhooks.ingest import IngestObserver, WebhookIngest
 from sidecar.core.webhooks.verdict import VerifyResult, WebhookRequest
@@ -25,6 +26,7 @@ from sidecar.http_common import json_error
 
 log = logging.getLogger("sidecar.edge")
 
+ROUTE = "/webhooks/{source}"
 #: Client IPs whose buckets are remembered; the least recently seen is dropped
 #: first, so a spray of addresses cannot grow memory.
 MAX_TRACKED_IPS = 10_000
@@ -56,8 +58,10 @@ def _too_many(wait: float) -> web.Response:
 
 class WebhookEdge:
     def __init__(self, ingest: WebhookIngest, config: WebhooksConfig, clock: Clock,
-                 observer: IngestObserver) -> None:
+                 observer: IngestObserver, recorder: SpanRecorder | None = None) -> None:
         self._ingest = ingest
+        #: Where each request's SERVER span goes when export is on; None: no spans.
+        self._recorder = recorder
         self._config = config
         self._clock = clock
         self._observer = observer
@@ -83,34 +87,56 @@ class WebhookEdge:
                                 if config.per_ip_rate_limit else None)
         self._config = config
 
-    def _reject(self, source: str, result: str) -> None:
+    def _reject(self, source: str, result: str, span: Span | None) -> None:
         self._observer.webhook_received(source, result, 0.0)
+        if span is not None:
+            span.attributes["sidecar.webhook.result"] = result
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         # The provider's trace (or a new one) for every log line of this request.
         trace = from_headers((k, v) for k in (TRACEPARENT, TRACESTATE)
-                             for v in request.headers.getall(k, ())) or new_trace()
+                             for v in request.headers.getall(k, ()))
+        span: Span | None = None
+        if self._recorder is None:
+            trace = trace or new_trace()
+        else:
+            span, trace = server_span(self._recorder, trace or start_trace(self._recorder),
+                                      f"POST {ROUTE}", {
+                                          "http.request.method": "POST", "http.route": ROUTE,
+                                          "sidecar.webhook.source": request.match_info["source"]})
         token = current.set(trace)
         try:
-            resp = await self._handle(request)
+            resp = await self._handle(request, span)
+        except BaseException as exc:
+            if span is not None:
+                span.fail(type(exc).__name__)
+                span.end()
+            raise
         finally:
             current.reset(token)
         resp.headers[TRACEPARENT] = trace.traceparent
+        if span is not None:
+            span.attributes["http.response.status_code"] = resp.status
+            if resp.status >= 500:
+                span.fail(str(resp.status))
+            span.end()
         return resp
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def _handle(self, request: web.Request, span: Span | None) -> web.StreamResponse:
         name = request.match_info["source"]
         try:
             source = self._ingest.source(name)
         except NotFound:
+            if span is not None:
+                span.attributes["sidecar.webhook.result"] = "unknown_source"
             return json_error(404, "WEBHOOK_SOURCE_NOT_FOUND", "no such webhook source")
         if self._in_flight >= self._config.max_concurrent:
-            self._reject(name, "overloaded")
+            self._reject(name, "overloaded", span)
             resp = json_error(503, "OVERLOADED", "too many webhooks in progress; retry later")
             resp.headers["Retry-After"] = "1"
             return resp
         if len(request.raw_headers) > self._config.max_headers:
-            self._reject(name, "malformed")
+            self._reject(name, "malformed", span)
             return json_error(431, "HEADERS_TOO_LARGE", "too many request headers")
         # The client's own limit first: a throttled client must not use up the
         # source's budget, or the real provider would be refused too.
@@ -119,30 +145,36 @@ class WebhookEdge:
         if not wait and bucket is not None:
             wait = bucket.try_acquire()
         if wait:
-            self._reject(name, "rate_limited")
+            self._reject(name, "rate_limited", span)
             return _too_many(wait)
         limit = source.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
-            return self._too_large(name, limit)
+            return self._too_large(name, limit, span)
         self._in_flight += 1
         try:
             body = bytearray()
             while chunk := await request.content.read(_READ_CHUNK):
                 body += chunk
                 if len(body) > limit:
-                    return self._too_large(name, limit)
+                    return self._too_large(name, limit, span)
             outcome = await self._ingest.receive(
                 name, WebhookRequest(tuple(request.headers.items()), bytes(body),
                                      str(request.url)), trace=current.get())
         except SidecarError as exc:
             log.error("webhook could not be stored: %s", exc.message,
                       extra={"source": name, "reason": exc.reason})
+            if span is not None:
+                span.attributes["sidecar.webhook.result"] = "unavailable"
             resp = json_error(503, "UNAVAILABLE", "webhook could not be stored; retry later")
             resp.headers["Retry-After"] = "5"
             return resp
         finally:
             self._in_flight -= 1
         verdict = outcome.verdict
+        if span is not None:
+            span.attributes["sidecar.webhook.result"] = outcome.result
+            if outcome.stored is not None:
+                span.attributes["sidecar.webhook.event_id"] = outcome.stored.id
         if verdict.result is VerifyResult.MALFORMED:
             return json_error(400, "MALFORMED", "malformed webhook request")
         if not verdict.valid:
@@ -155,8 +187,8 @@ class WebhookEdge:
             "event_id": outcome.stored.id,
         })
 
-    def _too_large(self, source: str, limit: int) -> web.Response:
-        self._reject(source, "too_large")
+    def _too_large(self, source: str, limit: int, span: Span | None) -> web.Response:
+        self._reject(source, "too_large", span)
         resp = json_error(413, "TOO_LARGE", f"body over {limit} bytes")
         resp.force_close()  # do not read (or keep) the rest of an oversized body
         return resp

@@ -23,6 +23,7 @@ from sidecar.core.events.live import Gap as LiveGap
 from sidecar.core.events.live import LiveBus, Subscribed
 from sidecar.core.events.models import AckOutcome, StoredEvent
 from sidecar.core.events.presence import Presence
+from sidecar.core.spans import AttributeValue, Span, SpanRecorder, server_span, start_trace
 from sidecar.core.tracing import (
     TRACEPARENT,
     TRACESTATE,
@@ -35,7 +36,7 @@ from sidecar.core.tracing import (
 from sidecar.core.webhooks.ingest import WebhookIngest
 from sidecar.core.webhooks.verdict import VerifyResult, WebhookRequest
 from sidecar.errors import Internal, InvalidArgument, NotImplementedYet, SidecarError
-from sidecar.rpc.status import abort_with
+from sidecar.rpc.status import abort_with, grpc_code
 
 log = logging.getLogger("sidecar.rpc")
 
@@ -57,6 +58,16 @@ async def _fail(context: grpc.aio.ServicerContext, exc: Exception) -> None:
         await abort_with(context, exc, extra)
     log.exception("unexpected error in RPC handler")
     await abort_with(context, Internal("internal error; see the sidecar's log"), extra)
+
+
+def _span_failed(span: Span, exc: Exception) -> None:
+    """The RPC's status on its span: the gRPC code and the ErrorInfo reason, no message."""
+    if isinstance(exc, SidecarError):
+        span.attributes["rpc.grpc.status_code"] = grpc_code(exc).value[0]
+        span.fail(exc.reason)
+    else:
+        span.attributes["rpc.grpc.status_code"] = grpc.StatusCode.INTERNAL.value[0]
+        span.fail("INTERNAL")
 
 
 def _metadata(context: grpc.aio.ServicerContext, *names: str) -> list[tuple[str, str]]:
@@ -100,20 +111,21 @@ def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
 _TRACE_KEYS = frozenset((TRACEPARENT, TRACESTATE))
 
 
-def call_trace(request: pb.CallRequest, metadata: Sequence[tuple[str, str | bytes]]
-               ) -> TraceContext:
+def call_trace(request: pb.CallRequest, metadata: Sequence[tuple[str, str | bytes]],
+               recorder: SpanRecorder | None = None) -> TraceContext:
     """Metadata is the place for trace context; a caller that put it in the
-    request's headers instead is understood too. Else the sidecar starts a trace."""
+    request's headers instead is understood too. Else the sidecar starts a trace
+    (sampled per ``recorder`` when spans are exported)."""
     found = [(k, v) for k, v in metadata
              if k in _TRACE_KEYS and isinstance(v, str)]
     return ((found and from_headers(found))
             or (request.headers and from_headers((h.name, h.value) for h in request.headers))
-            or new_trace())
+            or (new_trace() if recorder is None else start_trace(recorder)))
 
 
 def call_request(request: pb.CallRequest, context: grpc.aio.ServicerContext,
                  metadata: Sequence[tuple[str, str | bytes]], clock: Clock,
-                 trace: TraceContext) -> CallRequest:
+                 trace: TraceContext, span: Span | None = None) -> CallRequest:
     remaining = context.time_remaining()
     key = request.idempotency_key
     if not key:
@@ -132,6 +144,7 @@ def call_request(request: pb.CallRequest, context: grpc.aio.ServicerContext,
         api_version=request.api_version,
         deadline=None if remaining is None else clock.monotonic() + remaining,
         trace=trace,
+        span=span,
     )
 
 
@@ -238,7 +251,9 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
     def __init__(self, *, calls: CallPipeline | None = None,
                  webhooks: WebhookIngest | None = None, groups: ConsumerGroups | None = None,
                  live: LiveBus | None = None, presence: Presence | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, recorder: SpanRecorder | None = None) -> None:
+        #: Where the RPCs' spans go when export is on; None (the default): no spans.
+        self._recorder = recorder
         self._live = live
         self._responses = _Responses()
         self._presence = presence
@@ -250,29 +265,56 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
     async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext
                    ) -> pb.CallResponse:
         metadata = context.invocation_metadata() or ()
-        trace = call_trace(request, metadata)
+        span: Span | None = None
+        if self._recorder is None:
+            trace = call_trace(request, metadata)
+        else:
+            span, trace = self._rpc_span("Call", call_trace(request, metadata, self._recorder),
+                                         {"sidecar.integration": request.integration})
         token = current.set(trace)
         try:
             if self._calls is None:
                 raise _not_yet("Call", "no call pipeline is configured")
             result = await self._calls.call(call_request(request, context, metadata,
-                                                         self._clock, trace))
+                                                         self._clock, trace, span))
             _trailer(context, trace)
             return call_response(result)
         except Exception as exc:
+            if span is not None:
+                _span_failed(span, exc)
             await _fail(context, exc)
             raise
         finally:
             current.reset(token)
+            if span is not None:
+                span.end()
+
+    def _new_trace(self) -> TraceContext:
+        return new_trace() if self._recorder is None else start_trace(self._recorder)
+
+    def _rpc_span(self, method: str, trace: TraceContext,
+                  attributes: dict[str, AttributeValue]) -> tuple[Span | None, TraceContext]:
+        """The RPC's SERVER span when spans are exported and ``trace`` is sampled."""
+        if self._recorder is None:
+            return None, trace
+        return server_span(self._recorder, trace, f"{SERVICE_NAME}/{method}", {
+            "rpc.system": "grpc", "rpc.service": SERVICE_NAME, "rpc.method": method,
+            "rpc.grpc.status_code": 0, **attributes})
 
     async def VerifyWebhook(self, request: pb.VerifyWebhookRequest,
                             context: grpc.aio.ServicerContext) -> pb.VerifyWebhookResponse:
-        with _traced(_caller_trace(context) or new_trace()) as trace:
-            return await self._verify_webhook(request, context, trace)
+        span, trace = self._rpc_span("VerifyWebhook", _caller_trace(context) or self._new_trace(),
+                                     {"sidecar.webhook.source": request.source})
+        with _traced(trace):
+            try:
+                return await self._verify_webhook(request, context, trace, span)
+            finally:
+                if span is not None:
+                    span.end()
 
     async def _verify_webhook(self, request: pb.VerifyWebhookRequest,
                               context: grpc.aio.ServicerContext,
-                              trace: TraceContext) -> pb.VerifyWebhookResponse:
+                              trace: TraceContext, span: Span | None) -> pb.VerifyWebhookResponse:
         try:
             if self._webhooks is None:
                 raise _not_yet("VerifyWebhook", "no webhook sources are configured")
@@ -290,6 +332,8 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
             # The webhook's own trace (its traceparent header) when it has one.
             _trailer(context, outcome.trace or trace)
             verdict = outcome.verdict
+            if span is not None:
+                span.attributes["sidecar.webhook.result"] = outcome.result
             resp = pb.VerifyWebhookResponse(
                 result=_VERIFY_RESULTS[verdict.result], reason=verdict.reason,
                 event_id=verdict.event_id, event_type=verdict.event_type,
@@ -299,13 +343,24 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
                 resp.timestamp.CopyFrom(ts)
             return resp
         except Exception as exc:
+            if span is not None:
+                _span_failed(span, exc)
             await _fail(context, exc)
             raise
 
     async def Publish(self, request: pb.PublishRequest, context: grpc.aio.ServicerContext
                       ) -> pb.PublishResponse:
         # Trace context in the attributes wins, then the metadata's; else a new trace.
-        attributes, trace = with_trace(request.attributes, _caller_trace(context))
+        caller = _caller_trace(context)
+        if self._recorder is not None and caller is None:
+            caller = start_trace(self._recorder)
+        attributes, trace = with_trace(request.attributes, caller)
+        span, trace = self._rpc_span("Publish", trace, {
+            "messaging.system": "sidecar", "messaging.destination.name": request.topic,
+            "messaging.operation.type": "send"})
+        if span is not None:
+            # Subscribers see the Publish span as the event's parent.
+            attributes.update(trace.attributes())
         with _traced(trace):
             try:
                 if self._live is None:
@@ -314,11 +369,20 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
                     request.topic, request.type, request.data, request.content_type,
                     attributes, request.idempotency_key)
                 _trailer(context, trace)
+                if span is not None:
+                    span.attributes.update({"messaging.message.id": published.event_id,
+                                            "sidecar.event.offset": published.offset,
+                                            "sidecar.event.replayed": published.replayed})
                 return pb.PublishResponse(event_id=published.event_id, offset=published.offset,
                                           replayed=published.replayed)
             except Exception as exc:
+                if span is not None:
+                    _span_failed(span, exc)
                 await _fail(context, exc)
                 raise
+            finally:
+                if span is not None:
+                    span.end()
 
     # Live events come serialised once for every stream (bytes): GrpcServer registers
     # Subscribe with a serialiser that passes bytes through (rpc.interceptors._rewrap).

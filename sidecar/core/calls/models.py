@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from sidecar.core.spans import Span
 from sidecar.core.tracing import TraceContext
 from sidecar.core.values import value_type
 
@@ -27,6 +28,10 @@ class CallRequest:
     #: The caller's W3C trace (or one the adapter started). Each upstream attempt
     #: gets its trace id with a new parent span id; None: the pipeline starts one.
     trace: TraceContext | None = None
+    #: The Call's SERVER span when the trace is recorded: attempts become its
+    #: CLIENT children, and what the pipeline decides (breaker, rate limit,
+    #: replay, fallback) its events.
+    span: Span | None = None
 
 
 @value_type

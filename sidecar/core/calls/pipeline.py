@@ -16,6 +16,7 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
+from urllib.parse import urlsplit
 
 from sidecar.clock import Clock
 from sidecar.config import (
@@ -55,6 +56,7 @@ from sidecar.core.resilience import (
 from sidecar.core.resilience.breaker import Permit
 from sidecar.core.resilience.bulkhead import Bulkhead, BulkheadFullError
 from sidecar.core.resilience.rate_limit import RateLimiter, RateLimitPolicy
+from sidecar.core.spans import KIND_CLIENT, AttributeValue, Span
 from sidecar.core.tracing import TRACEPARENT, TRACESTATE, TraceContext, new_span_id, new_trace
 from sidecar.errors import (
     Aborted,
@@ -167,6 +169,8 @@ class _Attempts:
     last_retry_reason: str = ""
     #: Parent span id sent with the latest attempt (each attempt is a new hop).
     span_id: str = ""
+    #: The Call's span when the trace is recorded (see ``CallRequest.span``).
+    span: Span | None = None
 
 
 class CallPipeline:
@@ -361,10 +365,10 @@ class CallPipeline:
         try:
             if req.idempotency_key:
                 result = await self._with_key(req, integ, policy, method, url, headers,
-                                              _Attempts(deadline, trace), start)
+                                              _Attempts(deadline, trace, span=req.span), start)
             else:
                 result = await self._execute(req, integ, policy, method, url, headers,
-                                             _Attempts(deadline, trace), start)
+                                             _Attempts(deadline, trace, span=req.span), start)
             outcome = _outcome(result)
             return result
         except SidecarError as exc:
@@ -376,6 +380,10 @@ class CallPipeline:
             attempts = result.attempts if result else 0
             self._observer.call_finished(cfg.name, policy.name, outcome, status, attempts,
                                          duration)
+            if req.span is not None:
+                req.span.attributes.update({"sidecar.route": policy.name,
+                                            "sidecar.call.outcome": outcome,
+                                            "sidecar.call.attempts": attempts})
             if log.isEnabledFor(logging.INFO):
                 log.info("call finished", extra={
                     "integration": cfg.name, "route": policy.name, "method": method,
@@ -457,6 +465,8 @@ class CallPipeline:
         meta = {"integration": cfg.name}
         if claim.status is ClaimStatus.COMPLETED and claim.response is not None:
             self._observer.idempotent_replay(cfg.name)
+            if state.span is not None:
+                state.span.event("sidecar.idempotent_replay")
             stored = decode_result(claim.response)
             return CallResult(stored.status, stored.headers, stored.body, attempts=0,
                               replayed=True, deprecation=stored.deprecation,
@@ -494,7 +504,9 @@ class CallPipeline:
         response: UpstreamResponse | None = None
         try:
             response = await self._run(req, integ, policy, method, url, headers, state)
-        except (BreakerOpenError, RateLimitedError, BulkheadFullError, DeadlineExceeded):
+        except (BreakerOpenError, RateLimitedError, BulkheadFullError, DeadlineExceeded) as exc:
+            if state.span is not None:
+                _refusal_event(state.span, exc)
             # A retry could not go out. An answer from an earlier attempt is still
             # usable; otherwise an open breaker may be served from the fallback.
             if state.last_response is not None:
@@ -505,6 +517,8 @@ class CallPipeline:
                 stale = self._fallback(policy, method, url)
                 if stale is None:
                     raise
+                if state.span is not None:
+                    state.span.event("sidecar.fallback_served")
                 return CallResult(stale.status, stale.headers, stale.body, attempts=0,
                                   stale=True, deprecation=stale.deprecation, route=policy.name,
                                   duration=self._clock.monotonic() - start)
@@ -641,8 +655,12 @@ class CallPipeline:
                 raise
             if waited > 0:
                 self._observer.rate_limited(cfg.name, policy.name, "waited")
+                if state.span is not None:
+                    state.span.event("sidecar.rate_limit.waited",
+                                     {"sidecar.rate_limit.wait_ms": round(waited * 1000, 1)})
         permit: Permit | None = policy.breaker.acquire() if policy.breaker else None
         t0: float | None = None
+        client: Span | None = None
         try:
             if not integ.bulkhead.try_acquire():  # else wait for a slot
                 max_wait = state.deadline - self._clock.monotonic()
@@ -653,6 +671,9 @@ class CallPipeline:
                 t0 = self._clock.monotonic()
                 timeout = min(policy.timeouts.attempt, state.deadline - t0)
                 state.span_id = span = new_span_id()
+                if state.span is not None:
+                    client = state.span.child(method, KIND_CLIENT, span, _client_attributes(
+                        cfg.name, policy.name, method, url, state.attempts))
                 request = UpstreamRequest(method, url,
                                           (*headers, (TRACEPARENT,
                                                       state.trace.child_traceparent(span))),
@@ -667,10 +688,16 @@ class CallPipeline:
             self._observer.attempt_finished(cfg.name, policy.name, exc.kind.value, duration)
             if permit is not None:
                 permit.record(False, duration)
+            if client is not None:
+                client.fail(exc.kind.value)
+                client.end()
             raise
-        except BaseException:
+        except BaseException as exc:
             if permit is not None:
                 permit.release()  # no exchange happened (or it was cancelled): no verdict
+            if client is not None:
+                client.fail(type(exc).__name__)
+                client.end()
             raise
         duration = self._clock.monotonic() - t0
         status_class = _STATUS_CLASSES.get(response.status // 100)
@@ -678,6 +705,11 @@ class CallPipeline:
                                         status_class or f"{response.status // 100}xx", duration)
         if permit is not None:
             permit.record(response.status not in policy.failure_statuses, duration)
+        if client is not None:
+            client.attributes["http.response.status_code"] = response.status
+            if response.status >= 400:
+                client.fail(str(response.status))
+            client.end()
         state.last_response = response
         if response.status == 429 and policy.bucket is not None:
             pause = self._server_hint(response, policy)
@@ -752,6 +784,36 @@ class CallPipeline:
                 "integration": integ.config.name, "route": policy.name,
                 "deprecated_at": at, "sunset_at": sunset, "link": link})
         return info
+
+
+def _client_attributes(integration: str, route: str, method: str, url: str,
+                       resends: int) -> dict[str, AttributeValue]:
+    """An attempt's CLIENT span attributes (HTTP semantic conventions). ``url.full``
+    leaves out the query and any user info: either may carry a secret."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    attrs: dict[str, AttributeValue] = {
+        "http.request.method": method, "server.address": host,
+        "server.port": parts.port or (443 if parts.scheme == "https" else 80),
+        "url.full": f"{parts.scheme}://{netloc}{parts.path}",
+        "sidecar.integration": integration, "sidecar.route": route,
+    }
+    if resends:
+        attrs["http.request.resend_count"] = resends
+    return attrs
+
+
+def _refusal_event(span: Span, exc: Exception) -> None:
+    """An attempt the pipeline did not let go out, as an event on the Call's span."""
+    if isinstance(exc, BreakerOpenError):
+        span.event("sidecar.circuit_open")
+    elif isinstance(exc, RateLimitedError):
+        span.event("sidecar.rate_limit.rejected")
+    elif isinstance(exc, BulkheadFullError):
+        span.event("sidecar.bulkhead_full")
 
 
 def _retry_reason(retry: RetryConfig, may_retry: bool, resp: UpstreamResponse | None,

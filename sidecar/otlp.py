@@ -1,0 +1,233 @@
+"""OTLP/HTTP span export with the JSON encoding: the ``SpanRecorder`` the wiring
+builds when ``tracing.enabled`` (and only then imports).
+
+Finished spans wait in a bounded queue; one task POSTs them in batches to
+``{endpoint}`` every ``export_interval`` or as soon as a batch is full, one
+request at a time. 429/502/503/504 and connection failures are retried with
+backoff (honouring ``Retry-After``) for up to an export interval, then the
+batch is given up and counted. The request headers (API keys) are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import gzip
+import json
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from sidecar import __version__
+from sidecar.clock import Clock
+from sidecar.config.model import TracingConfig
+from sidecar.core.resilience import backoff_delay, parse_retry_after
+from sidecar.core.resilience.backoff import BackoffPolicy
+from sidecar.core.spans import AttributeValue, Span
+from sidecar.metrics import Metrics
+
+log = logging.getLogger("sidecar.tracing")
+
+SCOPE_NAME = "integration-sidecar"
+#: The OTLP specification's retryable answers for OTLP/HTTP.
+RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+#: Between tries of one batch, unless the collector says (Retry-After).
+RETRY_BACKOFF = BackoffPolicy(initial=0.5, multiplier=2.0, maximum=5.0)
+
+
+def attribute(key: str, value: AttributeValue) -> dict[str, Any]:
+    """One ``KeyValue`` in OTLP/JSON: 64-bit integers as strings, as the JSON mapping says."""
+    if isinstance(value, bool):
+        return {"key": key, "value": {"boolValue": value}}
+    if isinstance(value, int):
+        return {"key": key, "value": {"intValue": str(value)}}
+    if isinstance(value, float):
+        return {"key": key, "value": {"doubleValue": value}}
+    return {"key": key, "value": {"stringValue": value}}
+
+
+def span_json(span: Span) -> dict[str, Any]:
+    """A ``Span`` message in OTLP/JSON: ids in lower-case hex, enums as integers."""
+    out: dict[str, Any] = {
+        "traceId": span.trace_id, "spanId": span.span_id, "name": span.name,
+        "kind": span.kind, "startTimeUnixNano": str(span.start_ns),
+        "endTimeUnixNano": str(span.end_ns),
+        "attributes": [attribute(k, v) for k, v in span.attributes.items()],
+        "status": ({"code": span.status_code, "message": span.status_message}
+                   if span.status_message else {"code": span.status_code}),
+    }
+    if span.parent_id:
+        out["parentSpanId"] = span.parent_id
+    if span.tracestate:
+        out["traceState"] = span.tracestate
+    if span.events:
+        out["events"] = [{"timeUnixNano": str(at), "name": name,
+                          "attributes": [attribute(k, v) for k, v in attrs.items()]}
+                         for at, name, attrs in span.events]
+    return out
+
+
+class OtlpExporter:
+    """Samples the traces the sidecar starts, queues finished spans, exports them."""
+
+    def __init__(self, config: TracingConfig, metrics: Metrics, clock: Clock, *,
+                 rand: Callable[[], float] = random.random) -> None:
+        self._config = config
+        self._clock = clock
+        self._rand = rand
+        self._queue: collections.deque[Span] = collections.deque()
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        counter = metrics.trace_spans
+        self._exported = counter.labels("exported")
+        self._dropped = counter.labels("dropped")
+        self._failed = counter.labels("failed")
+        otlp = config.otlp
+        self._headers = {**dict(otlp.header_pairs()), "Content-Type": "application/json"}
+        if otlp.compression == "gzip":
+            self._headers["Content-Encoding"] = "gzip"
+        resource: dict[str, AttributeValue] = {
+            **dict(config.resource_attributes), "service.name": config.service_name,
+            "service.version": __version__}
+        self._resource = {"attributes": [attribute(k, v) for k, v in resource.items()]}
+
+    # ------------------------------------------------------------------ SpanRecorder
+
+    def sample(self) -> bool:
+        ratio = self._config.sample_ratio
+        return ratio >= 1.0 or (ratio > 0.0 and self._rand() < ratio)
+
+    def now_ns(self) -> int:
+        return int(self._clock.time() * 1e9)
+
+    def record(self, span: Span) -> None:
+        if len(self._queue) >= self._config.max_queue:
+            self._dropped.inc()
+            return
+        self._queue.append(span)
+        if len(self._queue) >= self._config.max_batch:
+            self._wake.set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self._config.otlp.timeout))
+        self._task = asyncio.create_task(self._run(), name="otlp-export")
+        log.info("exporting spans over OTLP", extra={
+            "endpoint": self._config.otlp.endpoint, "sample_ratio": self._config.sample_ratio})
+
+    async def stop(self, grace: float) -> None:
+        """Export what is queued within ``grace`` seconds, then close."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            # On time-out the task is cancelled: what it held is counted as failed.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._task, grace)
+        if self._queue:
+            self._failed.inc(len(self._queue))
+            log.warning("spans not exported before shutdown", extra={"spans": len(self._queue)})
+            self._queue.clear()
+        if self._session is not None:
+            await self._session.close()
+
+    async def flush(self) -> None:
+        """Export every span queued now (after the request in flight, if any)."""
+        await self._export_queued()
+
+    async def _run(self) -> None:
+        interval = self._config.export_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
+            self._wake.clear()
+            await self._export_queued()
+            if self._closing:
+                return
+
+    async def _export_queued(self) -> None:
+        async with self._lock:  # one request in flight
+            while self._queue:
+                take = min(len(self._queue), self._config.max_batch)
+                batch = [self._queue.popleft() for _ in range(take)]
+                try:
+                    await self._export(batch)
+                except asyncio.CancelledError:
+                    self._failed.inc(len(batch))
+                    raise
+
+    # ------------------------------------------------------------------ export
+
+    def _body(self, batch: list[Span]) -> bytes:
+        request = {"resourceSpans": [{
+            "resource": self._resource,
+            "scopeSpans": [{"scope": {"name": SCOPE_NAME, "version": __version__},
+                            "spans": [span_json(s) for s in batch]}],
+        }]}
+        body = json.dumps(request, separators=(",", ":")).encode()
+        return gzip.compress(body) if self._config.otlp.compression == "gzip" else body
+
+    async def _export(self, batch: list[Span]) -> None:
+        body = self._body(batch)
+        give_up_at = self._clock.monotonic() + self._config.export_interval
+        tries = 0
+        while True:
+            tries += 1
+            status, retry_after, rejected = await self._post(body)
+            if status is not None and 200 <= status < 300:
+                self._exported.inc(len(batch) - rejected)
+                if rejected:
+                    self._failed.inc(rejected)
+                    log.warning("the OTLP endpoint rejected spans", extra={"spans": rejected})
+                return
+            if status is not None and status not in RETRYABLE_STATUSES:
+                return self._give_up(batch, f"HTTP {status}")
+            wait = (retry_after if retry_after is not None
+                    else backoff_delay(RETRY_BACKOFF, tries, self._rand))
+            if self._clock.monotonic() + wait > give_up_at:
+                return self._give_up(batch, f"HTTP {status}" if status else "unreachable")
+            await self._clock.sleep(wait)
+
+    def _give_up(self, batch: list[Span], why: str) -> None:
+        self._failed.inc(len(batch))
+        log.warning("spans could not be exported", extra={"spans": len(batch), "reason": why,
+                                                          "endpoint": self._config.otlp.endpoint})
+
+    async def _post(self, body: bytes) -> tuple[int | None, float | None, int]:
+        """``(status or None when unreachable, Retry-After seconds, rejected spans)``."""
+        assert self._session is not None, "start() first"
+        try:
+            async with self._session.post(self._config.otlp.endpoint, data=body,
+                                          headers=self._headers,
+                                          allow_redirects=False) as resp:
+                payload = await resp.read()
+                hint = resp.headers.get("Retry-After")
+                retry_after = (parse_retry_after(hint, self._clock.time())
+                               if hint is not None else None)
+                return resp.status, retry_after, _rejected(payload) if resp.ok else 0
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.debug("OTLP export attempt failed", extra={"error": type(exc).__name__})
+            return None, None, 0
+
+
+def _rejected(payload: bytes) -> int:
+    """``partialSuccess.rejectedSpans`` of an ``ExportTraceServiceResponse``, else 0."""
+    if not payload:
+        return 0
+    try:
+        answer = json.loads(payload)
+        return int(answer.get("partialSuccess", {}).get("rejectedSpans", 0))
+    except (ValueError, AttributeError, TypeError):
+        return 0
