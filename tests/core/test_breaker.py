@@ -1,4 +1,5 @@
 import logging
+from typing import Any
 
 import pytest
 
@@ -47,30 +48,30 @@ def breaker(clock: FakeClock) -> CircuitBreaker:
     return CircuitBreaker(BreakerPolicy(), clock, name="payments")
 
 
-def test_state_values_are_stable_strings():
+def test_state_values_are_stable_strings() -> None:
     assert [s.value for s in BreakerState] == ["closed", "open", "half_open"]
 
 
 class TestConsecutiveFailures:
-    def test_opens_after_exactly_the_threshold(self, breaker):
+    def test_opens_after_exactly_the_threshold(self, breaker: CircuitBreaker) -> None:
         fail(breaker, 4)
         assert breaker.state is CLOSED
         fail(breaker)
         assert breaker.state is OPEN
 
-    def test_a_success_resets_the_count(self, breaker):
+    def test_a_success_resets_the_count(self, breaker: CircuitBreaker) -> None:
         fail(breaker, 4)
         call(breaker, True)
         fail(breaker, 4)
         assert breaker.state is CLOSED
         assert breaker.snapshot().consecutive_failures == 4
 
-    def test_zero_disables_it(self, clock):
+    def test_zero_disables_it(self, clock: FakeClock) -> None:
         breaker = CircuitBreaker(BreakerPolicy(consecutive_failures=0, minimum_calls=100), clock)
         fail(breaker, 50)
         assert breaker.state is CLOSED
 
-    def test_released_permits_do_not_count(self, breaker):
+    def test_released_permits_do_not_count(self, breaker: CircuitBreaker) -> None:
         fail(breaker, 4)
         for _ in range(10):
             breaker.acquire().release()
@@ -79,7 +80,8 @@ class TestConsecutiveFailures:
 
 
 class TestOpen:
-    def test_fails_fast_with_time_until_half_open(self, breaker, clock):
+    def test_fails_fast_with_time_until_half_open(self, breaker: CircuitBreaker,
+                                                  clock: FakeClock) -> None:
         trip(breaker)
         with pytest.raises(BreakerOpenError) as caught:
             breaker.acquire()
@@ -93,14 +95,16 @@ class TestOpen:
             breaker.acquire()
         assert caught.value.retry_after == pytest.approx(18.0)
 
-    def test_half_opens_after_open_duration(self, breaker, clock):
+    def test_half_opens_after_open_duration(self, breaker: CircuitBreaker,
+                                            clock: FakeClock) -> None:
         trip(breaker)
         clock.advance(29.999)
         assert breaker.state is OPEN
         clock.advance(0.001)
         assert breaker.state is HALF_OPEN
 
-    def test_late_outcomes_from_before_it_opened_are_ignored(self, breaker, clock):
+    def test_late_outcomes_from_before_it_opened_are_ignored(self, breaker: CircuitBreaker,
+                                                             clock: FakeClock) -> None:
         early = breaker.acquire()
         trip(breaker)
         clock.advance(30.0)
@@ -110,7 +114,8 @@ class TestOpen:
 
 
 class TestHalfOpen:
-    def test_admits_only_the_configured_probes(self, breaker, clock):
+    def test_admits_only_the_configured_probes(self, breaker: CircuitBreaker,
+                                               clock: FakeClock) -> None:
         half_open(breaker, clock)
         probes = [breaker.acquire() for _ in range(3)]
         assert all(p.is_probe for p in probes)
@@ -122,7 +127,8 @@ class TestHalfOpen:
         probes.append(breaker.acquire())
         assert breaker.snapshot().probes_in_flight == 3
 
-    def test_closes_after_close_after_successful_probes(self, breaker, clock):
+    def test_closes_after_close_after_successful_probes(self, breaker: CircuitBreaker,
+                                                        clock: FakeClock) -> None:
         half_open(breaker, clock)
         probes = [breaker.acquire() for _ in range(3)]
         probes[0].record(True, 0.01)
@@ -135,7 +141,7 @@ class TestHalfOpen:
         assert (snapshot.calls_in_window, snapshot.consecutive_failures) == (0, 0)
         assert snapshot.opened_at is None and snapshot.retry_at is None
 
-    def test_more_successes_than_concurrent_probes(self, clock):
+    def test_more_successes_than_concurrent_probes(self, clock: FakeClock) -> None:
         policy = BreakerPolicy(half_open_probes=1, close_after=3)
         breaker = CircuitBreaker(policy, clock)
         half_open(breaker, clock)
@@ -148,7 +154,8 @@ class TestHalfOpen:
         call(breaker, True)
         assert breaker.state is CLOSED
 
-    def test_a_probe_failure_reopens_for_a_fresh_open_duration(self, breaker, clock):
+    def test_a_probe_failure_reopens_for_a_fresh_open_duration(self, breaker: CircuitBreaker,
+                                                               clock: FakeClock) -> None:
         half_open(breaker, clock)
         first, second = breaker.acquire(), breaker.acquire()
         first.record(True, 0.01)
@@ -166,7 +173,8 @@ class TestHalfOpen:
         call(breaker, True)
         assert breaker.state is HALF_OPEN
 
-    def test_probes_in_flight_when_it_reopens_are_ignored(self, breaker, clock):
+    def test_probes_in_flight_when_it_reopens_are_ignored(self, breaker: CircuitBreaker,
+                                                          clock: FakeClock) -> None:
         half_open(breaker, clock)
         stale, failing = breaker.acquire(), breaker.acquire()
         failing.record(False, 0.01)
@@ -178,7 +186,7 @@ class TestHalfOpen:
         call(breaker, True)
         assert breaker.state is HALF_OPEN
 
-    def test_lost_probes_are_reclaimed_after_probe_timeout(self, clock):
+    def test_lost_probes_are_reclaimed_after_probe_timeout(self, clock: FakeClock) -> None:
         breaker = CircuitBreaker(BreakerPolicy(probe_timeout=10.0), clock)
         half_open(breaker, clock)
         lost = [breaker.acquire() for _ in range(3)]
@@ -195,7 +203,7 @@ class TestHalfOpen:
         fresh.record(True, 0.01)
         assert breaker.snapshot().probes_in_flight == 0
 
-    def test_a_slow_probe_fails_only_when_slowness_trips(self, clock):
+    def test_a_slow_probe_fails_only_when_slowness_trips(self, clock: FakeClock) -> None:
         quiet = CircuitBreaker(BreakerPolicy(slow_call_duration=1.0), clock)
         half_open(quiet, clock)
         call(quiet, True, duration=5.0)
@@ -210,7 +218,8 @@ class TestHalfOpen:
 
 
 class TestRateWindow:
-    def test_trips_at_60_percent_failures_once_minimum_calls_reached(self, clock):
+    def test_trips_at_60_percent_failures_once_minimum_calls_reached(self,
+                                                                     clock: FakeClock) -> None:
         breaker = CircuitBreaker(RATE_ONLY, clock)
         outcomes = [False, False, True, False, True] * 4  # 12 of 20 fail
         for success in outcomes[:-1]:
@@ -222,14 +231,14 @@ class TestRateWindow:
         assert breaker.state is OPEN
         assert breaker.snapshot().failure_rate == pytest.approx(0.6)
 
-    def test_not_below_minimum_calls(self, clock):
+    def test_not_below_minimum_calls(self, clock: FakeClock) -> None:
         breaker = CircuitBreaker(RATE_ONLY, clock)
         fail(breaker, 19)
         assert breaker.state is CLOSED
         fail(breaker)
         assert breaker.state is OPEN
 
-    def test_below_the_threshold_stays_closed(self, clock):
+    def test_below_the_threshold_stays_closed(self, clock: FakeClock) -> None:
         breaker = CircuitBreaker(RATE_ONLY, clock)
         for _ in range(40):
             call(breaker, False)
@@ -238,7 +247,7 @@ class TestRateWindow:
         assert breaker.state is CLOSED
         assert breaker.snapshot().failure_rate == pytest.approx(1 / 3)
 
-    def test_old_buckets_fall_out_of_the_window(self, clock):
+    def test_old_buckets_fall_out_of_the_window(self, clock: FakeClock) -> None:
         breaker = CircuitBreaker(RATE_ONLY, clock)
         fail(breaker, 15)
         clock.advance(30.0)
@@ -257,7 +266,7 @@ class TestRateWindow:
         clock.advance(30.0)
         assert breaker.snapshot().calls_in_window == 16
 
-    def test_an_idle_hour_empties_the_window(self, clock):
+    def test_an_idle_hour_empties_the_window(self, clock: FakeClock) -> None:
         breaker = CircuitBreaker(RATE_ONLY, clock)
         fail(breaker, 19)
         clock.advance(3600.0)
@@ -265,7 +274,7 @@ class TestRateWindow:
         assert breaker.state is CLOSED
         assert breaker.snapshot().calls_in_window == 1
 
-    def test_slow_call_rate_trips_when_enabled(self, clock):
+    def test_slow_call_rate_trips_when_enabled(self, clock: FakeClock) -> None:
         policy = BreakerPolicy(slow_call_rate_threshold=0.5, slow_call_duration=2.0)
         breaker = CircuitBreaker(policy, clock)
         for i in range(20):
@@ -274,7 +283,7 @@ class TestRateWindow:
         assert breaker.state is OPEN
         assert breaker.snapshot().slow_rate == pytest.approx(0.5)
 
-    def test_slow_calls_are_only_counted_by_default(self, clock):
+    def test_slow_calls_are_only_counted_by_default(self, clock: FakeClock) -> None:
         breaker = CircuitBreaker(BreakerPolicy(slow_call_duration=2.0), clock)
         for _ in range(30):
             call(breaker, True, duration=3.0)
@@ -283,7 +292,7 @@ class TestRateWindow:
 
 
 class TestPermits:
-    def test_settling_twice_is_a_bug(self, breaker):
+    def test_settling_twice_is_a_bug(self, breaker: CircuitBreaker) -> None:
         permit = breaker.acquire()
         permit.record(True, 0.01)
         with pytest.raises(RuntimeError):
@@ -297,7 +306,8 @@ class TestPermits:
 
 
 class TestObservability:
-    def test_transitions_are_reported_in_order(self, breaker, clock):
+    def test_transitions_are_reported_in_order(self, breaker: CircuitBreaker,
+                                               clock: FakeClock) -> None:
         seen: list[tuple[BreakerState, BreakerState]] = []
         breaker.on_transition(lambda old, new: seen.append((old, new)))
         half_open(breaker, clock)
@@ -313,7 +323,9 @@ class TestObservability:
             (HALF_OPEN, CLOSED),
         ]
 
-    def test_a_failing_callback_does_not_break_the_breaker(self, breaker, caplog):
+    def test_a_failing_callback_does_not_break_the_breaker(
+        self, breaker: CircuitBreaker, caplog: pytest.LogCaptureFixture
+    ) -> None:
         seen: list[BreakerState] = []
 
         def broken(old: BreakerState, new: BreakerState) -> None:
@@ -326,7 +338,7 @@ class TestObservability:
         assert seen == [OPEN]
         assert "transition callback failed" in caplog.text
 
-    def test_snapshot_while_open(self, breaker, clock):
+    def test_snapshot_while_open(self, breaker: CircuitBreaker, clock: FakeClock) -> None:
         fail(breaker, 3)
         call(breaker, True)
         fail(breaker, 5)
@@ -343,7 +355,7 @@ class TestObservability:
         assert snapshot.opened_at == clock.time() - 30.0
         assert snapshot.retry_at is None
 
-    def test_snapshot_of_a_fresh_breaker(self, breaker):
+    def test_snapshot_of_a_fresh_breaker(self, breaker: CircuitBreaker) -> None:
         snapshot = breaker.snapshot()
         assert snapshot.state is CLOSED
         assert (snapshot.failure_rate, snapshot.slow_rate, snapshot.calls_in_window) == (0, 0, 0)
@@ -364,6 +376,6 @@ class TestObservability:
         {"probe_timeout": 0.0},
     ],
 )
-def test_invalid_policies_are_refused(kwargs):
+def test_invalid_policies_are_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         BreakerPolicy(**kwargs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from sidecar.clock import SystemClock
@@ -27,6 +28,7 @@ class _Store:
 
 
 async def test_heartbeats_follow_a_whole_idle_interval() -> None:
+    # _Store has only append_event, all that publishing needs, not the whole LiveStore.
     bus = LiveBus(_Store(), SystemClock(), LivePolicy(heartbeat=INTERVAL),  # type: ignore[arg-type]
                   LiveMetrics(Metrics()), lambda topic: None)
     stream = bus.subscribe(["t"])
@@ -51,5 +53,6 @@ async def test_heartbeats_follow_a_whole_idle_interval() -> None:
     assert isinstance(event, StoredEvent) and event.offset == published.offset
     beat_at, beat = items[2]
     assert beat is None and beat_at - event_at >= INTERVAL - 0.002
+    assert isinstance(stream, AsyncGenerator)  # declared an AsyncIterator; has aclose()
     await stream.aclose()
     assert bus.subscriber_count("t") == 0

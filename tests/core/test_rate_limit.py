@@ -1,4 +1,5 @@
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,7 @@ def clock() -> FakeClock:
 
 
 class TestTryAcquire:
-    def test_burst_then_one_token_per_interval(self, clock):
+    def test_burst_then_one_token_per_interval(self, clock: FakeClock) -> None:
         bucket = TokenBucket(RateLimitPolicy(rate=2.0, burst=3), clock)
         assert [bucket.try_acquire() for _ in range(3)] == [0.0, 0.0, 0.0]
         assert bucket.try_acquire() == pytest.approx(0.5)
@@ -34,32 +35,33 @@ class TestTryAcquire:
         assert bucket.try_acquire() == 0.0
         assert bucket.try_acquire() == pytest.approx(0.5)
 
-    def test_refill_is_capped_at_burst(self, clock):
+    def test_refill_is_capped_at_burst(self, clock: FakeClock) -> None:
         bucket = TokenBucket(RateLimitPolicy(rate=2.0, burst=3), clock)
         clock.advance(3600.0)
         assert bucket.available == 3.0
         assert [bucket.try_acquire() for _ in range(4)][3] == pytest.approx(0.5)
 
-    def test_several_tokens_at_once(self, clock):
+    def test_several_tokens_at_once(self, clock: FakeClock) -> None:
         bucket = TokenBucket(RateLimitPolicy(rate=4.0, burst=4), clock)
         assert bucket.try_acquire(3) == 0.0
         assert bucket.try_acquire(2) == pytest.approx(0.25)
         assert bucket.available == pytest.approx(1.0)
 
     @pytest.mark.parametrize("tokens", [0, 4])
-    def test_token_counts_outside_one_to_burst_are_bugs(self, clock, tokens):
+    def test_token_counts_outside_one_to_burst_are_bugs(self, clock: FakeClock,
+                                                        tokens: int) -> None:
         bucket = TokenBucket(RateLimitPolicy(rate=1.0, burst=3), clock)
         with pytest.raises(ValueError):
             bucket.try_acquire(tokens)
 
 
 class TestAcquire:
-    async def test_takes_a_free_token_without_sleeping(self, clock):
+    async def test_takes_a_free_token_without_sleeping(self, clock: FakeClock) -> None:
         bucket = TokenBucket(TWO_PER_SECOND, clock)
         assert await bucket.acquire(max_wait=0.0) == 0.0
         assert clock.sleepers == 0
 
-    async def test_reject_policy_fails_at_once_with_retry_after(self, clock):
+    async def test_reject_policy_fails_at_once_with_retry_after(self, clock: FakeClock) -> None:
         bucket = TokenBucket(RateLimitPolicy(rate=2.0, burst=1, on_limit="reject"), clock)
         await bucket.acquire(max_wait=10.0)
         with pytest.raises(RateLimitedError) as caught:
@@ -69,7 +71,8 @@ class TestAcquire:
         assert caught.value.retry_after == pytest.approx(0.5)
         assert bucket.try_acquire() == pytest.approx(0.5)
 
-    async def test_wait_longer_than_max_wait_is_refused_and_takes_nothing(self, clock):
+    async def test_wait_longer_than_max_wait_is_refused_and_takes_nothing(self,
+                                                                          clock: FakeClock) -> None:
         bucket = TokenBucket(TWO_PER_SECOND, clock)
         await bucket.acquire(max_wait=1.0)
         with pytest.raises(RateLimitedError) as caught:
@@ -78,7 +81,7 @@ class TestAcquire:
         assert bucket.waiting == 0
         assert bucket.try_acquire() == pytest.approx(0.5)
 
-    async def test_waiters_are_served_in_order_one_interval_apart(self, clock):
+    async def test_waiters_are_served_in_order_one_interval_apart(self, clock: FakeClock) -> None:
         bucket = TokenBucket(TWO_PER_SECOND, clock)
         await bucket.acquire(max_wait=0.0)
         done: list[tuple[str, float]] = []
@@ -101,7 +104,7 @@ class TestAcquire:
         assert [waited for _, waited in done] == pytest.approx([0.5, 1.0, 1.5, 2.0])
         await asyncio.gather(*tasks)
 
-    async def test_concurrent_waiters_never_exceed_the_rate(self, clock):
+    async def test_concurrent_waiters_never_exceed_the_rate(self, clock: FakeClock) -> None:
         bucket = TokenBucket(RateLimitPolicy(rate=4.0, burst=2), clock)
         finished = 0
 
@@ -119,7 +122,7 @@ class TestAcquire:
             assert finished == 2 + 4 * second
         await asyncio.gather(*tasks)
 
-    async def test_a_cancelled_last_waiter_hands_its_slot_back(self, clock):
+    async def test_a_cancelled_last_waiter_hands_its_slot_back(self, clock: FakeClock) -> None:
         bucket = TokenBucket(TWO_PER_SECOND, clock)
         await bucket.acquire(max_wait=0.0)
         task = asyncio.create_task(bucket.acquire(max_wait=5.0))
@@ -132,7 +135,9 @@ class TestAcquire:
         assert bucket.try_acquire() == 0.0
         assert bucket.try_acquire() == pytest.approx(0.5)
 
-    async def test_a_cancelled_waiter_in_the_middle_keeps_the_others_on_time(self, clock):
+    async def test_a_cancelled_waiter_in_the_middle_keeps_the_others_on_time(
+        self, clock: FakeClock
+    ) -> None:
         bucket = TokenBucket(TWO_PER_SECOND, clock)
         await bucket.acquire(max_wait=0.0)
         first = asyncio.create_task(bucket.acquire(max_wait=5.0))
@@ -149,7 +154,7 @@ class TestAcquire:
 
 
 class TestPauseUntil:
-    def test_no_tokens_until_the_deadline_then_one_and_no_burst(self, clock):
+    def test_no_tokens_until_the_deadline_then_one_and_no_burst(self, clock: FakeClock) -> None:
         bucket = TokenBucket(RateLimitPolicy(rate=2.0, burst=3), clock)
         bucket.pause_until(clock.monotonic() + 10.0)
         assert bucket.paused_until == clock.monotonic() + 10.0
@@ -161,14 +166,14 @@ class TestPauseUntil:
         assert bucket.try_acquire() == 0.0
         assert bucket.try_acquire() == pytest.approx(0.5)
 
-    def test_a_shorter_pause_does_not_cut_a_longer_one(self, clock):
+    def test_a_shorter_pause_does_not_cut_a_longer_one(self, clock: FakeClock) -> None:
         bucket = TokenBucket(TWO_PER_SECOND, clock)
         bucket.pause_until(clock.monotonic() + 10.0)
         bucket.pause_until(clock.monotonic() + 2.0)
         bucket.pause_until(clock.monotonic() - 1.0)
         assert bucket.try_acquire() == pytest.approx(10.0)
 
-    async def test_queued_waiters_are_held_and_keep_their_order(self, clock):
+    async def test_queued_waiters_are_held_and_keep_their_order(self, clock: FakeClock) -> None:
         bucket = TokenBucket(TWO_PER_SECOND, clock)
         await bucket.acquire(max_wait=0.0)
         done: list[str] = []
@@ -194,7 +199,9 @@ class TestPauseUntil:
         assert done == ["a", "b", "c"]
         await asyncio.gather(*tasks)
 
-    async def test_waiters_pushed_past_max_wait_are_rejected_and_free_their_slot(self, clock):
+    async def test_waiters_pushed_past_max_wait_are_rejected_and_free_their_slot(
+        self, clock: FakeClock
+    ) -> None:
         bucket = TokenBucket(TWO_PER_SECOND, clock)
         await bucket.acquire(max_wait=0.0)
         impatient = asyncio.create_task(bucket.acquire(max_wait=1.0))
@@ -217,6 +224,6 @@ class TestPauseUntil:
     "kwargs",
     [{"rate": 0.0}, {"rate": float("inf")}, {"burst": 0}, {"on_limit": "drop"}],
 )
-def test_invalid_policies_are_refused(kwargs):
+def test_invalid_policies_are_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         RateLimitPolicy(**kwargs)

@@ -1,4 +1,5 @@
 import random
+from typing import Any
 
 import pytest
 
@@ -13,14 +14,14 @@ def spend_all(budget: RetryBudget) -> int:
     return spent
 
 
-def test_without_traffic_only_the_floor_is_available():
+def test_without_traffic_only_the_floor_is_available() -> None:
     budget = RetryBudget(RetryBudgetPolicy(min_retries_per_second=1.0, window=10.0), FakeClock())
     assert budget.available == 10
     assert spend_all(budget) == 10
     assert budget.available == 0
 
 
-def test_each_request_earns_a_fraction_of_a_retry():
+def test_each_request_earns_a_fraction_of_a_retry() -> None:
     budget = RetryBudget(RetryBudgetPolicy(ratio=0.2, min_retries_per_second=0.0), FakeClock())
     for _ in range(4):
         budget.record_request()
@@ -30,14 +31,14 @@ def test_each_request_earns_a_fraction_of_a_retry():
     assert not budget.try_spend()
 
 
-def test_ratio_and_floor_add_up():
+def test_ratio_and_floor_add_up() -> None:
     budget = RetryBudget(RetryBudgetPolicy(), FakeClock())
     for _ in range(100):
         budget.record_request()
     assert spend_all(budget) == 20 + 10
 
 
-def test_failing_upstream_cannot_multiply_load():
+def test_failing_upstream_cannot_multiply_load() -> None:
     """1000 calls that each want 3 retries against an upstream that always fails."""
     policy = RetryBudgetPolicy()
     budget = RetryBudget(policy, FakeClock())
@@ -55,7 +56,7 @@ def test_failing_upstream_cannot_multiply_load():
 
 
 @pytest.mark.parametrize("seed", range(20))
-def test_failing_upstream_bound_holds_for_random_arrivals(seed):
+def test_failing_upstream_bound_holds_for_random_arrivals(seed: int) -> None:
     rng = random.Random(seed)
     policy = RetryBudgetPolicy()
     clock = FakeClock()
@@ -84,7 +85,7 @@ def test_failing_upstream_bound_holds_for_random_arrivals(seed):
     assert retries > policy.ratio * 1000 * 0.5
 
 
-def test_requests_and_retries_leave_the_window():
+def test_requests_and_retries_leave_the_window() -> None:
     clock = FakeClock()
     budget = RetryBudget(RetryBudgetPolicy(min_retries_per_second=0.0, window=10.0), clock)
     for _ in range(50):
@@ -104,7 +105,7 @@ def test_requests_and_retries_leave_the_window():
     assert budget.available == 1
 
 
-def test_a_long_silence_empties_the_window():
+def test_a_long_silence_empties_the_window() -> None:
     clock = FakeClock()
     budget = RetryBudget(RetryBudgetPolicy(), clock)
     for _ in range(1000):
@@ -116,6 +117,6 @@ def test_a_long_silence_empties_the_window():
 @pytest.mark.parametrize(
     "kwargs", [{"ratio": -0.1}, {"min_retries_per_second": -1.0}, {"window": 0.0}]
 )
-def test_invalid_policies_are_refused(kwargs):
+def test_invalid_policies_are_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         RetryBudgetPolicy(**kwargs)

@@ -11,7 +11,10 @@ import hashlib
 import hmac
 import json
 import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -33,8 +36,9 @@ TS = int(NOW)
 V = VerifyResult
 
 
-def request(headers, body=b"", url=""):
-    pairs = headers.items() if isinstance(headers, dict) else headers
+def request(headers: Mapping[str, str] | Iterable[tuple[str, str]], body: bytes = b"",
+            url: str = "") -> WebhookRequest:
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
     return WebhookRequest(headers=tuple((k, v) for k, v in pairs), body=body, url=url)
 
 
@@ -77,8 +81,9 @@ def sw_signature(key: bytes, msg_id: str, ts: int | str, body: bytes) -> str:
     return "v1," + b64(mac(key, f"{msg_id}.{ts}.".encode() + body))
 
 
-def sw_request(*, key=SW_KEY, ts=TS, body=SW_BODY, msg_id="msg_1", signature=None,
-               family="webhook", sign_body=None):
+def sw_request(*, key: bytes = SW_KEY, ts: int | str = TS, body: bytes = SW_BODY,
+               msg_id: str = "msg_1", signature: str | None = None, family: str = "webhook",
+               sign_body: bytes | None = None) -> WebhookRequest:
     signed = sign_body if sign_body is not None else body
     return request({
         f"{family}-id": msg_id,
@@ -87,13 +92,13 @@ def sw_request(*, key=SW_KEY, ts=TS, body=SW_BODY, msg_id="msg_1", signature=Non
     }, body)
 
 
-def sw(*secrets, tolerance=300.0):
+def sw(*secrets: str, tolerance: float = 300.0) -> SchemeConfig:
     return SchemeConfig("standard_webhooks", secrets or (SW_SECRET,), tolerance=tolerance)
 
 
 class TestStandardWebhooks:
     @pytest.mark.parametrize("secret", [SW_VECTOR_SECRET, SW_VECTOR_SECRET.removeprefix("whsec_")])
-    def test_published_vector(self, secret):
+    def test_published_vector(self, secret: str) -> None:
         req = request({"webhook-id": SW_VECTOR_ID, "webhook-timestamp": str(SW_VECTOR_TS),
                        "webhook-signature": SW_VECTOR_SIGNATURE}, SW_VECTOR_BODY)
         verdict = verify(sw(secret), req, SW_VECTOR_TS)
@@ -102,33 +107,33 @@ class TestStandardWebhooks:
         assert verdict.event_type == ""  # the vector's body has no "type"
         assert verdict.timestamp == SW_VECTOR_TS
 
-    def test_published_vector_one_bit_off(self):
+    def test_published_vector_one_bit_off(self) -> None:
         # The reference tests' own negative: last base64 character changed.
         req = request({"webhook-id": SW_VECTOR_ID, "webhook-timestamp": str(SW_VECTOR_TS),
                        "webhook-signature": "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OA="},
                       SW_VECTOR_BODY)
         assert_rejected(verify(sw(SW_VECTOR_SECRET), req, SW_VECTOR_TS), V.INVALID_SIGNATURE)
 
-    def test_valid(self):
+    def test_valid(self) -> None:
         verdict = verify(sw(), sw_request(), NOW)
         assert verdict == Verdict(V.VALID, "signature matches secrets[0]", "msg_1",
                                   "invoice.paid", NOW)
 
-    def test_tampered_body(self):
+    def test_tampered_body(self) -> None:
         req = sw_request(body=SW_BODY.replace(b"in_1", b"in_2"), sign_body=SW_BODY)
         assert_rejected(verify(sw(), req, NOW), V.INVALID_SIGNATURE)
 
-    def test_signed_id_and_timestamp_are_bound(self):
+    def test_signed_id_and_timestamp_are_bound(self) -> None:
         good = sw_request()
         headers = dict(good.headers)
         for name, value in [("webhook-id", "msg_2"), ("webhook-timestamp", str(TS + 1))]:
             forged = request({**headers, name: value}, SW_BODY)
             assert_rejected(verify(sw(), forged, NOW), V.INVALID_SIGNATURE)
 
-    def test_wrong_secret(self):
+    def test_wrong_secret(self) -> None:
         assert_rejected(verify(sw(), sw_request(key=b"x" * 32), NOW), V.INVALID_SIGNATURE)
 
-    def test_rotation_accepts_every_configured_secret_and_only_those(self):
+    def test_rotation_accepts_every_configured_secret_and_only_those(self) -> None:
         both = sw(SW_OLD_SECRET, SW_SECRET)
         old, new = verify(both, sw_request(key=SW_OLD_KEY), NOW), verify(both, sw_request(), NOW)
         assert (old.valid, old.reason) == (True, "signature matches secrets[0]")
@@ -136,17 +141,17 @@ class TestStandardWebhooks:
         assert not verify(sw(SW_SECRET), sw_request(key=SW_OLD_KEY), NOW).valid
         assert_rejected(verify(both, sw_request(key=b"n" * 32), NOW), V.INVALID_SIGNATURE)
 
-    def test_several_signatures_one_matching(self):
+    def test_several_signatures_one_matching(self) -> None:
         good = sw_signature(SW_KEY, "msg_1", TS, SW_BODY)
         other = sw_signature(b"x" * 32, "msg_1", TS, SW_BODY)
         header = f"{other} v1a,{b64(b'e' * 64)} v2,whatever {good} {other}"
         assert verify(sw(), sw_request(signature=header), NOW).valid
 
-    def test_several_signatures_none_matching(self):
+    def test_several_signatures_none_matching(self) -> None:
         header = " ".join(sw_signature(bytes([n]) * 32, "msg_1", TS, SW_BODY) for n in range(3))
         assert_rejected(verify(sw(), sw_request(signature=header), NOW), V.INVALID_SIGNATURE)
 
-    def test_only_other_versions(self):
+    def test_only_other_versions(self) -> None:
         req = sw_request(signature=f"v2,{b64(b'e' * 64)} v1b,whatever")
         verdict = verify(sw(), req, NOW)
         assert_rejected(verdict, V.INVALID_SIGNATURE)
@@ -155,28 +160,28 @@ class TestStandardWebhooks:
     @pytest.mark.parametrize(("offset", "result"), [
         (-300, V.VALID), (-301, V.STALE_TIMESTAMP), (300, V.VALID), (301, V.FUTURE_TIMESTAMP),
     ])
-    def test_timestamp_window_bounds_included(self, offset, result):
+    def test_timestamp_window_bounds_included(self, offset: int, result: VerifyResult) -> None:
         verdict = verify(sw(), sw_request(ts=TS + offset), NOW)
         assert verdict.result is result, verdict.reason
         # Signed, so reported even outside the window (for logs).
         assert (verdict.event_id, verdict.timestamp) == ("msg_1", NOW + offset)
 
-    def test_tolerance_is_configurable(self):
+    def test_tolerance_is_configurable(self) -> None:
         assert verify(sw(tolerance=10), sw_request(ts=TS - 11), NOW).result is V.STALE_TIMESTAMP
         assert verify(sw(tolerance=3600), sw_request(ts=TS - 3600), NOW).valid
 
-    def test_signature_is_checked_before_the_window(self):
+    def test_signature_is_checked_before_the_window(self) -> None:
         req = sw_request(ts=TS - 10_000, key=b"x" * 32)
         assert_rejected(verify(sw(), req, NOW), V.INVALID_SIGNATURE)
 
-    def test_missing_signature(self):
+    def test_missing_signature(self) -> None:
         headers = {k: v for k, v in sw_request().headers if k != "webhook-signature"}
         assert_rejected(verify(sw(), request(headers, SW_BODY), NOW), V.MISSING_SIGNATURE)
         blank = request({**headers, "webhook-signature": "  "}, SW_BODY)
         assert_rejected(verify(sw(), blank, NOW), V.MISSING_SIGNATURE)
 
     @pytest.mark.parametrize("dropped", ["webhook-id", "webhook-timestamp"])
-    def test_missing_id_or_timestamp(self, dropped):
+    def test_missing_id_or_timestamp(self, dropped: str) -> None:
         headers = {k: v for k, v in sw_request().headers if k != dropped}
         assert_rejected(verify(sw(), request(headers, SW_BODY), NOW), V.MALFORMED)
 
@@ -191,39 +196,39 @@ class TestStandardWebhooks:
         ("webhook-signature", "garbage"),
         ("webhook-id", "msg.1"),  # the standard forbids "." in ids
     ])
-    def test_malformed_headers(self, name, value):
+    def test_malformed_headers(self, name: str, value: str) -> None:
         headers = dict(sw_request().headers)
         headers[name] = value
         assert_rejected(verify(sw(), request(headers, SW_BODY), NOW), V.MALFORMED)
 
-    def test_svix_aliases(self):
+    def test_svix_aliases(self) -> None:
         verdict = verify(sw(), sw_request(family="svix"), NOW)
         assert verdict.valid
         assert verdict.event_id == "msg_1"
 
-    def test_header_names_are_case_insensitive(self):
+    def test_header_names_are_case_insensitive(self) -> None:
         req = request({"Webhook-Id": "msg_1", "WEBHOOK-TIMESTAMP": str(TS),
                        "Webhook-Signature": sw_signature(SW_KEY, "msg_1", TS, SW_BODY)}, SW_BODY)
         assert verify(sw(), req, NOW).valid
 
-    def test_timestamp_is_signed_as_sent(self):
+    def test_timestamp_is_signed_as_sent(self) -> None:
         # Leading zeros are part of the signed text, not re-rendered away.
         assert verify(sw(), sw_request(ts="0" + str(TS)), NOW).valid
 
-    def test_secret_without_padding(self):
+    def test_secret_without_padding(self) -> None:
         key = b"twenty-five bytes of key!"
         secret = "whsec_" + b64(key).rstrip("=")
         assert verify(sw(secret), sw_request(key=key), NOW).valid
 
-    def test_secret_is_the_decoded_key_not_the_string(self):
+    def test_secret_is_the_decoded_key_not_the_string(self) -> None:
         req = sw_request(key=SW_SECRET.encode())
         assert_rejected(verify(sw(), req, NOW), V.INVALID_SIGNATURE)
 
-    def test_unusable_secret_is_skipped_and_none_usable_is_malformed(self):
+    def test_unusable_secret_is_skipped_and_none_usable_is_malformed(self) -> None:
         assert verify(sw("whsec_%%%", SW_SECRET), sw_request(), NOW).valid
         assert_rejected(verify(sw("whsec_%%%"), sw_request(), NOW), V.MALFORMED)
 
-    def test_body_that_is_not_json(self):
+    def test_body_that_is_not_json(self) -> None:
         verdict = verify(sw(), sw_request(body=b"\xff\xfe not json"), NOW)
         assert verdict.valid
         assert (verdict.event_id, verdict.event_type) == ("msg_1", "")
@@ -258,7 +263,7 @@ def sw_v1a(private: Ed25519PrivateKey, msg_id: str = "msg_1", ts: int | str = TS
 
 
 class TestStandardWebhooksEd25519:
-    def test_published_vector(self):
+    def test_published_vector(self) -> None:
         seed = Ed25519PrivateKey.from_private_bytes(base64.b64decode(SW_ED_VECTOR_SEED))
         assert whpk(seed) == SW_ED_VECTOR_PUBLIC
         req = request({"webhook-id": SW_VECTOR_ID, "webhook-timestamp": str(SW_VECTOR_TS),
@@ -272,24 +277,24 @@ class TestStandardWebhooksEd25519:
         assert_rejected(verify(sw(SW_ED_VECTOR_PUBLIC), forged, SW_VECTOR_TS),
                         V.INVALID_SIGNATURE)
 
-    def test_valid(self):
+    def test_valid(self) -> None:
         verdict = verify(sw(SW_PUBLIC), sw_request(signature=sw_v1a(SW_SIGNING_KEY)), NOW)
         assert verdict == Verdict(V.VALID, "signature matches secrets[0]", "msg_1",
                                   "invoice.paid", NOW)
 
-    def test_wrong_key(self):
+    def test_wrong_key(self) -> None:
         req = sw_request(signature=sw_v1a(SW_OTHER_SIGNING_KEY))
         verdict = verify(sw(SW_PUBLIC), req, NOW)
         assert_rejected(verdict, V.INVALID_SIGNATURE)
         assert verdict.reason == "no v1a signature matches any secret"
 
-    def test_tampered_body(self):
+    def test_tampered_body(self) -> None:
         signature = sw_v1a(SW_SIGNING_KEY, body=SW_BODY)
         assert verify(sw(SW_PUBLIC), sw_request(signature=signature), NOW).valid
         req = sw_request(body=SW_BODY.replace(b"in_1", b"in_2"), signature=signature)
         assert_rejected(verify(sw(SW_PUBLIC), req, NOW), V.INVALID_SIGNATURE)
 
-    def test_signed_id_and_timestamp_are_bound(self):
+    def test_signed_id_and_timestamp_are_bound(self) -> None:
         good = sw_request(signature=sw_v1a(SW_SIGNING_KEY))
         assert verify(sw(SW_PUBLIC), good, NOW).valid
         headers = dict(good.headers)
@@ -298,7 +303,7 @@ class TestStandardWebhooksEd25519:
             assert_rejected(verify(sw(SW_PUBLIC), forged, NOW), V.INVALID_SIGNATURE)
 
     @pytest.mark.parametrize("order", ["whsec_first", "whpk_first"])
-    def test_rotation_between_hmac_and_ed25519_either_way(self, order):
+    def test_rotation_between_hmac_and_ed25519_either_way(self, order: str) -> None:
         secrets = (SW_SECRET, SW_PUBLIC) if order == "whsec_first" else (SW_PUBLIC, SW_SECRET)
         config = sw(*secrets)
         hmac_signed = verify(config, sw_request(), NOW)
@@ -312,7 +317,7 @@ class TestStandardWebhooksEd25519:
         assert_rejected(verdict, V.INVALID_SIGNATURE)
         assert verdict.reason == "no v1 or v1a signature matches any secret"
 
-    def test_rotation_between_public_keys(self):
+    def test_rotation_between_public_keys(self) -> None:
         config = sw(whpk(SW_OTHER_SIGNING_KEY), SW_PUBLIC)
         old = verify(config, sw_request(signature=sw_v1a(SW_OTHER_SIGNING_KEY)), NOW)
         new = verify(config, sw_request(signature=sw_v1a(SW_SIGNING_KEY)), NOW)
@@ -321,7 +326,7 @@ class TestStandardWebhooksEd25519:
         stranger = sw_request(signature=sw_v1a(Ed25519PrivateKey.generate()))
         assert_rejected(verify(config, stranger, NOW), V.INVALID_SIGNATURE)
 
-    def test_mixed_header_accepted_when_either_matches(self):
+    def test_mixed_header_accepted_when_either_matches(self) -> None:
         for good in ("v1", "v1a", "both"):
             v1 = sw_signature(SW_KEY if good != "v1a" else b"x" * 32, "msg_1", TS, SW_BODY)
             v1a = sw_v1a(SW_SIGNING_KEY if good != "v1" else SW_OTHER_SIGNING_KEY)
@@ -331,12 +336,12 @@ class TestStandardWebhooksEd25519:
                 assert verdict.reason == ("signature matches secrets[1]" if good == "v1a"
                                           else "signature matches secrets[0]")
 
-    def test_mixed_header_with_keys_of_one_kind_checks_that_kind(self):
+    def test_mixed_header_with_keys_of_one_kind_checks_that_kind(self) -> None:
         header = f"{sw_signature(SW_KEY, 'msg_1', TS, SW_BODY)} {sw_v1a(SW_SIGNING_KEY)}"
         assert verify(sw(SW_SECRET), sw_request(signature=header), NOW).valid
         assert verify(sw(SW_PUBLIC), sw_request(signature=header), NOW).valid
 
-    def test_only_versions_without_a_configured_key(self):
+    def test_only_versions_without_a_configured_key(self) -> None:
         only_v1a = verify(sw(SW_SECRET), sw_request(signature=sw_v1a(SW_SIGNING_KEY)), NOW)
         assert_rejected(only_v1a, V.INVALID_SIGNATURE)
         assert only_v1a.reason == ("webhook-signature has only v1a (Ed25519) signatures, "
@@ -349,12 +354,12 @@ class TestStandardWebhooksEd25519:
     @pytest.mark.parametrize("signature", [
         "v1a,not*base64", "v1a,abc", "v1a,", "v1,{v1} v1a,%%%%",
     ])
-    def test_v1a_that_is_not_base64_is_malformed(self, signature):
+    def test_v1a_that_is_not_base64_is_malformed(self, signature: str) -> None:
         header = signature.format(v1=sw_signature(SW_KEY, "msg_1", TS, SW_BODY)[3:])
         req = sw_request(signature=header)
         assert_rejected(verify(sw(SW_SECRET, SW_PUBLIC), req, NOW), V.MALFORMED)
 
-    def test_v1a_of_the_wrong_length_does_not_match(self):
+    def test_v1a_of_the_wrong_length_does_not_match(self) -> None:
         signed = base64.b64decode(sw_v1a(SW_SIGNING_KEY).removeprefix("v1a,"))
         assert verify(sw(SW_PUBLIC), sw_request(signature="v1a," + b64(signed)), NOW).valid
         for wrong in ("v1a," + b64(signed[:63]), "v1a," + b64(signed + b"s")):
@@ -364,30 +369,30 @@ class TestStandardWebhooksEd25519:
     @pytest.mark.parametrize(("offset", "result"), [
         (-300, V.VALID), (-301, V.STALE_TIMESTAMP), (301, V.FUTURE_TIMESTAMP),
     ])
-    def test_timestamp_window(self, offset, result):
+    def test_timestamp_window(self, offset: int, result: VerifyResult) -> None:
         req = sw_request(ts=TS + offset, signature=sw_v1a(SW_SIGNING_KEY, ts=TS + offset))
         verdict = verify(sw(SW_PUBLIC), req, NOW)
         assert verdict.result is result, verdict.reason
         assert (verdict.event_id, verdict.timestamp) == ("msg_1", NOW + offset)
 
-    def test_svix_aliases(self):
+    def test_svix_aliases(self) -> None:
         verdict = verify(sw(SW_PUBLIC), sw_request(family="svix",
                                                    signature=sw_v1a(SW_SIGNING_KEY)), NOW)
         assert (verdict.valid, verdict.event_id) == (True, "msg_1")
 
-    def test_public_key_without_padding(self):
+    def test_public_key_without_padding(self) -> None:
         assert SW_PUBLIC.endswith("=")
         unpadded = SW_PUBLIC.rstrip("=")
         assert verify(sw(unpadded), sw_request(signature=sw_v1a(SW_SIGNING_KEY)), NOW).valid
 
-    def test_unusable_public_keys_are_skipped_and_none_usable_is_malformed(self):
+    def test_unusable_public_keys_are_skipped_and_none_usable_is_malformed(self) -> None:
         req = sw_request(signature=sw_v1a(SW_SIGNING_KEY))
         short = "whpk_" + b64(b"p" * 31)
         assert verify(sw(short, "whpk_%%%", SW_PUBLIC), req, NOW).reason == (
             "signature matches secrets[2]")
         assert_rejected(verify(sw(short, "whpk_%%%"), req, NOW), V.MALFORMED)
 
-    def test_signing_key_is_never_used_to_verify(self):
+    def test_signing_key_is_never_used_to_verify(self) -> None:
         # A whsk_ in the config is refused at start-up; if it got through anyway it
         # must neither verify v1a nor serve as an HMAC secret.
         seed = base64.b64decode(SW_ED_VECTOR_SEED)
@@ -396,7 +401,7 @@ class TestStandardWebhooksEd25519:
         for signature in (sw_v1a(private), sw_signature(seed, "msg_1", TS, SW_BODY)):
             assert_rejected(verify(sw(whsk), sw_request(signature=signature), NOW), V.MALFORMED)
 
-    def test_reasons_never_hold_key_material(self):
+    def test_reasons_never_hold_key_material(self) -> None:
         config = sw(SW_SECRET, SW_PUBLIC)
         good = sw_v1a(SW_SIGNING_KEY)
         raw_public = base64.b64decode(SW_PUBLIC.removeprefix("whpk_"))
@@ -408,11 +413,12 @@ class TestStandardWebhooksEd25519:
                          SW_SECRET, good.removeprefix("v1a,")):
                 assert text.lower() not in reason.lower()
 
-    def test_public_keys_are_loaded_once_not_per_request(self, monkeypatch):
-        loads = []
+    def test_public_keys_are_loaded_once_not_per_request(self,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+        loads: list[bytes] = []
         real = Ed25519PublicKey.from_public_bytes
 
-        def counting(data):
+        def counting(data: bytes) -> Ed25519PublicKey:
             loads.append(data)
             return real(data)
 
@@ -439,38 +445,39 @@ def stripe_v1(secret: str, ts: int | str, body: bytes) -> str:
     return mac(secret.encode(), f"{ts}.".encode() + body).hex()
 
 
-def stripe_request(*, secret=STRIPE_SECRET, ts=TS, body=STRIPE_BODY, header=None,
-                   sign_body=None, name="Stripe-Signature"):
+def stripe_request(*, secret: str = STRIPE_SECRET, ts: int | str = TS, body: bytes = STRIPE_BODY,
+                   header: str | None = None, sign_body: bytes | None = None,
+                   name: str = "Stripe-Signature") -> WebhookRequest:
     signed = sign_body if sign_body is not None else body
     return request({name: header or f"t={ts},v1={stripe_v1(secret, ts, signed)}"}, body)
 
 
-def stripe(*secrets, **kwargs):
+def stripe(*secrets: str, **kwargs: Any) -> SchemeConfig:
     return SchemeConfig("stripe", secrets or (STRIPE_SECRET,), **kwargs)
 
 
 class TestStripe:
-    def test_valid(self):
+    def test_valid(self) -> None:
         verdict = verify(stripe(), stripe_request(), NOW)
         assert verdict == Verdict(V.VALID, "signature matches secrets[0]", "evt_1",
                                   "invoice.paid", NOW)
 
-    def test_tampered_body(self):
+    def test_tampered_body(self) -> None:
         req = stripe_request(body=STRIPE_BODY.replace(b"in_1", b"in_9"), sign_body=STRIPE_BODY)
         assert_rejected(verify(stripe(), req, NOW), V.INVALID_SIGNATURE)
 
-    def test_wrong_secret(self):
+    def test_wrong_secret(self) -> None:
         req = stripe_request(secret="whsec_someone_else")
         assert_rejected(verify(stripe(), req, NOW), V.INVALID_SIGNATURE)
 
-    def test_secret_is_used_as_is_not_base64_decoded(self):
+    def test_secret_is_used_as_is_not_base64_decoded(self) -> None:
         secret = "whsec_" + b64(b"k" * 32)
         forged = f"t={TS},v1={mac(b'k' * 32, f'{TS}.'.encode() + STRIPE_BODY).hex()}"
         assert_rejected(verify(stripe(secret), stripe_request(header=forged), NOW),
                         V.INVALID_SIGNATURE)
         assert verify(stripe(secret), stripe_request(secret=secret), NOW).valid
 
-    def test_rotation(self):
+    def test_rotation(self) -> None:
         both = stripe(STRIPE_OLD_SECRET, STRIPE_SECRET)
         assert verify(both, stripe_request(secret=STRIPE_OLD_SECRET), NOW).valid
         assert verify(both, stripe_request(secret=STRIPE_SECRET), NOW).valid
@@ -479,14 +486,14 @@ class TestStripe:
         assert_rejected(verify(both, stripe_request(secret="whsec_third"), NOW),
                         V.INVALID_SIGNATURE)
 
-    def test_several_v1_one_matching(self):
+    def test_several_v1_one_matching(self) -> None:
         # Stripe sends one v1 per active secret while a secret is being rolled.
         good = stripe_v1(STRIPE_SECRET, TS, STRIPE_BODY)
         bad = stripe_v1("whsec_other", TS, STRIPE_BODY)
         header = f"t={TS},v1={bad},v1={good},v0={bad}"
         assert verify(stripe(), stripe_request(header=header), NOW).valid
 
-    def test_v0_is_never_accepted(self):
+    def test_v0_is_never_accepted(self) -> None:
         # v0 carries a correct HMAC, but only v1 counts: no downgrade.
         header = f"t={TS},v0={stripe_v1(STRIPE_SECRET, TS, STRIPE_BODY)}"
         assert_rejected(verify(stripe(), stripe_request(header=header), NOW),
@@ -495,16 +502,16 @@ class TestStripe:
     @pytest.mark.parametrize(("offset", "result"), [
         (-300, V.VALID), (-301, V.STALE_TIMESTAMP), (300, V.VALID), (301, V.FUTURE_TIMESTAMP),
     ])
-    def test_timestamp_window_bounds_included(self, offset, result):
+    def test_timestamp_window_bounds_included(self, offset: int, result: VerifyResult) -> None:
         verdict = verify(stripe(), stripe_request(ts=TS + offset), NOW)
         assert verdict.result is result, verdict.reason
         assert (verdict.event_id, verdict.timestamp) == ("evt_1", NOW + offset)
 
-    def test_signature_is_checked_before_the_window(self):
+    def test_signature_is_checked_before_the_window(self) -> None:
         req = stripe_request(ts=TS + 10_000, secret="whsec_other")
         assert_rejected(verify(stripe(), req, NOW), V.INVALID_SIGNATURE)
 
-    def test_missing_header(self):
+    def test_missing_header(self) -> None:
         assert_rejected(verify(stripe(), request({}, STRIPE_BODY), NOW), V.MISSING_SIGNATURE)
 
     @pytest.mark.parametrize("header", [
@@ -515,19 +522,19 @@ class TestStripe:
         f"t={TS},garbage",
         f"t={TS},t={TS + 1},v1=" + "ab" * 32,
     ])
-    def test_malformed_header(self, header):
+    def test_malformed_header(self, header: str) -> None:
         assert_rejected(verify(stripe(), stripe_request(header=header), NOW), V.MALFORMED)
 
-    def test_no_v1(self):
+    def test_no_v1(self) -> None:
         assert_rejected(verify(stripe(), stripe_request(header=f"t={TS}"), NOW),
                         V.INVALID_SIGNATURE)
 
-    def test_header_name_case_and_spacing(self):
+    def test_header_name_case_and_spacing(self) -> None:
         signature = stripe_v1(STRIPE_SECRET, TS, STRIPE_BODY)
         req = stripe_request(name="STRIPE-SIGNATURE", header=f"t={TS}, v1={signature.upper()}")
         assert verify(stripe(), req, NOW).valid
 
-    def test_body_that_is_not_json(self):
+    def test_body_that_is_not_json(self) -> None:
         verdict = verify(stripe(), stripe_request(body=b"plain"), NOW)
         assert verdict.valid
         assert (verdict.event_id, verdict.event_type) == ("", "")
@@ -539,7 +546,9 @@ GH_SECRET = "gh-current"
 GH_BODY = b'{"action":"opened","number":1}'
 
 
-def gh_request(*, secret=GH_SECRET, body=GH_BODY, header=None, sign_body=None, extra=None):
+def gh_request(*, secret: str = GH_SECRET, body: bytes = GH_BODY, header: str | None = None,
+               sign_body: bytes | None = None,
+               extra: Mapping[str, str] | None = None) -> WebhookRequest:
     signed = sign_body if sign_body is not None else body
     headers = {"X-Hub-Signature-256": header or "sha256=" + mac(secret.encode(), signed).hex(),
                "X-GitHub-Delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958",
@@ -547,48 +556,48 @@ def gh_request(*, secret=GH_SECRET, body=GH_BODY, header=None, sign_body=None, e
     return request({**headers, **(extra or {})}, body)
 
 
-def github(*secrets, **kwargs):
+def github(*secrets: str, **kwargs: Any) -> SchemeConfig:
     return SchemeConfig("github", secrets or (GH_SECRET,), **kwargs)
 
 
 class TestGitHub:
-    def test_published_vector(self):
+    def test_published_vector(self) -> None:
         # docs.github.com/en/webhooks/using-webhooks/validating-webhook-deliveries
         # ("Testing the webhook payload validation").
         header = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
         req = request({"X-Hub-Signature-256": header}, b"Hello, World!")
         assert verify(github("It's a Secret to Everybody"), req, NOW).valid
 
-    def test_valid(self):
+    def test_valid(self) -> None:
         verdict = verify(github(), gh_request(), NOW)
         assert verdict.valid
         assert verdict.event_id == "72d3162e-cc78-11e3-81ab-4c9367dc0958"
         assert verdict.event_type == "pull_request"
         assert verdict.timestamp is None
 
-    def test_no_replay_window(self):
+    def test_no_replay_window(self) -> None:
         # Nothing signed says when: any `now` is fine.
         assert verify(github(), gh_request(), 0.0).valid
         assert verify(github(), gh_request(), NOW * 10).valid
 
-    def test_tampered_body(self):
+    def test_tampered_body(self) -> None:
         req = gh_request(body=GH_BODY + b" ", sign_body=GH_BODY)
         assert_rejected(verify(github(), req, NOW), V.INVALID_SIGNATURE)
 
-    def test_wrong_secret(self):
+    def test_wrong_secret(self) -> None:
         assert_rejected(verify(github(), gh_request(secret="nope"), NOW), V.INVALID_SIGNATURE)
 
-    def test_rotation(self):
+    def test_rotation(self) -> None:
         both = github("gh-old", GH_SECRET)
         assert verify(both, gh_request(secret="gh-old"), NOW).valid
         assert verify(both, gh_request(secret=GH_SECRET), NOW).valid
         assert not verify(github(GH_SECRET), gh_request(secret="gh-old"), NOW).valid
 
-    def test_missing_header(self):
+    def test_missing_header(self) -> None:
         req = request({"X-GitHub-Delivery": "d", "X-GitHub-Event": "push"}, GH_BODY)
         assert_rejected(verify(github(), req, NOW), V.MISSING_SIGNATURE)
 
-    def test_legacy_sha1_header_is_not_enough(self):
+    def test_legacy_sha1_header_is_not_enough(self) -> None:
         sha1 = "sha1=" + mac(GH_SECRET.encode(), GH_BODY, "sha1").hex()
         req = request({"X-Hub-Signature": sha1}, GH_BODY)
         assert_rejected(verify(github(), req, NOW), V.MISSING_SIGNATURE)
@@ -599,10 +608,10 @@ class TestGitHub:
         "sha256=zz" + "ab" * 31,
         "sha256=",
     ])
-    def test_malformed_header(self, header):
+    def test_malformed_header(self, header: str) -> None:
         assert_rejected(verify(github(), gh_request(header=header), NOW), V.MALFORMED)
 
-    def test_header_names_are_case_insensitive(self):
+    def test_header_names_are_case_insensitive(self) -> None:
         req = request({"x-hub-signature-256": "sha256=" + mac(GH_SECRET.encode(), GH_BODY).hex(),
                        "x-github-delivery": "d-1", "X-GITHUB-EVENT": "push"}, GH_BODY)
         verdict = verify(github(), req, NOW)
@@ -615,52 +624,53 @@ SHOPIFY_SECRET = "shpss_current"
 SHOPIFY_BODY = b'{"id":820982911946154508,"email":"jon@example.com"}'
 
 
-def shopify_request(*, secret=SHOPIFY_SECRET, body=SHOPIFY_BODY, header=None, sign_body=None):
+def shopify_request(*, secret: str = SHOPIFY_SECRET, body: bytes = SHOPIFY_BODY,
+                    header: str | None = None, sign_body: bytes | None = None) -> WebhookRequest:
     signed = sign_body if sign_body is not None else body
     return request({"X-Shopify-Hmac-Sha256": header or b64(mac(secret.encode(), signed)),
                     "X-Shopify-Webhook-Id": "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043",
                     "X-Shopify-Topic": "orders/create"}, body)
 
 
-def shopify(*secrets):
+def shopify(*secrets: str) -> SchemeConfig:
     return SchemeConfig("shopify", secrets or (SHOPIFY_SECRET,))
 
 
 class TestShopify:
-    def test_valid(self):
+    def test_valid(self) -> None:
         verdict = verify(shopify(), shopify_request(), NOW)
         assert verdict.valid
         assert verdict.event_id == "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043"
         assert verdict.event_type == "orders/create"
         assert verdict.timestamp is None
 
-    def test_tampered_body(self):
+    def test_tampered_body(self) -> None:
         req = shopify_request(body=SHOPIFY_BODY.replace(b"jon", b"eve"), sign_body=SHOPIFY_BODY)
         assert_rejected(verify(shopify(), req, NOW), V.INVALID_SIGNATURE)
 
-    def test_wrong_secret(self):
+    def test_wrong_secret(self) -> None:
         assert_rejected(verify(shopify(), shopify_request(secret="x"), NOW), V.INVALID_SIGNATURE)
 
-    def test_rotation(self):
+    def test_rotation(self) -> None:
         both = shopify("shpss_old", SHOPIFY_SECRET)
         assert verify(both, shopify_request(secret="shpss_old"), NOW).valid
         assert verify(both, shopify_request(), NOW).valid
         assert not verify(shopify(SHOPIFY_SECRET), shopify_request(secret="shpss_old"), NOW).valid
 
-    def test_missing_header(self):
+    def test_missing_header(self) -> None:
         req = request({"X-Shopify-Topic": "orders/create"}, SHOPIFY_BODY)
         assert_rejected(verify(shopify(), req, NOW), V.MISSING_SIGNATURE)
 
     @pytest.mark.parametrize("header", ["not base64!", "abc", "sha256=" + "ab" * 32])
-    def test_malformed_header(self, header):
+    def test_malformed_header(self, header: str) -> None:
         assert_rejected(verify(shopify(), shopify_request(header=header), NOW), V.MALFORMED)
 
-    def test_hex_is_not_accepted_for_base64(self):
+    def test_hex_is_not_accepted_for_base64(self) -> None:
         hex_digest = mac(SHOPIFY_SECRET.encode(), SHOPIFY_BODY).hex()  # 64 chars, valid base64
         assert_rejected(verify(shopify(), shopify_request(header=hex_digest), NOW),
                         V.INVALID_SIGNATURE)
 
-    def test_header_name_is_case_insensitive(self):
+    def test_header_name_is_case_insensitive(self) -> None:
         req = request({"x-shopify-hmac-sha256": b64(mac(SHOPIFY_SECRET.encode(), SHOPIFY_BODY))},
                       SHOPIFY_BODY)
         assert verify(shopify(), req, NOW).valid
@@ -689,19 +699,19 @@ def slack_signature(secret: str, ts: int | str, body: bytes) -> str:
     return "v0=" + mac(secret.encode(), f"v0:{ts}:".encode() + body).hex()
 
 
-def slack_request(*, secret=SLACK_SECRET, ts=TS, body=SLACK_BODY, signature=None,
-                  sign_body=None):
+def slack_request(*, secret: str = SLACK_SECRET, ts: int | str = TS, body: bytes = SLACK_BODY,
+                  signature: str | None = None, sign_body: bytes | None = None) -> WebhookRequest:
     signed = sign_body if sign_body is not None else body
     return request({"X-Slack-Request-Timestamp": str(ts),
                     "X-Slack-Signature": signature or slack_signature(secret, ts, signed)}, body)
 
 
-def slack(*secrets, **kwargs):
+def slack(*secrets: str, **kwargs: Any) -> SchemeConfig:
     return SchemeConfig("slack", secrets or (SLACK_SECRET,), **kwargs)
 
 
 class TestSlack:
-    def test_published_vector(self):
+    def test_published_vector(self) -> None:
         req = request({"X-Slack-Request-Timestamp": str(SLACK_VECTOR_TS),
                        "X-Slack-Signature": SLACK_VECTOR_SIGNATURE}, SLACK_VECTOR_BODY)
         verdict = verify(slack(SLACK_VECTOR_SECRET), req, SLACK_VECTOR_TS)
@@ -710,12 +720,12 @@ class TestSlack:
         assert (verdict.event_id, verdict.event_type) == ("", "")
         assert verdict.challenge is None
 
-    def test_valid_event_callback(self):
+    def test_valid_event_callback(self) -> None:
         verdict = verify(slack(), slack_request(), NOW)
         assert verdict == Verdict(V.VALID, "signature matches secrets[0]", "Ev08MFMKH6",
                                   "app_mention", NOW)
 
-    def test_url_verification_challenge(self):
+    def test_url_verification_challenge(self) -> None:
         body = json.dumps({"token": "Jhj5dZrVaK7ZwHHjRyZWjbDl", "type": "url_verification",
                            "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"}
                           ).encode()
@@ -724,21 +734,21 @@ class TestSlack:
         assert verdict.challenge == "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"
         assert verdict.event_type == "url_verification"
 
-    def test_no_challenge_without_a_valid_signature(self):
+    def test_no_challenge_without_a_valid_signature(self) -> None:
         body = b'{"type":"url_verification","challenge":"c"}'
         assert_rejected(verify(slack(), slack_request(body=body, secret="x"), NOW),
                         V.INVALID_SIGNATURE)
         stale = verify(slack(), slack_request(body=body, ts=TS - 301), NOW)
         assert (stale.result, stale.challenge) == (V.STALE_TIMESTAMP, None)
 
-    def test_tampered_body(self):
+    def test_tampered_body(self) -> None:
         req = slack_request(body=SLACK_BODY.replace(b"hi", b"ho"), sign_body=SLACK_BODY)
         assert_rejected(verify(slack(), req, NOW), V.INVALID_SIGNATURE)
 
-    def test_wrong_secret(self):
+    def test_wrong_secret(self) -> None:
         assert_rejected(verify(slack(), slack_request(secret="other"), NOW), V.INVALID_SIGNATURE)
 
-    def test_rotation(self):
+    def test_rotation(self) -> None:
         both = slack("slack-old", SLACK_SECRET)
         assert verify(both, slack_request(secret="slack-old"), NOW).valid
         assert verify(both, slack_request(), NOW).valid
@@ -747,20 +757,20 @@ class TestSlack:
     @pytest.mark.parametrize(("offset", "result"), [
         (-300, V.VALID), (-301, V.STALE_TIMESTAMP), (300, V.VALID), (301, V.FUTURE_TIMESTAMP),
     ])
-    def test_timestamp_window_bounds_included(self, offset, result):
+    def test_timestamp_window_bounds_included(self, offset: int, result: VerifyResult) -> None:
         verdict = verify(slack(), slack_request(ts=TS + offset), NOW)
         assert verdict.result is result, verdict.reason
         assert verdict.timestamp == NOW + offset
 
-    def test_signature_is_checked_before_the_window(self):
+    def test_signature_is_checked_before_the_window(self) -> None:
         req = slack_request(ts=TS - 10_000, secret="other")
         assert_rejected(verify(slack(), req, NOW), V.INVALID_SIGNATURE)
 
-    def test_missing_signature(self):
+    def test_missing_signature(self) -> None:
         req = request({"X-Slack-Request-Timestamp": str(TS)}, SLACK_BODY)
         assert_rejected(verify(slack(), req, NOW), V.MISSING_SIGNATURE)
 
-    def test_missing_timestamp(self):
+    def test_missing_timestamp(self) -> None:
         req = request({"X-Slack-Signature": slack_signature(SLACK_SECRET, TS, SLACK_BODY)},
                       SLACK_BODY)
         assert_rejected(verify(slack(), req, NOW), V.MALFORMED)
@@ -771,18 +781,18 @@ class TestSlack:
         (str(TS), "ab" * 32),
         (str(TS), "v0=xyz"),
     ])
-    def test_malformed_headers(self, timestamp, signature):
+    def test_malformed_headers(self, timestamp: str, signature: str | None) -> None:
         req = request({"X-Slack-Request-Timestamp": timestamp,
                        "X-Slack-Signature": signature or "v0=" + "ab" * 32}, SLACK_BODY)
         assert_rejected(verify(slack(), req, NOW), V.MALFORMED)
 
-    def test_header_names_are_case_insensitive(self):
+    def test_header_names_are_case_insensitive(self) -> None:
         req = request({"x-slack-request-timestamp": str(TS),
                        "X-SLACK-SIGNATURE": slack_signature(SLACK_SECRET, TS, SLACK_BODY)},
                       SLACK_BODY)
         assert verify(slack(), req, NOW).valid
 
-    def test_envelope_type_when_no_inner_event(self):
+    def test_envelope_type_when_no_inner_event(self) -> None:
         body = b'{"type":"app_rate_limited","team_id":"T1"}'
         verdict = verify(slack(), slack_request(body=body), NOW)
         assert (verdict.event_id, verdict.event_type) == ("", "app_rate_limited")
@@ -799,8 +809,9 @@ GENERIC = SchemeConfig(
 )
 
 
-def generic_request(*, secret=GENERIC_SECRET, ts=TS, delivery="dlv_7", body=GENERIC_BODY,
-                    header=None, sign_body=None, drop=()):
+def generic_request(*, secret: str = GENERIC_SECRET, ts: int | str = TS, delivery: str = "dlv_7",
+                    body: bytes = GENERIC_BODY, header: str | None = None,
+                    sign_body: bytes | None = None, drop: tuple[str, ...] = ()) -> WebhookRequest:
     signed = sign_body if sign_body is not None else body
     digest = mac(secret.encode(), f"v1:{ts}:{delivery}:".encode() + signed, "sha512")
     headers = {"X-Acme-Signature": header or "sha512=" + b64(digest),
@@ -808,24 +819,24 @@ def generic_request(*, secret=GENERIC_SECRET, ts=TS, delivery="dlv_7", body=GENE
     return request({k: v for k, v in headers.items() if k not in drop}, body)
 
 
-def generic(*secrets, **changes):
-    base = SchemeConfig(**{**GENERIC.__dict__, **changes})
-    return SchemeConfig(**{**base.__dict__, "secrets": secrets or base.secrets})
+def generic(*secrets: str, **changes: Any) -> SchemeConfig:
+    base = replace(GENERIC, **changes)
+    return replace(base, secrets=secrets or base.secrets)
 
 
 class TestGenericHmac:
-    def test_sha512_base64_prefix_template_with_timestamp_and_id(self):
+    def test_sha512_base64_prefix_template_with_timestamp_and_id(self) -> None:
         verdict = verify(GENERIC, generic_request(), NOW)
         assert verdict == Verdict(V.VALID, "signature matches secrets[0]", "dlv_7", "", NOW)
 
-    def test_default_is_hex_sha256_of_the_body(self):
+    def test_default_is_hex_sha256_of_the_body(self) -> None:
         config = SchemeConfig("generic_hmac", ("s",), signature_header="X-Sig")
         req = request({"X-Sig": mac(b"s", b"payload").hex()}, b"payload")
         verdict = verify(config, req, NOW)
         assert verdict.valid
         assert verdict.timestamp is None
 
-    def test_url_placeholder(self):
+    def test_url_placeholder(self) -> None:
         url = "https://hooks.example.com/webhooks/acme?x=1"
         config = SchemeConfig("generic_hmac", ("s",), signature_header="X-Sig",
                               signed_content="{url}{body}")
@@ -835,30 +846,30 @@ class TestGenericHmac:
         assert_rejected(verify(config, other, NOW), V.INVALID_SIGNATURE)
         assert_rejected(verify(config, request(req.headers, b"p"), NOW), V.MALFORMED)
 
-    def test_template_literal_text_and_unknown_braces(self):
+    def test_template_literal_text_and_unknown_braces(self) -> None:
         config = SchemeConfig("generic_hmac", ("s",), signature_header="X-Sig",
                               signed_content="{\"n\":{nope}}|{body}")
         req = request({"X-Sig": mac(b"s", b'{"n":{nope}}|p').hex()}, b"p")
         assert verify(config, req, NOW).valid
 
-    def test_tampered_body(self):
+    def test_tampered_body(self) -> None:
         req = generic_request(body=GENERIC_BODY + b"\n", sign_body=GENERIC_BODY)
         assert_rejected(verify(GENERIC, req, NOW), V.INVALID_SIGNATURE)
 
-    def test_signed_id_is_bound(self):
+    def test_signed_id_is_bound(self) -> None:
         good = dict(generic_request().headers)
         forged = request({**good, "X-Acme-Delivery": "dlv_8"}, GENERIC_BODY)
         assert_rejected(verify(GENERIC, forged, NOW), V.INVALID_SIGNATURE)
 
-    def test_wrong_secret(self):
+    def test_wrong_secret(self) -> None:
         assert_rejected(verify(GENERIC, generic_request(secret="x"), NOW), V.INVALID_SIGNATURE)
 
-    def test_wrong_algorithm(self):
+    def test_wrong_algorithm(self) -> None:
         digest = mac(GENERIC_SECRET.encode(), f"v1:{TS}:dlv_7:".encode() + GENERIC_BODY)
         req = generic_request(header="sha512=" + b64(digest))
         assert_rejected(verify(GENERIC, req, NOW), V.INVALID_SIGNATURE)
 
-    def test_rotation(self):
+    def test_rotation(self) -> None:
         both = generic("generic-old", GENERIC_SECRET)
         assert verify(both, generic_request(secret="generic-old"), NOW).valid
         assert verify(both, generic_request(), NOW).valid
@@ -867,21 +878,21 @@ class TestGenericHmac:
     @pytest.mark.parametrize(("offset", "result"), [
         (-300, V.VALID), (-301, V.STALE_TIMESTAMP), (300, V.VALID), (301, V.FUTURE_TIMESTAMP),
     ])
-    def test_timestamp_window_bounds_included(self, offset, result):
+    def test_timestamp_window_bounds_included(self, offset: int, result: VerifyResult) -> None:
         verdict = verify(GENERIC, generic_request(ts=TS + offset), NOW)
         assert verdict.result is result, verdict.reason
         assert (verdict.event_id, verdict.timestamp) == ("dlv_7", NOW + offset)
 
-    def test_signature_is_checked_before_the_window(self):
+    def test_signature_is_checked_before_the_window(self) -> None:
         req = generic_request(ts=TS - 10_000, secret="x")
         assert_rejected(verify(GENERIC, req, NOW), V.INVALID_SIGNATURE)
 
-    def test_missing_signature(self):
+    def test_missing_signature(self) -> None:
         req = generic_request(drop=("X-Acme-Signature",))
         assert_rejected(verify(GENERIC, req, NOW), V.MISSING_SIGNATURE)
 
     @pytest.mark.parametrize("dropped", ["X-Acme-Timestamp", "X-Acme-Delivery"])
-    def test_missing_signed_headers(self, dropped):
+    def test_missing_signed_headers(self, dropped: str) -> None:
         assert_rejected(verify(GENERIC, generic_request(drop=(dropped,)), NOW), V.MALFORMED)
 
     @pytest.mark.parametrize(("header", "result"), [
@@ -891,18 +902,18 @@ class TestGenericHmac:
         ("sha512=" + b64(b"s" * 64).rstrip("="), V.MALFORMED),  # padding dropped
         ("sha512=" + "ab" * 64, V.INVALID_SIGNATURE),  # hex is valid base64, decodes to junk
     ])
-    def test_malformed_signature(self, header, result):
+    def test_malformed_signature(self, header: str, result: VerifyResult) -> None:
         assert_rejected(verify(GENERIC, generic_request(header=header), NOW), result)
 
-    def test_malformed_timestamp(self):
+    def test_malformed_timestamp(self) -> None:
         req = generic_request(ts="soon")
         assert_rejected(verify(GENERIC, req, NOW), V.MALFORMED)
 
-    def test_header_names_are_case_insensitive(self):
+    def test_header_names_are_case_insensitive(self) -> None:
         lower = request([(k.lower(), v) for k, v in generic_request().headers], GENERIC_BODY)
         assert verify(GENERIC, lower, NOW).valid
 
-    def test_misconfigured_algorithm_is_refused(self):
+    def test_misconfigured_algorithm_is_refused(self) -> None:
         assert_rejected(verify(generic(algorithm="md5"), generic_request(), NOW), V.MALFORMED)
 
 
@@ -910,37 +921,37 @@ class TestGenericHmac:
 
 
 class TestEventFieldOverrides:
-    def test_header_override(self):
+    def test_header_override(self) -> None:
         req = stripe_request()
         req = request((*req.headers, ("X-Request-Id", "req_9")), req.body)
         verdict = verify(stripe(event_id_header="x-request-id"), req, NOW)
         assert (verdict.event_id, verdict.event_type) == ("req_9", "invoice.paid")
 
-    def test_path_override_into_nested_objects_and_lists(self):
+    def test_path_override_into_nested_objects_and_lists(self) -> None:
         body = json.dumps({"items": [{"id": 7}, {"id": 8}],
                            "data": {"object": {"object": "invoice"}}}).encode()
         config = github(event_id_path="items.1.id", event_type_path="data.object.object")
         verdict = verify(config, gh_request(body=body), NOW)
         assert (verdict.event_id, verdict.event_type) == ("8", "invoice")
 
-    def test_header_first_then_path(self):
+    def test_header_first_then_path(self) -> None:
         config = stripe(event_id_header="X-Event", event_id_path="data.object.id")
         assert verify(config, stripe_request(), NOW).event_id == "in_1"
         req = request((*stripe_request().headers, ("X-Event", "hdr")), STRIPE_BODY)
         assert verify(config, req, NOW).event_id == "hdr"
 
     @pytest.mark.parametrize("path", ["missing", "id.deeper", "data", "items.9", "flag"])
-    def test_absent_or_non_scalar_values_are_empty(self, path):
+    def test_absent_or_non_scalar_values_are_empty(self, path: str) -> None:
         body = b'{"id":"x","data":{"a":1},"items":[],"flag":true}'
         verdict = verify(github(event_id_path=path), gh_request(body=body), NOW)
         assert verdict.valid
         assert verdict.event_id == ""
 
-    def test_generic_type_from_body(self):
+    def test_generic_type_from_body(self) -> None:
         config = generic(event_type_path="event.kind")
         assert verify(config, generic_request(), NOW).event_type == "ticket.closed"
 
-    def test_deeply_nested_body_is_not_an_error(self):
+    def test_deeply_nested_body_is_not_an_error(self) -> None:
         body = b"[" * 100_000 + b"]" * 100_000
         verdict = verify(stripe(), stripe_request(body=body), NOW)
         assert verdict.valid
@@ -949,7 +960,7 @@ class TestEventFieldOverrides:
 
 # --------------------------------------------------------------------------- cross-cutting
 
-VALID_CASES = {
+VALID_CASES: dict[str, tuple[SchemeConfig, Callable[[], WebhookRequest]]] = {
     "standard_webhooks": (sw(), sw_request),
     "stripe": (stripe(), stripe_request),
     "github": (github(), gh_request),
@@ -959,16 +970,18 @@ VALID_CASES = {
 }
 
 
-def test_every_scheme_is_covered():
+def test_every_scheme_is_covered() -> None:
     assert set(VALID_CASES) == set(SCHEME_NAMES)
 
 
 @pytest.mark.parametrize("scheme", sorted(VALID_CASES))
-def test_signatures_are_compared_in_constant_time(scheme, monkeypatch):
-    calls = []
+def test_signatures_are_compared_in_constant_time(
+    scheme: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[type, type]] = []
     real = hmac.compare_digest
 
-    def spy(a, b):
+    def spy(a: bytes, b: bytes) -> bool:
         calls.append((type(a), type(b)))
         return real(a, b)
 
@@ -980,11 +993,13 @@ def test_signatures_are_compared_in_constant_time(scheme, monkeypatch):
 
 
 @pytest.mark.parametrize("scheme", sorted(VALID_CASES))
-def test_reasons_never_hold_a_secret_or_the_expected_signature(scheme, monkeypatch):
-    compared = []
+def test_reasons_never_hold_a_secret_or_the_expected_signature(
+    scheme: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compared: list[bytes] = []
     real = hmac.compare_digest
 
-    def spy(a, b):
+    def spy(a: bytes, b: bytes) -> bool:
         compared.extend((a, b))
         return real(a, b)
 
@@ -1002,10 +1017,10 @@ def test_reasons_never_hold_a_secret_or_the_expected_signature(scheme, monkeypat
 
 
 @pytest.mark.parametrize("scheme", sorted(VALID_CASES))
-def test_empty_secrets_never_match(scheme):
+def test_empty_secrets_never_match(scheme: str) -> None:
     # An empty key is known to everyone: a signature made with it must not pass.
     config = VALID_CASES[scheme][0]
-    empty = SchemeConfig(**{**config.__dict__, "secrets": ("",)})
+    empty = replace(config, secrets=("",))
     forged = {
         "standard_webhooks": lambda: sw_request(key=b""),
         "stripe": lambda: stripe_request(secret=""),
@@ -1016,20 +1031,20 @@ def test_empty_secrets_never_match(scheme):
     }[scheme]()
     assert not verify(empty, forged, NOW).valid
     assert verify(empty, forged, NOW).result is V.MALFORMED
-    assert not verify(SchemeConfig(**{**config.__dict__, "secrets": ("", *config.secrets)}),
-                      forged, NOW).valid
+    assert not verify(replace(config, secrets=("", *config.secrets)), forged, NOW).valid
 
 
-def test_secrets_given_as_one_string_are_not_split_into_letters():
+def test_secrets_given_as_one_string_are_not_split_into_letters() -> None:
+    # A string where a tuple belongs, as a hand-built config might hold.
     config = SchemeConfig("github", "ab")  # type: ignore[arg-type]
     assert_rejected(verify(config, gh_request(secret="a"), NOW), V.MALFORMED)
 
 
-def test_unknown_scheme():
+def test_unknown_scheme() -> None:
     assert_rejected(verify(SchemeConfig("hmac-md5", ("s",)), gh_request(), NOW), V.MALFORMED)
 
 
-def test_duplicate_headers_use_the_first():
+def test_duplicate_headers_use_the_first() -> None:
     req = gh_request()
     doubled = request((*req.headers, ("X-Hub-Signature-256", "sha256=" + "00" * 32)), req.body)
     assert verify(github(), doubled, NOW).valid
@@ -1040,10 +1055,10 @@ def test_duplicate_headers_use_the_first():
 
 class TestValidateSchemeConfig:
     @pytest.mark.parametrize("scheme", sorted(VALID_CASES))
-    def test_good_configs(self, scheme):
+    def test_good_configs(self, scheme: str) -> None:
         assert validate_scheme_config(VALID_CASES[scheme][0]) == []
 
-    def test_unknown_scheme(self):
+    def test_unknown_scheme(self) -> None:
         [problem] = validate_scheme_config(SchemeConfig("svix2", ("s",)))
         assert problem.startswith("scheme: unknown scheme 'svix2'")
 
@@ -1053,16 +1068,18 @@ class TestValidateSchemeConfig:
         (("ok", ""), ["secrets[1]: empty"]),
         (("ok\n",), ["secrets[0]: has leading or trailing whitespace"]),
     ])
-    def test_secrets(self, secrets, expected):
-        assert validate_scheme_config(SchemeConfig("github", secrets)) == expected
+    def test_secrets(self, secrets: tuple[str, ...] | str, expected: list[str]) -> None:
+        # "abc" is deliberately not a tuple: the check must name that mistake.
+        config = SchemeConfig("github", secrets)  # type: ignore[arg-type]
+        assert validate_scheme_config(config) == expected
 
-    def test_standard_webhooks_secrets(self):
+    def test_standard_webhooks_secrets(self) -> None:
         problems = validate_scheme_config(
             sw(SW_SECRET, "whsec_not*base64", SW_PUBLIC, "c2VjcmV0", SW_PUBLIC.rstrip("=")))
         assert problems == ["secrets[1]: whsec_ secret is not valid base64"]
         assert "not*base64" not in problems[0]
 
-    def test_standard_webhooks_signing_key_is_refused(self):
+    def test_standard_webhooks_signing_key_is_refused(self) -> None:
         whsk = "whsk_" + SW_ED_VECTOR_SEED
         problems = validate_scheme_config(sw(SW_PUBLIC, whsk))
         assert problems == [
@@ -1073,7 +1090,7 @@ class TestValidateSchemeConfig:
     @pytest.mark.parametrize("encoded", [
         b64(b"p" * 31), b64(b"p" * 33), b64(b"p" * 64), "not*base64", "", "whpk_" + b64(b"p" * 32),
     ])
-    def test_standard_webhooks_bad_public_key(self, encoded):
+    def test_standard_webhooks_bad_public_key(self, encoded: str) -> None:
         problems = validate_scheme_config(sw(SW_SECRET, "whpk_" + encoded))
         assert problems == [
             "secrets[1]: whpk_ public key is not base64 of a 32-byte Ed25519 key"]
@@ -1081,17 +1098,17 @@ class TestValidateSchemeConfig:
             assert encoded not in problems[0]
 
     @pytest.mark.parametrize("tolerance", [-1.0, math.nan, math.inf])
-    def test_tolerance(self, tolerance):
+    def test_tolerance(self, tolerance: float) -> None:
         assert validate_scheme_config(stripe(tolerance=tolerance)) == [
             "tolerance: must be a finite number of seconds, 0 or more"]
 
-    def test_event_paths(self):
+    def test_event_paths(self) -> None:
         assert validate_scheme_config(stripe(event_id_path="data..id", event_type_path=".x")) == [
             "event_id_path: 'data..id' has an empty segment",
             "event_type_path: '.x' has an empty segment",
         ]
 
-    def test_generic_fields(self):
+    def test_generic_fields(self) -> None:
         problems = validate_scheme_config(SchemeConfig(
             "generic_hmac", ("s",), algorithm="sha1", encoding="base32",
             signed_content="{timestamp}.{id}.{nonce}"))
@@ -1106,7 +1123,7 @@ class TestValidateSchemeConfig:
             "id_header: required when signed_content uses {id}",
         ]
 
-    def test_generic_unsigned_timestamp_header(self):
+    def test_generic_unsigned_timestamp_header(self) -> None:
         config = SchemeConfig("generic_hmac", ("s",), signature_header="X-Sig",
                               timestamp_header="X-Ts")
         assert validate_scheme_config(config) == [
@@ -1114,7 +1131,7 @@ class TestValidateSchemeConfig:
             "so the timestamp would give no replay protection"]
 
 
-def test_public_exports():
+def test_public_exports() -> None:
     assert sorted(webhooks.__all__) == [
         "DEFAULT_TOLERANCE", "SCHEME_NAMES", "SchemeConfig", "Verdict", "VerifyResult",
         "WebhookRequest", "validate_scheme_config", "verify",
@@ -1125,7 +1142,7 @@ def test_public_exports():
     ]
 
 
-def test_core_imports_no_adapter_libraries():
+def test_core_imports_no_adapter_libraries() -> None:
     root = Path(webhooks.__file__).parent
     files = [root / "__init__.py", root / "verdict.py", *sorted((root / "schemes").glob("*.py"))]
     forbidden = {"grpc", "aiohttp", "sqlite3", "sqlite_utils", "prometheus_client"}
