@@ -32,6 +32,7 @@ REDIS_URL = f"redis://:{REDIS_PASSWORD}@redis-q7.internal:6391/2"
 SECRETS = {
     "SC_API_TOKEN": "grpc-api-token-5Hq2",
     "SC_REDIS": REDIS_URL,
+    "SC_SENTINEL_PASSWORD": "sentinel-pass-2Fm8",
     "PAY_TOKEN": "sk_live_pay-token-8Kd3",
     "MAIL_KEY": "mail-api-key-2Lw9",
     "STRIPE_OLD": "whsec_stripe-old-4Nc1",
@@ -65,8 +66,10 @@ def full_config() -> dict[str, Any]:
             "shutdown_grace": "2500ms",
         },
         "storage": {"backend": "redis", "data_dir": "/srv/sidecar-data",
-                    "redis": {"url_env": "SC_REDIS", "key_prefix": "{shop}:",
-                              "socket_timeout": 0.3}},
+                    "redis": {"url_env": "SC_REDIS", "mode": "sentinel", "key_prefix": "{shop}:",
+                              "socket_timeout": 0.3,
+                              "sentinel": {"master_name": "shop-primary",
+                                           "password_env": "SC_SENTINEL_PASSWORD"}}},
         "logging": {"level": "debug", "format": "text"},
         "reload": {"watch": True, "watch_interval": "250ms"},
         "integrations": {
@@ -247,8 +250,10 @@ def test_keys_durations_and_statuses_are_written_as_the_file_reads_them(full: Co
     shown = yaml.safe_load(dump_redacted(full))
     grpc = shown["server"]["grpc"]
     assert grpc["api_token_env"] == "SC_API_TOKEN" and "api_token" not in grpc
-    assert shown["storage"]["redis"] == {"url_env": "SC_REDIS", "key_prefix": "{shop}:",
-                                         "socket_timeout": "300ms"}
+    assert shown["storage"]["redis"] == {
+        "url_env": "SC_REDIS", "mode": "sentinel", "key_prefix": "{shop}:",
+        "socket_timeout": "300ms",
+        "sentinel": {"master_name": "shop-primary", "password_env": "SC_SENTINEL_PASSWORD"}}
     pay = shown["integrations"]["payments"]
     assert pay["auth"] == {"type": "bearer", "token_env": "PAY_TOKEN"}
     assert shown["integrations"]["mail"]["auth"] == {

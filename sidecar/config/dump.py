@@ -132,8 +132,11 @@ def _server(s: ServerConfig) -> Tree:
 
 def _storage(s: StorageConfig) -> Tree:
     # Only the variable's name: the URL may hold a password.
-    redis = {"url_env": s.redis.url_env, "key_prefix": s.redis.key_prefix,
-             "socket_timeout": _duration(s.redis.socket_timeout)}
+    sentinel = s.redis.sentinel
+    redis = {"url_env": s.redis.url_env, "mode": s.redis.mode, "key_prefix": s.redis.key_prefix,
+             "socket_timeout": _duration(s.redis.socket_timeout),
+             "sentinel": {"master_name": sentinel.master_name,
+                          "password_env": sentinel.password_env}}
     return {"backend": s.backend, "data_dir": s.data_dir, "redis": redis}
 
 

@@ -22,6 +22,7 @@ from sidecar.config.model import (
     DEFAULT_EDGE_HOST,
     DEFAULT_EDGE_PORT,
     DEFAULT_OTLP_ENDPOINT,
+    REDIS_MODES,
     WEBHOOK_SCHEMES,
     ApiVersionConfig,
     AuthConfig,
@@ -40,6 +41,7 @@ from sidecar.config.model import (
     OtlpConfig,
     RealtimeConfig,
     RedisConfig,
+    RedisSentinelConfig,
     ReloadConfig,
     RetryConfig,
     RouteConfig,
@@ -54,6 +56,7 @@ from sidecar.config.model import (
     WebhookSourceConfig,
     WebSocketConfig,
     parse_key_values,
+    redis_urls,
 )
 from sidecar.core.resilience.backoff import BackoffPolicy
 from sidecar.core.resilience.breaker import BreakerPolicy
@@ -386,31 +389,77 @@ def _storage(sec: _Section, env: Mapping[str, str]) -> StorageConfig:
     return cfg
 
 
-def _redis_url_ok(value: str) -> bool:
+def _redis_url_ok(value: str, schemes: tuple[str, ...] = REDIS_SCHEMES) -> bool:
     parts = urlsplit(value)
     if parts.scheme == "unix":
-        return bool(parts.path)
+        return "unix" in schemes and bool(parts.path)
     try:
         parts.port  # noqa: B018 - raises on a port that is not a number
     except ValueError:
         return False
-    return parts.scheme in REDIS_SCHEMES and bool(parts.hostname)
+    return parts.scheme in schemes and bool(parts.hostname)
+
+
+#: What a cluster or sentinel URL list may look like, for the error messages.
+_REDIS_LIST_EXAMPLE = {
+    "cluster": "redis://:password@node-1:6379,redis://node-2:6379 (rediss:// for TLS)",
+    "sentinel": "redis://:password@sentinel-1:26379,redis://sentinel-2:26379/0 "
+                "(rediss:// for TLS)",
+}
+
+
+def _redis_url_list_problem(value: str, mode: str) -> str:
+    """Why a cluster or sentinel URL list is unusable ("" when it is fine); never
+    quotes the value, which may hold a password."""
+    urls = redis_urls(value)
+    if not urls:
+        return "holds no URL"
+    for i, url in enumerate(urls, 1):
+        which = f"has a URL ({i} of {len(urls)})"
+        if not _redis_url_ok(url, ("redis", "rediss")):
+            return f"{which} that is not a redis:// or rediss:// URL with a host"
+        db = urlsplit(url).path.strip("/")
+        if db and not db.isdigit():
+            return f"{which} with no database number in its path"
+        if mode == "cluster" and db not in ("", "0"):
+            return f"{which} naming database {db}; a Redis Cluster has only 0"
+    parts = [urlsplit(u) for u in urls]
+    if len({p.scheme for p in parts}) > 1:
+        return "mixes redis:// and rediss:// URLs; use one scheme for all"
+    # Credentials and database may be written once; where repeated they must agree.
+    for what, values in (("credentials", {(p.username, p.password) for p in parts
+                                          if p.username or p.password}),
+                         ("database", {p.path.strip("/") for p in parts if p.path.strip("/")})):
+        if len(values) > 1:
+            return f"gives different {what} in different URLs; give them once or the same"
+    return ""
 
 
 def _redis(sec: _Section, env: Mapping[str, str], *, needed: bool) -> RedisConfig:
     """The URL is read (and must be set) only when the redis backend is chosen."""
     url_env = sec.string("url_env", RedisConfig.url_env) or RedisConfig.url_env
+    mode = sec.string("mode", RedisConfig.mode, choices=REDIS_MODES)
     url: Secret | None = None
     if not _ENV_NAME_RE.match(url_env):
         sec.err("url_env", f"must name an environment variable (letters, digits, _); "
                            f"got {url_env!r}")
     elif needed:
         value = env.get(url_env, "")
-        if not value:
+        # Never echo the value: it may hold a password.
+        if mode != "standalone":
+            what = "cluster seed nodes" if mode == "cluster" else "sentinels"
+            problem = ("is not set or empty" if not value
+                       else _redis_url_list_problem(value, mode))
+            if problem:
+                sec.err("url_env", f"environment variable {url_env} {problem}; in {mode} mode "
+                                   f"it must hold the {what} as a comma-separated list like "
+                                   f"{_REDIS_LIST_EXAMPLE[mode]}")
+            else:
+                url = Secret(env=url_env, value=value)
+        elif not value:
             sec.err("url_env", f"environment variable {url_env} is not set or empty; it must "
                                "hold the Redis URL, e.g. redis://:password@host:6379/0")
         elif not _redis_url_ok(value):
-            # Never echo the value: it may hold a password.
             sec.err("url_env", f"environment variable {url_env} must hold a URL like "
                                "redis://host:6379/0, rediss://host:6380/0 (TLS) or "
                                "unix:///path/redis.sock")
@@ -423,11 +472,36 @@ def _redis(sec: _Section, env: Mapping[str, str], *, needed: bool) -> RedisConfi
     cfg = RedisConfig(
         url_env=url_env,
         url=url,
+        mode=mode,
         key_prefix=prefix,
         socket_timeout=sec.duration("socket_timeout", RedisConfig.socket_timeout),
+        sentinel=_redis_sentinel(sec.section("sentinel"), env,
+                                 needed=needed and mode == "sentinel"),
     )
     sec.finish({"url": "the URL may hold a password: put it in an environment variable "
                        "and name it with url_env"})
+    return cfg
+
+
+def _redis_sentinel(sec: _Section, env: Mapping[str, str], *,
+                    needed: bool) -> RedisSentinelConfig:
+    """The master name is required, and the password read, only in sentinel mode."""
+    master_name = sec.string("master_name")
+    if needed and not master_name:
+        sec.err("master_name", "is required when storage.redis.mode is sentinel: the name "
+                               "the sentinels monitor the primary under")
+    if any(c.isspace() for c in master_name):
+        sec.err("master_name", f"must not contain spaces; got {master_name!r}")
+    password_env = sec.string("password_env")
+    password: Secret | None = None
+    if password_env and not _ENV_NAME_RE.match(password_env):
+        sec.err("password_env", f"must name an environment variable (letters, digits, _); "
+                                f"got {password_env!r}")
+    elif password_env and needed:
+        password = sec.secret("password_env", env, required=True)
+    cfg = RedisSentinelConfig(master_name=master_name, password_env=password_env,
+                              password=password)
+    sec.finish({"password": "secrets come from the environment: use password_env"})
     return cfg
 
 

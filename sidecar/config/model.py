@@ -99,22 +99,56 @@ class ServerConfig:
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
 
 
+#: How the sidecar reaches Redis: one server, a Redis Cluster, or a primary
+#: that Redis Sentinel manages (and fails over).
+REDIS_MODES = ("standalone", "cluster", "sentinel")
+
+
+def redis_urls(value: str) -> list[str]:
+    """The URLs of a comma-separated list (cluster seed nodes, sentinels)."""
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def url_passwords(url: str) -> list[str]:
+    """The passwords a Redis URL carries: in its user info and in a ``password=`` query."""
+    parts = urlsplit(url)
+    found = [unquote(parts.password or ""), *parse_qs(parts.query).get("password", [])]
+    return [p for p in found if p]
+
+
+@dataclass(frozen=True)
+class RedisSentinelConfig:
+    #: The name the sentinels monitor the primary under (``sentinel monitor <name> ...``).
+    master_name: str = ""
+    #: The environment variable holding the sentinels' own password (``requirepass``
+    #: in sentinel.conf); empty: the sentinels ask for none.
+    password_env: str = ""
+    password: Secret | None = None
+
+
 @dataclass(frozen=True)
 class RedisConfig:
     #: The environment variable holding the URL (``redis://``, ``rediss://`` for
-    #: TLS, ``unix://``); it may carry a password, so it is a secret.
+    #: TLS, ``unix://``); it may carry a password, so it is a secret. In cluster
+    #: mode a comma-separated list of seed nodes, in sentinel mode of sentinels.
     url_env: str = DEFAULT_REDIS_URL_ENV
     url: Secret | None = None
+    #: One of ``REDIS_MODES``.
+    mode: str = "standalone"
     key_prefix: str = DEFAULT_REDIS_KEY_PREFIX
     socket_timeout: float = DEFAULT_REDIS_SOCKET_TIMEOUT
+    sentinel: RedisSentinelConfig = RedisSentinelConfig()
 
     def url_secrets(self) -> list[Secret]:
-        """The URL and the password inside it, each to be redacted wherever it shows."""
-        if self.url is None:
-            return []
-        parts = urlsplit(self.url.value)
-        passwords = [parts.password or "", *parse_qs(parts.query).get("password", [])]
-        return [self.url, *(Secret(self.url.env, unquote(p)) for p in passwords if p)]
+        """The URL, the passwords inside it and the sentinels' password, each to be
+        redacted wherever it shows."""
+        found: list[Secret] = []
+        if self.url is not None:
+            urls = [self.url.value] if self.mode == "standalone" else redis_urls(self.url.value)
+            found = [self.url, *(Secret(self.url.env, p) for u in urls for p in url_passwords(u))]
+        if self.sentinel.password is not None:
+            found.append(self.sentinel.password)
+        return found
 
 
 @dataclass(frozen=True)
@@ -479,8 +513,7 @@ class Config:
         found: list[Secret] = []
         if self.server.grpc.api_token:
             found.append(self.server.grpc.api_token)
-        if self.storage.redis.url:
-            found += self.storage.redis.url_secrets()
+        found += self.storage.redis.url_secrets()
         found += [i.auth.secret for i in self.integrations.values() if i.auth.secret]
         for source in self.webhooks.sources.values():
             found += source.secrets
