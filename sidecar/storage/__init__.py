@@ -20,8 +20,13 @@ def make_storage(config: StorageConfig) -> Storage:
         url = redis.url.value if redis.url is not None else os.environ.get(redis.url_env, "")
         if not url:
             raise ValueError(f"storage.redis: environment variable {redis.url_env} is not set")
+        sentinel = redis.sentinel
+        password = (sentinel.password.value if sentinel.password is not None
+                    else os.environ.get(sentinel.password_env, "") if sentinel.password_env
+                    else "")
         return RedisStorage(url, key_prefix=redis.key_prefix,
-                            socket_timeout=redis.socket_timeout)
+                            socket_timeout=redis.socket_timeout, mode=redis.mode,
+                            master_name=sentinel.master_name, sentinel_password=password)
     raise ValueError(f"unknown storage backend {config.backend!r}")  # config validation stops it
 
 

@@ -1,4 +1,5 @@
-"""The multi-replica storage backend: one Redis shared by every sidecar replica.
+"""The multi-replica storage backend: one Redis (a server, a Sentinel-managed primary or
+a Redis Cluster) shared by every sidecar replica.
 
 Same semantics as ``SqliteStorage`` (both pass ``tests/contract``); each step
 that must be atomic is one Lua script, so replicas never race. Times are the
@@ -35,29 +36,36 @@ connection error or timeout, so a command may run twice: appends and ingests
 recognise their own event id and store it once; a repeated claim's first
 deliveries come back after the ack timeout, as at-least-once allows.
 
-Scripts build key names from the prefix, so this needs one Redis (or a
-Sentinel-managed primary), not a Cluster. For durability run Redis with AOF
+Modes (``redis_endpoint``): ``standalone``, one Redis URL; ``sentinel``, the
+primary that Redis Sentinel names (the client asks the sentinels again after a
+failover and follows it); ``cluster``, a Redis Cluster (cluster-mode ElastiCache,
+MemoryDB, Memorystore Cluster, a self-run one). Scripts build key names from the
+prefix, and a cluster runs a script only when all its keys share one hash slot:
+in cluster mode the prefix carries a hash tag (``sidecar:`` becomes
+``{sidecar}:``, see ``cluster_prefix``), every script names one real key in
+KEYS so the client sends it to that slot's node, and blocking reads span one
+slot too. So a cluster works, but all of one deployment's keys live on one
+shard: the cluster gives availability and room for other apps' keys, not
+sharding of the sidecar's own data. For durability run Redis with AOF
 (``appendonly yes``). In-flight deliveries are not reset on ``open``: other
 replicas may hold them; a dead replica's come back after the ack timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import urllib.parse
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from redis import exceptions as redis_errors
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 
 from sidecar.clock import Clock
 from sidecar.core.resilience.rate_limit import RateLimiter, RateLimitPolicy
 from sidecar.errors import StorageUnavailable
 from sidecar.storage.base import ClaimStatus, IdempotencyClaim
 from sidecar.storage.migrations import SchemaTooNew
+from sidecar.storage.redis_endpoint import Client, RedisEndpoint, cluster_prefix
 from sidecar.storage.redis_events import RedisEventsMixin
 from sidecar.storage.redis_keys import RedisKeys, num, ttl_ms
 from sidecar.storage.redis_ratelimit import SharedTokenBucket
@@ -74,22 +82,6 @@ DEFAULT_MAX_CONNECTIONS = 256
 #: Seconds a pooled connection may idle before it is PINGed on reuse, so a
 #: connection Redis dropped (restart, idle timeout) is replaced, not failed on.
 DEFAULT_HEALTH_CHECK_INTERVAL = 30.0
-#: Retries of a command after a connection error or timeout, with backoff.
-RETRIES = 3
-SCHEMES = ("redis", "rediss", "unix")
-
-
-def describe_url(url: str) -> str:
-    """``url`` without credentials or query: safe for messages and logs."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme == "unix":
-        return f"unix://{parts.path}"
-    host = parts.hostname or "localhost"
-    try:
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        port = ":<invalid port>"
-    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 class RedisStorage(RedisEventsMixin):
@@ -103,26 +95,26 @@ class RedisStorage(RedisEventsMixin):
         socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         health_check_interval: float = DEFAULT_HEALTH_CHECK_INTERVAL,
+        mode: str = "standalone",
+        master_name: str = "",
+        sentinel_password: str = "",
     ) -> None:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in SCHEMES:
-            # Never echo the URL: it may hold a password.
-            raise ValueError(f"redis URL must start with redis://, rediss:// or unix://; "
-                             f"got a {parts.scheme or 'scheme-less'} URL")
+        """``url``: one URL; in ``cluster`` mode the seed nodes', in ``sentinel`` mode
+        the sentinels' URLs, comma separated (``master_name`` names the primary)."""
         if not key_prefix:
             raise ValueError("the key prefix must not be empty")
-        self._url = url
-        self._passwords = [p for p in (urllib.parse.unquote(parts.password or ""),
-                                       *urllib.parse.parse_qs(parts.query).get("password", []))
-                           if p]
-        self.where = describe_url(url)
-        self.key_prefix = key_prefix
-        self._socket_timeout = socket_timeout
-        self._max_connections = max_connections
-        self._health_check_interval = health_check_interval
-        self._keys = RedisKeys(key_prefix)
-        self._client: Redis | None = None
-        self._follower: Redis | None = None
+        self._endpoint = RedisEndpoint(
+            url, mode=mode, master_name=master_name, sentinel_password=sentinel_password,
+            socket_timeout=socket_timeout, max_connections=max_connections,
+            health_check_interval=health_check_interval)
+        self._passwords = self._endpoint.passwords
+        self.where = self._endpoint.where
+        self.mode = mode
+        #: In cluster mode with a hash tag (``cluster_prefix``): one slot for all keys.
+        self.key_prefix = cluster_prefix(key_prefix) if mode == "cluster" else key_prefix
+        self._keys = RedisKeys(self.key_prefix)
+        self._client: Client | None = None
+        self._follower: Client | None = None
         self._scripts_obj: RedisScripts | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -130,27 +122,21 @@ class RedisStorage(RedisEventsMixin):
     async def open(self) -> None:
         if self._client is not None:
             return
-        pool = BlockingConnectionPool.from_url(
-            self._url,
-            max_connections=self._max_connections,
-            timeout=self._socket_timeout,
-            socket_timeout=self._socket_timeout,
-            socket_connect_timeout=self._socket_timeout,
-            retry=Retry(ExponentialBackoff(), RETRIES),
-            health_check_interval=self._health_check_interval,
-        )
-        client = Redis.from_pool(pool)
+        with self._errors():
+            client = self._endpoint.client()
         try:
             with self._errors():
                 await client.ping()
                 await self._ensure_schema(client)
         except BaseException:
-            await client.aclose()
+            with contextlib.suppress(redis_errors.RedisError, OSError):
+                await client.aclose()
+            await self._endpoint.close()
             raise
         self._client = client
         self._scripts_obj = RedisScripts(client)
 
-    async def _ensure_schema(self, client: Redis) -> None:
+    async def _ensure_schema(self, client: Client) -> None:
         await client.set(self._keys.schema, SCHEMA_VERSION, nx=True)
         have = int(await client.get(self._keys.schema) or 0)
         if have > SCHEMA_VERSION:
@@ -167,25 +153,22 @@ class RedisStorage(RedisEventsMixin):
             if c is not None:
                 with contextlib.suppress(redis_errors.RedisError, OSError):
                     await c.aclose()
+        await self._endpoint.close()
 
     def rate_limiter(self, name: str, policy: RateLimitPolicy, clock: Clock) -> RateLimiter:
         """A bucket shared by every replica on this Redis (and key prefix)."""
         return SharedTokenBucket(lambda: self.redis, f"{self.key_prefix}rl:{name}", policy,
                                  clock, self._errors)
 
-    def _follow_client(self) -> Redis:
+    def _follow_client(self) -> Client:
         if self._client is None:
             raise StorageUnavailable("storage is closed")
         if self._follower is None:
-            self._follower = Redis.from_url(
-                self._url, socket_timeout=self._socket_timeout,
-                socket_connect_timeout=self._socket_timeout,
-                retry=Retry(ExponentialBackoff(), RETRIES),
-                health_check_interval=self._health_check_interval)
+            self._follower = self._endpoint.follower()
         return self._follower
 
     @property
-    def redis(self) -> Redis:
+    def redis(self) -> Client:
         if self._client is None:
             raise StorageUnavailable("storage is closed")
         return self._client
@@ -201,13 +184,20 @@ class RedisStorage(RedisEventsMixin):
         """Translate redis-py's errors into ``StorageUnavailable`` (never a raw one)."""
         try:
             yield
+            task = asyncio.current_task()
+            if self.mode == "cluster" and task is not None and task.cancelling():
+                # A cancellation that reaches redis-py's cluster client mid-command can
+                # be lost (the call returns): hand it on, or a task being stopped (the
+                # event follower) would run on and its stop() would wait forever.
+                raise asyncio.CancelledError
         except redis_errors.AuthenticationError as exc:
             raise StorageUnavailable(
                 f"redis at {self.where} refused the credentials: {self._scrub(exc)}") from exc
         except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
             raise StorageUnavailable(
                 f"redis at {self.where} is unreachable: {self._scrub(exc)}") from exc
-        except redis_errors.RedisError as exc:
+        except (redis_errors.RedisError, redis_errors.RedisClusterException) as exc:
+            # RedisClusterException (no reachable node, slot not covered) is no RedisError.
             raise StorageUnavailable(
                 f"redis at {self.where} failed: {self._scrub(exc)}") from exc
 

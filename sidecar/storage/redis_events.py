@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from sidecar.core.events.models import (
     AckOutcome,
@@ -23,6 +23,7 @@ from sidecar.core.events.models import (
     NewEvent,
     StoredEvent,
 )
+from sidecar.storage.redis_endpoint import Client
 from sidecar.storage.redis_keys import RedisKeys, num, ttl_ms, unescape
 from sidecar.storage.redis_scripts import RedisScripts
 
@@ -79,7 +80,7 @@ class RedisEventsMixin:
     _keys: RedisKeys
 
     @property
-    def redis(self) -> Redis:  # pragma: no cover - provided by the host
+    def redis(self) -> Client:  # pragma: no cover - provided by the host
         raise NotImplementedError
 
     @property
@@ -89,7 +90,7 @@ class RedisEventsMixin:
     def _errors(self) -> contextlib.AbstractContextManager[None]:  # pragma: no cover
         raise NotImplementedError
 
-    def _follow_client(self) -> Redis:  # pragma: no cover - provided by the host
+    def _follow_client(self) -> Client:  # pragma: no cover - provided by the host
         raise NotImplementedError
 
     async def _xrange(self, topic: str, start: str, end: str = "+",
@@ -138,6 +139,7 @@ class RedisEventsMixin:
         # ``durable`` is Redis's own persistence setting (appendfsync) here.
         with self._errors():
             offset = await self._scripts.append(
+                keys=[self._keys.stream(event.topic)],
                 args=[*self._event_args(event, now), APPEND_MARKER_MS])
         return self._stored(event, int(offset), now)
 
@@ -147,7 +149,8 @@ class RedisEventsMixin:
         args = [*self._event_args(event, now), RedisKeys.member(source, dedup_key), num(now),
                 num(now + dedup_ttl), ttl_ms(dedup_ttl), json.dumps(audit_headers)]
         with self._errors():
-            reply = await self._scripts.ingest_webhook(args=args)
+            reply = await self._scripts.ingest_webhook(keys=[self._keys.stream(event.topic)],
+                                                       args=args)
         if int(reply[0]) == 0:
             return IngestResult(self._stored(event, int(reply[1]), now), duplicate=False)
         first_id, topic, entry = reply[1].decode(), reply[2].decode(), reply[4]
@@ -187,7 +190,7 @@ class RedisEventsMixin:
             policy.max_attempts, policy.start, limit, DUE_SCAN, len(asked), *asked,
             len(ordered), *ordered]
         with self._errors():
-            rows = await self._scripts.claim(args=args)
+            rows = await self._scripts.claim(keys=[self._keys.group(group, "cur")], args=args)
         return [Delivery(_event(topic.decode(), entry_id, _pairs(flat)), int(attempt))
                 for topic, entry_id, flat, attempt in rows]
 
@@ -207,13 +210,14 @@ class RedisEventsMixin:
                         delays += [attempts, num(retry_delay(attempts))]
             args: list[Any] = [self._keys.prefix, group, outcome.value, error, num(now),
                                policy.max_attempts, len(delays) // 2, *delays, *event_ids]
-            reply = await self._scripts.settle(args=args)
+            reply = await self._scripts.settle(keys=[self._keys.group(group, "rec")], args=args)
         return int(reply[0]), [x.decode() for x in reply[1:]]
 
     async def release_consumer(self, group: str, consumer: str, *, now: float) -> int:
         """A member left: its in-flight events become due now, for the others."""
         with self._errors():
             return int(await self._scripts.release_consumer(
+                keys=[self._keys.group(group, "cur")],
                 args=[self._keys.prefix, group, consumer, num(now)]))
 
     async def next_due(self, group: str, topics: Sequence[str]) -> float | None:
@@ -326,9 +330,10 @@ class RedisEventsMixin:
             count = 0
             # The script re-checks each status: one that changed meanwhile is left alone.
             for i in range(0, len(ids), REQUEUE_BATCH):
-                count += int(await self._scripts.requeue(args=[
-                    self._keys.prefix, group, num(now), len(wanted), *wanted,
-                    *ids[i:i + REQUEUE_BATCH]]))
+                count += int(await self._scripts.requeue(
+                    keys=[self._keys.group(group, "rec")],
+                    args=[self._keys.prefix, group, num(now), len(wanted), *wanted,
+                          *ids[i:i + REQUEUE_BATCH]]))
         return count
 
     # ------------------------------------------------------------------ retention
@@ -348,10 +353,18 @@ class RedisEventsMixin:
                              max_seq if max_seq >= 1 else ""])
         removed = 0
         for i in range(0, len(jobs), PRUNE_PIPELINE):
-            pipe = self.redis.pipeline(transaction=False)
-            for topic, cutoff, max_seq in jobs[i:i + PRUNE_PIPELINE]:
-                await self._scripts.prune_topic(
-                    args=[self._keys.prefix, topic, cutoff, max_seq, limit], client=pipe)
-            for events, records in await pipe.execute():
+            calls = [([self._keys.stream(topic)],
+                      [self._keys.prefix, topic, cutoff, max_seq, limit])
+                     for topic, cutoff, max_seq in jobs[i:i + PRUNE_PIPELINE]]
+            if isinstance(self.redis, RedisCluster):
+                # A cluster pipeline refuses scripts: one call after the other.
+                replies = [await self._scripts.prune_topic(keys=keys, args=args)
+                           for keys, args in calls]
+            else:
+                pipe = self.redis.pipeline(transaction=False)
+                for keys, args in calls:
+                    await self._scripts.prune_topic(keys=keys, args=args, client=pipe)
+                replies = await pipe.execute()
+            for events, records in replies:
                 removed += int(events) + int(records)
         return removed

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from sidecar.clock import Clock
 from sidecar.core.resilience.rate_limit import RateLimitedError, RateLimitPolicy
+from sidecar.storage.redis_endpoint import Client
 
 # KEYS[1] the bucket's TAT. ARGV: interval, span (burst as time), tokens,
 # max_wait (-1: never wait), ttl ms. Returns {status, seconds}: status 0 taken
@@ -54,7 +54,7 @@ return 1
 
 
 class SharedTokenBucket:
-    def __init__(self, redis: Callable[[], Redis], key: str, policy: RateLimitPolicy,
+    def __init__(self, redis: Callable[[], Client], key: str, policy: RateLimitPolicy,
                  clock: Clock,
                  errors: Callable[[], AbstractContextManager[None]] = nullcontext) -> None:
         self._errors = errors

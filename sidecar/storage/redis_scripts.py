@@ -3,15 +3,19 @@
 Redis runs a script alone, so a claim, an ack or an ingest never interleaves
 with another replica's. Group and event scripts take the key prefix as
 ``ARGV[1]`` and build their key names with the same escaping as
-``sidecar.storage.redis_keys``. Numbers the caller passes (times) travel as
+``sidecar.storage.redis_keys``; their ``KEYS[1]`` is one of the keys they
+touch, there only so that a cluster client sends the script to the node that
+holds the prefix's slot (in cluster mode every key shares the prefix's hash
+tag, so whatever a script builds is in that slot too). Numbers the caller passes (times) travel as
 Python ``repr`` strings and are formatted back with ``%.17g``: no precision
 is lost on the way.
 """
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+
+from sidecar.storage.redis_endpoint import Client
 
 _PRELUDE = r"""
 local P = ARGV[1]
@@ -111,7 +115,8 @@ end
 return #members
 """
 
-# ARGV: P, topic, id, type, data, content type, attributes, time, marker ttl_ms.
+# KEYS: the topic's stream. ARGV: P, topic, id, type, data, content type, attributes,
+#       time, marker ttl_ms.
 # The marker makes a client-side retry of the same append (after a timeout
 # whose command did run) return the first offset instead of appending twice.
 APPEND = _PRELUDE + r"""
@@ -123,7 +128,7 @@ redis.call('SET', marker, int(seq), 'PX', ARGV[9])
 return seq
 """
 
-# ARGV: P, topic, id, type, data, content type, attributes, time,
+# KEYS: the topic's stream. ARGV: P, topic, id, type, data, content type, attributes, time,
 #       dedup member, now, expires_at, ttl_ms, audit headers.
 # Returns {0, offset} when stored, {1, event id, topic, offset, entry or false}
 # for a duplicate (entry is false once the first event left the log).
@@ -144,6 +149,7 @@ redis.call('ZADD', P .. 'idx:wh', ARGV[11], ARGV[9])
 return {0, seq}
 """
 
+# KEYS: the group's cursors.
 # ARGV: P, group, consumer, now, ack_timeout, max_attempts, start, limit, due_scan,
 #       n, n topics (as asked), m, m topics (sorted, unique).
 # Returns {topic, entry id, entry fields, attempt} per delivery.
@@ -220,6 +226,7 @@ end
 return out
 """
 
+# KEYS: the group's records.
 # ARGV: P, group, outcome, error, now, max_attempts, n, n x (attempts, retry delay), ids...
 # Returns {settled, unknown ids...}.
 SETTLE = _PRELUDE + r"""
@@ -259,7 +266,8 @@ res[1] = settled
 return res
 """
 
-# ARGV: P, group, consumer, now. The member's in-flight events become due now.
+# KEYS: the group's cursors. ARGV: P, group, consumer, now.
+# The member's in-flight events become due now.
 RELEASE_CONSUMER = _PRELUDE + r"""
 local group, consumer = ARGV[2], ARGV[3]
 local n = 0
@@ -277,7 +285,8 @@ end
 return n
 """
 
-# ARGV: P, group, now, n, n statuses, ids... Returns how many were requeued.
+# KEYS: the group's records. ARGV: P, group, now, n, n statuses, ids...
+# Returns how many were requeued.
 REQUEUE = _PRELUDE + r"""
 local group = ARGV[2]
 local n = tonumber(ARGV[4])
@@ -296,7 +305,7 @@ end
 return count
 """
 
-# ARGV: P, topic, time cutoff or '', offset cutoff or '', budget.
+# KEYS: the topic's stream. ARGV: P, topic, time cutoff or '', offset cutoff or '', budget.
 # Trims the head of the topic's stream: at most ``budget`` leading events
 # older than the time cutoff or at/below the offset cutoff, with every
 # group's record of them. Returns {events, records}.
@@ -338,7 +347,7 @@ return {k, records}
 class RedisScripts:
     """The scripts, registered on one client (EVALSHA, reloaded after a Redis restart)."""
 
-    def __init__(self, client: Redis) -> None:
+    def __init__(self, client: Client) -> None:
         self.idempotency_claim: AsyncScript = client.register_script(IDEMPOTENCY_CLAIM)
         self.idempotency_complete: AsyncScript = client.register_script(IDEMPOTENCY_COMPLETE)
         self.idempotency_release: AsyncScript = client.register_script(IDEMPOTENCY_RELEASE)

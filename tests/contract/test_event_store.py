@@ -12,6 +12,9 @@ from sidecar.core.events.models import (
 
 POLICY = GroupPolicy(ack_timeout=30.0, max_attempts=3)
 
+#: The event store and idempotency run on a Sentinel-managed Redis too.
+ALSO_ON_SENTINEL = True
+
 
 def ev(topic: str = "t", **kw: object) -> NewEvent:
     return NewEvent(id=new_event_id(), topic=topic, **kw)  # type: ignore[arg-type]

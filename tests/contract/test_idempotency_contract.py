@@ -8,6 +8,9 @@ from sidecar.errors import StorageUnavailable
 from sidecar.storage import ClaimStatus, IdempotencyClaim, Storage
 from tests.contract.conftest import OpenStore
 
+#: The event store and idempotency run on a Sentinel-managed Redis too.
+ALSO_ON_SENTINEL = True
+
 
 async def test_claim_rules(store: Storage) -> None:
     claim = store.idempotency_claim
