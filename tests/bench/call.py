@@ -81,6 +81,7 @@ from tests.bench.load import (
     open_loop,
     percentile,
 )
+from tests.bench.loop import run_on_uvloop
 from tests.bench.procs import (
     Child,
     ChildError,
@@ -597,16 +598,6 @@ def _environment() -> dict[str, Any]:
             "platform": platform.platform()}
 
 
-def _run_loop(coro: Awaitable[None]) -> None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        asyncio.run(coro)  # type: ignore[arg-type]
-        return
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(coro)  # type: ignore[arg-type]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench",
                                      description="Benchmark the sidecar's Call RPC.")
@@ -622,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM stops the run like Ctrl-C: children are stopped, temporary files go.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        _run_loop(run(s, results))
+        run_on_uvloop(lambda: run(s, results))
     except KeyboardInterrupt:
         results.setdefault("problems", []).append("interrupted")
     results["elapsed_s"] = round(time.perf_counter() - started, 1)

@@ -104,7 +104,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +114,7 @@ import yaml
 from integration_sidecar.v1 import sidecar_pb2 as pb
 from integration_sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
+from tests.bench.loop import run_on_uvloop
 from tests.bench.procs import Child, ChildError, child_env
 from tests.bench.realtime_peers import SECRET_ENV, TOPIC_WS, raise_nofile
 
@@ -720,16 +720,6 @@ def _environment(nofile: int) -> dict[str, Any]:
             "platform": platform.platform(), "nofile": nofile}
 
 
-def _run_loop(coro: Awaitable[None]) -> None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        asyncio.run(coro)  # type: ignore[arg-type]
-        return
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(coro)  # type: ignore[arg-type]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="tests.bench.realtime",
@@ -751,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
                                "cpus": {"server": cpus[0], "clients": cpus[1]}}
     started = time.perf_counter()
     try:
-        _run_loop(run_all(s, results, cpus))
+        run_on_uvloop(lambda: run_all(s, results, cpus))
     except KeyboardInterrupt:
         results.setdefault("problems", []).append("interrupted")
     results["elapsed_s"] = round(time.perf_counter() - started, 1)

@@ -46,6 +46,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
+from tests.bench.loop import run_on_uvloop
+
 #: Payload padding, so an event is about the size of a small real notification.
 PAD = "x" * 48
 TOPIC_GRPC = "bench.grpc"
@@ -662,16 +664,6 @@ def stall_probe(seconds: float) -> None:
 
 # --------------------------------------------------------------------------- entry point
 
-def run(main: Callable[[], Awaitable[None]]) -> None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dev dependency
-        asyncio.run(main())  # type: ignore[arg-type]
-        return
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main())  # type: ignore[arg-type]
-
-
 def pin_to_cpu(cpu: int) -> None:
     """Run this process (and the threads it starts from now on) on ``cpu`` only."""
     if cpu >= 0:
@@ -707,15 +699,15 @@ def cli(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     pin_to_cpu(args.cpu)
     if args.which == "raw-grpc":
-        run(raw_grpc)
+        run_on_uvloop(raw_grpc)
     elif args.which == "raw-ws":
-        run(raw_ws)
+        run_on_uvloop(raw_ws)
     elif args.which == "load":
-        run(lambda: load(args))
+        run_on_uvloop(lambda: load(args))
     elif args.which == "stall-probe":
         stall_probe(args.seconds)
     else:
-        run(lambda: idle(args))
+        run_on_uvloop(lambda: idle(args))
     return 0
 
 

@@ -82,7 +82,6 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +96,7 @@ from integration_sidecar.v1 import sidecar_pb2 as pb
 from integration_sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 from tests.bench.load import ClosedResult, OpenResult, closed_loop, open_loop, percentile
+from tests.bench.loop import run_on_uvloop
 from tests.bench.procs import (
     Child,
     ChildError,
@@ -156,16 +156,6 @@ def _pid_cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _run_loop(coro: Callable[[], Awaitable[None]]) -> None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        asyncio.run(coro())  # type: ignore[arg-type]
-        return
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(coro())  # type: ignore[arg-type]
 
 
 # ====================================================================== load process
@@ -913,7 +903,7 @@ def main(argv: list[str] | None = None) -> int:
         async def generate() -> None:
             result.update(await load_main(spec))
 
-        _run_loop(generate)
+        run_on_uvloop(generate)
         Path(spec["out"]).write_text(json.dumps(result, default=str))
         return 0
     s = QUICK if args.quick else FULL
@@ -921,7 +911,7 @@ def main(argv: list[str] | None = None) -> int:
                                "environment": _environment(), "problems": []}
     t0 = time.perf_counter()
     try:
-        _run_loop(lambda: run(s, results))
+        run_on_uvloop(lambda: run(s, results))
     except KeyboardInterrupt:
         results["problems"].append("interrupted")
     results["elapsed_s"] = round(time.perf_counter() - t0, 1)

@@ -18,7 +18,8 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+
+from tests.bench.loop import run_on_uvloop
 
 #: What the upstream answers on ``GET /ok``; clients check they got exactly this.
 BODY = b'{"ok":true}'
@@ -101,16 +102,6 @@ async def floor(upstream_url: str) -> None:
         await session.close()
 
 
-def run(main: Callable[[], Awaitable[None]]) -> None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dev dependency
-        asyncio.run(main())  # type: ignore[arg-type]
-        return
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main())  # type: ignore[arg-type]
-
-
 def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.servers")
     sub = parser.add_subparsers(dest="which", required=True)
@@ -119,9 +110,9 @@ def cli(argv: list[str] | None = None) -> int:
     fl.add_argument("--upstream", required=True, help="base URL, e.g. http://127.0.0.1:8000")
     args = parser.parse_args(argv)
     if args.which == "upstream":
-        run(upstream)
+        run_on_uvloop(upstream)
     else:
-        run(lambda: floor(args.upstream.rstrip("/")))
+        run_on_uvloop(lambda: floor(args.upstream.rstrip("/")))
     return 0
 
 

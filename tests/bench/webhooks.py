@@ -74,7 +74,6 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +82,7 @@ import aiohttp
 import yaml
 
 from tests.bench.load import Errors, open_loop, percentile
+from tests.bench.loop import run_on_uvloop
 from tests.bench.procs import (
     Child,
     ChildError,
@@ -632,16 +632,6 @@ def _environment() -> dict[str, Any]:
             "platform": platform.platform()}
 
 
-def _run_loop(coro: Callable[[], Awaitable[None]]) -> None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        asyncio.run(coro())  # type: ignore[arg-type]
-        return
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(coro())  # type: ignore[arg-type]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.webhooks",
                                      description="Benchmark webhook ingest on the edge.")
@@ -659,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
         async def generate() -> None:
             result.update(await loadgen_main(spec))
 
-        _run_loop(generate)
+        run_on_uvloop(generate)
         Path(spec["out"]).write_text(json.dumps(result, default=str))
         return 0
     s = QUICK if args.quick else FULL
@@ -669,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
                                "environment": _environment(), "problems": []}
     started = time.perf_counter()
     try:
-        _run_loop(lambda: run(s, results))
+        run_on_uvloop(lambda: run(s, results))
     except KeyboardInterrupt:
         results["problems"].append("interrupted")
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
