@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -13,9 +14,10 @@ from sidecar.config import Config, parse_config
 from sidecar.storage import SqliteStorage
 
 
-def make_config(tmp_path: Path, extra: dict | None = None, env: dict | None = None) -> Config:
+def make_config(tmp_path: Path, extra: dict[str, Any] | None = None,
+                env: dict[str, str] | None = None) -> Config:
     """A config with every listener on an ephemeral loopback port."""
-    raw: dict = {
+    raw: dict[str, Any] = {
         "server": {
             "grpc": {"address": "127.0.0.1:0"},
             "edge": {"host": "127.0.0.1", "port": 0},

@@ -161,8 +161,10 @@ def metadata_from_headers(headers: Sequence[str]) -> list[tuple[str, str | bytes
     return md
 
 
-class _Headers(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
-               grpc.StreamStreamClientInterceptor):
+# grpc ships no type hints: its base classes are Any to mypy.
+class _Headers(grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+               grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+               grpc.StreamStreamClientInterceptor):  # type: ignore[misc]
     """Adds the ``-H`` metadata to every call, reflection included (as grpcurl does)."""
 
     def __init__(self, metadata: list[tuple[str, str | bytes]]) -> None:

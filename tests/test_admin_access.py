@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -17,9 +18,12 @@ OPERATOR = [("GET", "/presence"), ("GET", "/presence?topic=user:alice"),
             ("GET", "/status.json"), ("GET", "/status")]
 OPEN = ["/metrics", "/healthz", "/readyz"]
 
+#: A client session and the admin listener's base URL.
+Admin = tuple[aiohttp.ClientSession, str]
+
 
 @pytest.fixture
-async def admin(tmp_path: Path):
+async def admin(tmp_path: Path) -> AsyncIterator[Admin]:
     config = make_config(
         tmp_path,
         {"server": {"grpc": {"api_token_env": "API_TOKEN"}},
@@ -36,7 +40,8 @@ async def admin(tmp_path: Path):
 
 
 @pytest.mark.parametrize(("method", "path"), OPERATOR)
-async def test_operator_endpoints_refuse_without_the_token(admin, method: str, path: str) -> None:
+async def test_operator_endpoints_refuse_without_the_token(admin: Admin, method: str,
+                                                           path: str) -> None:
     session, base = admin
     for headers in ({}, {"Authorization": "Bearer wrong"},
                     {"Authorization": "Basic " + base64.b64encode(b"op:wrong").decode()}):
@@ -46,7 +51,7 @@ async def test_operator_endpoints_refuse_without_the_token(admin, method: str, p
 
 
 @pytest.mark.parametrize(("method", "path"), OPERATOR)
-async def test_operator_endpoints_accept_the_token(admin, method: str, path: str) -> None:
+async def test_operator_endpoints_accept_the_token(admin: Admin, method: str, path: str) -> None:
     session, base = admin
     body = {"group": "orders", "statuses": ["dead"]}
     basic = base64.b64encode(f"op:{TOKEN}".encode()).decode()
@@ -56,7 +61,7 @@ async def test_operator_endpoints_accept_the_token(admin, method: str, path: str
 
 
 @pytest.mark.parametrize("path", OPEN)
-async def test_probes_and_metrics_need_no_token(admin, path: str) -> None:
+async def test_probes_and_metrics_need_no_token(admin: Admin, path: str) -> None:
     session, base = admin
     async with session.get(base + path) as resp:
         assert resp.status == 200

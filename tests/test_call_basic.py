@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -13,7 +14,7 @@ from tests.upstream import Upstream, reply
 
 
 @pytest.fixture
-async def upstream() -> Upstream:
+async def upstream() -> AsyncIterator[Upstream]:
     up = await Upstream().start()
     yield up
     await up.stop()

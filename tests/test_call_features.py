@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -13,17 +14,17 @@ from aiohttp import web
 from sidecar.clock import FakeClock
 from tests.call_support import call, integration, running
 from tests.rpc_support import rich_error
-from tests.upstream import Upstream, reply
+from tests.upstream import Action, Upstream, reply
 
 
 @pytest.fixture
-async def upstream() -> Upstream:
+async def upstream() -> AsyncIterator[Upstream]:
     up = await Upstream().start()
     yield up
     await up.stop()
 
 
-def held(gate: asyncio.Event, status: int = 200, body: bytes = b"ok"):  # type: ignore[no-untyped-def]
+def held(gate: asyncio.Event, status: int = 200, body: bytes = b"ok") -> Action:
     async def act(request: web.Request) -> web.StreamResponse:
         await gate.wait()
         return web.Response(status=status, body=body)

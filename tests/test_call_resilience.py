@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
+from sidecar.app import Sidecar
 from sidecar.clock import FakeClock
 from tests.call_support import call, integration, running
 from tests.clocks import SkippingClock
@@ -17,13 +20,13 @@ from tests.upstream import Upstream, hang, reply, reset
 
 
 @pytest.fixture
-async def upstream() -> Upstream:
+async def upstream() -> AsyncIterator[Upstream]:
     up = await Upstream().start()
     yield up
     await up.stop()
 
 
-async def metrics_text(sidecar) -> str:  # type: ignore[no-untyped-def]
+async def metrics_text(sidecar: Sidecar) -> str:
     return sidecar.metrics.exposition().decode()
 
 
@@ -167,7 +170,7 @@ async def test_total_timeout_bounds_a_call_without_a_grpc_deadline(tmp_path: Pat
 # --------------------------------------------------------------------------- circuit breaker
 
 
-def breaker_integration(url: str, **breaker: object) -> dict:
+def breaker_integration(url: str, **breaker: object) -> dict[str, Any]:
     return integration(url, retry={"max_attempts": 1}, circuit_breaker=breaker)
 
 
@@ -277,7 +280,8 @@ async def test_retry_budget_caps_load_from_a_failing_upstream(tmp_path: Path,
 
         async def one() -> int:
             async with sem:
-                return (await stub.Call(call(), timeout=10)).status
+                status: int = (await stub.Call(call(), timeout=10)).status
+                return status
 
         statuses = await asyncio.gather(*(one() for _ in range(calls)))
         text = await metrics_text(sc)

@@ -6,6 +6,7 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -34,13 +35,13 @@ GOOD = {
 ENV = {"PAYMENTS_TOKEN": SECRET, "EMAIL_KEY": "email-key-value-123"}
 
 
-def problems(raw: object, env: dict | None = None) -> list[str]:
+def problems(raw: object, env: dict[str, str] | None = None) -> list[str]:
     with pytest.raises(ConfigError) as info:
         parse_config(raw, ENV if env is None else env)
     return [str(p) for p in info.value.problems]
 
 
-def with_integration(**fields: object) -> dict:
+def with_integration(**fields: object) -> dict[str, Any]:
     body = {"base_url": "https://api.example.com", **fields}
     return {"integrations": {"svc": body}}
 

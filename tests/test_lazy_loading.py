@@ -7,7 +7,9 @@ import json
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -43,7 +45,7 @@ sys.exit(main(["serve", "--config", sys.argv[1]]))
 async def reflect_services(channel: grpc.aio.Channel) -> set[str]:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
 
-    async def requests():  # type: ignore[no-untyped-def]
+    async def requests() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
         yield reflection_pb2.ServerReflectionRequest(list_services="")
 
     responses = [r async for r in stub.ServerReflectionInfo(requests(), timeout=5)]
@@ -80,10 +82,11 @@ print(json.dumps({"loaded_before_use": before, "parsed": parsedate("03/01/2024",
                   "guess": mimetypes.guess_type("a.tar.gz"), "types": mimetypes.types_map}))
 """
 
-    def run(mode: str) -> dict:
+    def run(mode: str) -> dict[str, Any]:
         out = subprocess.run([sys.executable, "-c", probe, mode], capture_output=True,
                              text=True, check=True, timeout=60)
-        return json.loads(out.stdout)
+        report: dict[str, Any] = json.loads(out.stdout)
+        return report
 
     deferred, plain = run("deferred"), run("plain")
     assert deferred["loaded_before_use"] is False and plain["loaded_before_use"] is True

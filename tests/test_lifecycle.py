@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -40,15 +41,15 @@ class Proc:
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
-        self.lines: list[dict] = []
+        self.lines: list[dict[str, Any]] = []
         _running.append(proc)
 
-    async def wait_for(self, msg: str, timeout: float = 20.0) -> dict:
+    async def wait_for(self, msg: str, timeout: float = 20.0) -> dict[str, Any]:
         for line in self.lines:
             if line.get("msg") == msg:
                 return line
 
-        async def read() -> dict:
+        async def read() -> dict[str, Any]:
             assert self.proc.stdout is not None
             while True:
                 raw = await self.proc.stdout.readline()
@@ -56,7 +57,7 @@ class Proc:
                     raise AssertionError(f"process exited before logging {msg!r}: "
                                          f"{self.lines}")
                 try:
-                    line = json.loads(raw)
+                    line: dict[str, Any] = json.loads(raw)
                 except ValueError:
                     continue
                 self.lines.append(line)

@@ -96,11 +96,12 @@ async def test_publishes_in_one_turn_share_a_transaction_and_fail_alone(
         store: SqliteStorage) -> None:
     await store.append_event(NewEvent("evt_taken", TOPIC), now=1.0, durable=False)
     statements = Statements(store)
-    results = await asyncio.gather(
+    first, taken, last = await asyncio.gather(
         *(store.append_event(NewEvent(event_id, TOPIC), now=1.0, durable=False)
           for event_id in ("evt_a", "evt_taken", "evt_b")), return_exceptions=True)
-    assert isinstance(results[1], sqlite3.IntegrityError)  # the id is taken: this one only
-    assert [r.offset for r in (results[0], results[2])] == [2, 3]  # type: ignore[union-attr]
+    assert isinstance(taken, sqlite3.IntegrityError)  # the id is taken: this one only
+    assert not isinstance(first, BaseException) and not isinstance(last, BaseException)
+    assert [first.offset, last.offset] == [2, 3]
     texts = statements.texts()
     assert texts.count("BEGIN IMMEDIATE") == 1 and texts.count("COMMIT") == 1
     assert texts.count("ROLLBACK TO batch_item") == 1

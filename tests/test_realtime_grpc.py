@@ -24,8 +24,9 @@ class Env:
 
     async def publish(self, topic: str = "orders", data: bytes = b"{}", **kw: Any
                       ) -> pb.PublishResponse:
-        return await self.stub.Publish(pb.PublishRequest(topic=topic, data=data, **kw),
-                                       timeout=5)
+        published: pb.PublishResponse = await self.stub.Publish(
+            pb.PublishRequest(topic=topic, data=data, **kw), timeout=5)
+        return published
 
     def subscribe(self, *topics: str, **kw: Any) -> Any:
         return self.stub.Subscribe(pb.SubscribeRequest(topics=list(topics) or ["orders"], **kw))
@@ -42,7 +43,7 @@ async def started(sc: Sidecar, topic: str, count: int = 1) -> None:
 
 async def read(stream: Any, n: int) -> list[pb.SubscribeResponse]:
     """The next ``n`` events and gaps (heartbeats and the opening Subscribed skipped)."""
-    out = []
+    out: list[pb.SubscribeResponse] = []
     while len(out) < n:
         msg = await asyncio.wait_for(stream.read(), 5)
         if msg.HasField("event") or msg.HasField("gap"):
@@ -65,7 +66,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
 
 
 class running:
-    def __init__(self, tmp_path: Path, realtime: dict | None = None,
+    def __init__(self, tmp_path: Path, realtime: dict[str, Any] | None = None,
                  clock: Any = None) -> None:
         self.config = make_config(tmp_path, {"realtime": realtime or {}})
         self.clock = clock

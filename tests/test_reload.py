@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ async def running(config: Config, **kw: Any) -> tuple[Sidecar, grpc.aio.Channel]
 
 
 @pytest.fixture
-async def upstream() -> Any:
+async def upstream() -> AsyncIterator[Upstream]:
     up = await Upstream(default=reply(503, b"down")).start()
     yield up
     await up.stop()
@@ -192,7 +193,8 @@ async def test_invalid_config_changes_nothing_and_names_the_field(
         record = next(r for r in caplog.records if r.getMessage().startswith(
             "config reload failed"))
         assert record.levelno == logging.ERROR
-        assert "integrations.svc.retry.max_attempts" in str(record.problems)
+        # The problems ride on the record as an `extra` field.
+        assert "integrations.svc.retry.max_attempts" in str(record.__dict__["problems"])
         assert secret not in caplog.text
         assert metric(sc, "sidecar_config_reloads_total", result="failure") == 1
         assert metric(sc, "sidecar_config_reloads_total", result="success") == 0
@@ -307,16 +309,16 @@ async def test_sighup_before_start_up_finished_reloads_after_it(tmp_path: Path,
 async def test_file_watch_reloads_when_the_file_changes(tmp_path: Path,
                                                        upstream: Upstream) -> None:
     config_file = tmp_path / "sidecar.yaml"
-    watch = {"reload": {"watch": True, "watch_interval": "50ms"}}
+    watch = {"watch": True, "watch_interval": "50ms"}
     config_file.write_text(yaml.safe_dump(raw_config(
-        tmp_path, {"svc": integration(upstream.url, **FAILING)}, **watch)))
-    sc = Sidecar(cfg(tmp_path, {"svc": integration(upstream.url, **FAILING)}, **watch),
+        tmp_path, {"svc": integration(upstream.url, **FAILING)}, reload=watch)))
+    sc = Sidecar(cfg(tmp_path, {"svc": integration(upstream.url, **FAILING)}, reload=watch),
                  config_path=config_file)
     await sc.start()
     try:
         reloaded = sc.reloader.next_reload()
         config_file.write_text(yaml.safe_dump(raw_config(
-            tmp_path, {"svc": integration(upstream.url)}, **watch)))
+            tmp_path, {"svc": integration(upstream.url)}, reload=watch)))
         await asyncio.wait_for(reloaded, 5)
         assert metric(sc, "sidecar_config_reloads_total", result="success") == 1
         assert sc.config.integrations["svc"].retry.max_attempts == 3

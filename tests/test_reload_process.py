@@ -79,12 +79,13 @@ async def next_event(stream: Any) -> pb.Event:
     while True:
         msg = await asyncio.wait_for(stream.read(), 5)
         if msg.HasField("event"):
-            return msg.event
+            event: pb.Event = msg.event
+            return event
 
 
 async def next_ws_event(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
     while True:
-        frame = await asyncio.wait_for(ws.receive_json(), 5)
+        frame: dict[str, Any] = await asyncio.wait_for(ws.receive_json(), 5)
         if "control" not in frame:
             return frame
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -24,7 +25,8 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 async def health_of(channel: grpc.aio.Channel, service: str) -> int:
     stub = health_pb2_grpc.HealthStub(channel)
     resp = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
-    return resp.status
+    status: int = resp.status
+    return status
 
 
 async def http_get(url: str) -> tuple[int, str, str]:
@@ -46,7 +48,7 @@ async def test_unknown_health_service_is_not_found(channel: grpc.aio.Channel) ->
 async def test_reflection_lists_v1_service_and_health(channel: grpc.aio.Channel) -> None:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
 
-    async def requests():  # type: ignore[no-untyped-def]
+    async def requests() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
         yield reflection_pb2.ServerReflectionRequest(list_services="")
         yield reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE_NAME)
 

@@ -19,6 +19,7 @@ import jwt
 import pytest
 from integration_sidecar.v1 import sidecar_pb2 as pb
 from integration_sidecar.v1 import sidecar_pb2_grpc as pb_grpc
+from multidict import CIMultiDictProxy
 
 from sidecar.app import Sidecar
 from sidecar.clock import FakeClock
@@ -47,7 +48,7 @@ async def upstreams() -> AsyncIterator[tuple[Upstream, Upstream]]:
 
 
 async def get(sc: Sidecar, path: str, headers: dict[str, str] | None = None
-              ) -> tuple[int, Any, aiohttp.typedefs.LooseHeaders]:
+              ) -> tuple[int, Any, CIMultiDictProxy[str]]:
     async with aiohttp.ClientSession() as session, session.get(
             f"http://{sc.admin.address}{path}", headers=headers or {}) as resp:
         body = await (resp.json() if resp.content_type == "application/json" else resp.text())
@@ -244,7 +245,8 @@ async def next_event(stream: Any) -> pb.Event:
     while True:
         msg = await asyncio.wait_for(stream.read(), 5)
         if msg.HasField("event"):
-            return msg.event
+            event: pb.Event = msg.event
+            return event
 
 
 async def test_live_connections_count_grpc_subscribers(tmp_path: Path) -> None:

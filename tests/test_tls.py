@@ -59,8 +59,9 @@ class Files:
         return {"cert_file": str(self.cert), "key_file": str(self.key), **extra}
 
 
-def tls_config(tmp_path: Path, *, grpc_tls: dict | None = None, edge_tls: dict | None = None,
-               admin_tls: dict | None = None) -> Config:
+def tls_config(tmp_path: Path, *, grpc_tls: dict[str, Any] | None = None,
+               edge_tls: dict[str, Any] | None = None,
+               admin_tls: dict[str, Any] | None = None) -> Config:
     server: dict[str, Any] = {}
     for name, tls in (("grpc", grpc_tls), ("edge", edge_tls), ("admin", admin_tls)):
         if tls is not None:

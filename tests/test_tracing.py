@@ -340,12 +340,12 @@ async def test_publish_trace_reaches_grpc_and_websocket_subscribers(tmp_path: Pa
                     attributes=attributes), timeout=5, metadata=metadata)
                 await pending
                 backs.append(trailer(await pending.trailing_metadata()))
-            grpc_attrs = []
+            grpc_attrs: list[dict[str, str]] = []
             while len(grpc_attrs) < len(cases):
                 msg = await asyncio.wait_for(stream.read(), 5)
                 if msg.HasField("event"):
                     grpc_attrs.append(dict(msg.event.attributes))
-            ws_attrs = []
+            ws_attrs: list[dict[str, str]] = []
             while len(ws_attrs) < len(cases):
                 frame = json.loads((await asyncio.wait_for(ws.receive(), 5)).data)
                 if "control" not in frame and frame["topic"] == "user:alice":

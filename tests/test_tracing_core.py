@@ -86,7 +86,8 @@ def test_new_traces_and_children_are_valid_and_distinct() -> None:
     assert parse_traceparent(a.traceparent) == (a.trace_id, a.span_id, 0)
     c1, c2 = a.child_traceparent(), a.child_traceparent()
     assert c1 != c2
-    assert parse_traceparent(c1)[0] == a.trace_id  # type: ignore[index]
+    parsed = parse_traceparent(c1)
+    assert parsed is not None and parsed[0] == a.trace_id
     assert continue_or_start([("traceparent", "nope")]).started
     assert continue_or_start([("traceparent", VALID)]).trace_id == TRACE
 

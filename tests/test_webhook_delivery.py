@@ -38,16 +38,19 @@ class Env:
             topics=["webhooks.stripe"], group="app", consumer=consumer,
             max_in_flight=max_in_flight))
 
-    async def ack(self, ids: list[str], outcome: int, error: str = "") -> pb.AckResponse:
-        return await self.stub.Ack(pb.AckRequest(group="app", event_ids=ids, outcome=outcome,
-                                                 error=error), timeout=5)
+    async def ack(self, ids: list[str], outcome: pb.AckOutcome,
+                  error: str = "") -> pb.AckResponse:
+        acked: pb.AckResponse = await self.stub.Ack(pb.AckRequest(
+            group="app", event_ids=ids, outcome=outcome, error=error), timeout=5)
+        return acked
 
 
 async def next_event(stream: Any) -> pb.Event:
     while True:
         msg = await asyncio.wait_for(stream.read(), 5)
         if msg.HasField("event"):
-            return msg.event
+            event: pb.Event = msg.event
+            return event
 
 
 @pytest.fixture

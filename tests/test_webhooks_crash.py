@@ -157,7 +157,8 @@ async def next_event(stream: Any) -> pb.Event:
             msg = await stream.read()
             assert msg is not grpc.aio.EOF, "the stream ended"
             if msg.HasField("event"):
-                return msg.event
+                event: pb.Event = msg.event
+                return event
 
     return await asyncio.wait_for(read(), WAIT)
 

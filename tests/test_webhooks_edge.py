@@ -121,7 +121,7 @@ async def test_oversized_body_is_413_and_nothing_stored(sidecar: Sidecar) -> Non
     status, _ = await post(sidecar, "small", body, github_headers(body, "d1"))
     assert status == 413 and stored(sidecar) == []
 
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks() -> AsyncIterator[bytes]:
         for _ in range(8):
             yield b"y" * 1024
 

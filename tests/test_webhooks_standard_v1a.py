@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import grpc
@@ -53,7 +54,7 @@ def mixed_headers(body: bytes, msg_id: str, *, hmac_secret: str,
     return {**v1, "webhook-signature": f"{v1['webhook-signature']} {v1a['webhook-signature']}"}
 
 
-def sources_config(tmp_path: Path, env: dict[str, str]) -> dict:
+def sources_config(tmp_path: Path, env: dict[str, str]) -> dict[str, Any]:
     return {"webhooks": {
         "sources": {"sw": {"scheme": "standard_webhooks", "secrets_env": sorted(env)}},
         "per_ip_rate_limit": {"rate": 1000, "burst": 1000},
@@ -71,7 +72,7 @@ async def sidecar(tmp_path: Path) -> AsyncIterator[Sidecar]:
         await sc.stop()
 
 
-async def post(sc: Sidecar, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
+async def post(sc: Sidecar, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
     async with aiohttp.ClientSession() as session, session.post(
             f"http://{sc.edge.address}/webhooks/sw", data=body, headers=headers) as resp:
         return resp.status, await resp.json(content_type=None)
@@ -134,9 +135,10 @@ async def test_verify_webhook_rpc_checks_v1a(sidecar: Sidecar) -> None:
 
     async def verify(stub: pb_grpc.SidecarServiceStub, headers: dict[str, str],
                      sent: bytes = body) -> pb.VerifyWebhookResponse:
-        return await stub.VerifyWebhook(pb.VerifyWebhookRequest(
+        verdict: pb.VerifyWebhookResponse = await stub.VerifyWebhook(pb.VerifyWebhookRequest(
             source="sw", headers=[pb.Header(name=k, value=v) for k, v in headers.items()],
             body=sent), timeout=5)
+        return verdict
 
     async with grpc.aio.insecure_channel(sidecar.grpc.address) as channel:
         stub = pb_grpc.SidecarServiceStub(channel)

@@ -51,8 +51,8 @@ class Env:
 
     async def connect(self, token: str | None = None, **kw: Any) -> aiohttp.ClientWebSocketResponse:
         headers = {"Authorization": f"Bearer {token or self.token()}", **kw.pop("headers", {})}
-        ws = await self.session.ws_connect(self.url(**kw.pop("query", {})), headers=headers,
-                                           **kw)
+        ws: aiohttp.ClientWebSocketResponse = await self.session.ws_connect(
+            self.url(**kw.pop("query", {})), headers=headers, **kw)
         return ws
 
     async def refused(self, headers: dict[str, str], url: str | None = None) -> tuple[int, str]:
@@ -65,8 +65,9 @@ class Env:
 
     async def publish(self, topic: str, data: bytes = b'{"x": 1}',
                       content_type: str = "application/json") -> pb.PublishResponse:
-        return await self.stub.Publish(pb.PublishRequest(topic=topic, data=data,
-                                                         content_type=content_type), timeout=5)
+        published: pb.PublishResponse = await self.stub.Publish(pb.PublishRequest(
+            topic=topic, data=data, content_type=content_type), timeout=5)
+        return published
 
 
 async def frames(ws: aiohttp.ClientWebSocketResponse, n: int, *,
@@ -131,7 +132,8 @@ async def test_missing_expired_wrong_and_none_tokens_are_refused(env: Env) -> No
                          algorithm="HS256")
     wrong = jwt.encode({"sub": "a", "exp": int(time.time()) + 60},
                        "not-the-secret-at-all-but-long-enough-32", algorithm="HS256")
-    unsigned = jwt.encode({"sub": "a"}, None, algorithm="none")
+    # PyJWT's hints want a key, but alg "none" takes None (and refuses any real key).
+    unsigned = jwt.encode({"sub": "a"}, None, algorithm="none")  # type: ignore[arg-type]
     no_sub = jwt.encode({"exp": int(time.time()) + 60}, HS_SECRET, algorithm="HS256")
     cases = [({}, "MISSING"), ({"Authorization": f"Bearer {expired}"}, "EXPIRED"),
              ({"Authorization": f"Bearer {wrong}"}, "INVALID_SIGNATURE"),
@@ -423,7 +425,7 @@ async def test_shutdown_closes_clients_with_1001(env: Env) -> None:
 
 
 async def announced(ws: aiohttp.ClientWebSocketResponse, count: int,
-                    early: list[dict] | None = None) -> dict[str, int]:
+                    early: list[dict[str, Any]] | None = None) -> dict[str, int]:
     """``count`` subscribed frames: topic -> the offset the room continues after.
 
     Rooms are joined concurrently, so one room's events may arrive before another
@@ -469,7 +471,7 @@ async def test_live_join_seam_is_exact_while_publishes_race_it(env: Env) -> None
         await env.publish("user:gus")
     racing = asyncio.gather(*(env.publish("user:gus") for _ in range(30)))
     sockets = [await env.connect(env.token("gus")) for _ in range(3)]
-    early: list[list[dict]] = [[] for _ in sockets]
+    early: list[list[dict[str, Any]]] = [[] for _ in sockets]
     starts = [(await announced(ws, 2, seen))["user:gus"]
               for ws, seen in zip(sockets, early, strict=True)]
     await racing
@@ -493,7 +495,7 @@ async def test_reconnecting_with_the_announced_offset_gets_what_was_missed(
         missed = [await env.publish("user:hal", str(i).encode()) for i in range(3)]
         resume = json.dumps(offsets)
         ws = await env.connect(env.token("hal"), query={"offsets": resume})
-        early: list[dict] = []
+        early: list[dict[str, Any]] = []
         assert await announced(ws, 2, early) == offsets
         got = early + await frames(ws, 3 - len(early))
         assert [f["id"] for f in got] == [p.event_id for p in missed]

@@ -12,6 +12,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Self
 
 from aiohttp import web
 
@@ -90,7 +91,7 @@ class Upstream:
         action = self.script.popleft() if self.script else self.default
         return await action(request)
 
-    async def start(self, ssl_context: ssl.SSLContext | None = None) -> Upstream:
+    async def start(self, ssl_context: ssl.SSLContext | None = None) -> Self:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None,

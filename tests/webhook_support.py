@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import time
+from typing import Any
 
 WHSEC = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 STRIPE_SECRET = "whsec_stripe_test_secret_value"
@@ -43,8 +44,8 @@ def stripe_event(event_id: str, kind: str = "invoice.paid") -> bytes:
 WEBHOOK_ENV = {"WHSEC": WHSEC, "STRIPE_WHSEC": STRIPE_SECRET, "GITHUB_SECRET": GITHUB_SECRET}
 
 
-def webhook_sources(**extra: dict) -> dict:
-    sources = {
+def webhook_sources(**extra: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    sources: dict[str, dict[str, Any]] = {
         "stripe": {"scheme": "stripe", "secrets_env": ["STRIPE_WHSEC"]},
         "svix": {"scheme": "standard_webhooks", "secrets_env": ["WHSEC"]},
         "github": {"scheme": "github", "secrets_env": ["GITHUB_SECRET"]},

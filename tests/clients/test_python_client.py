@@ -563,7 +563,7 @@ def test_error_without_details_maps_by_code() -> None:
         def trailing_metadata(self) -> Any:
             return ()
 
-    err = error_from_rpc(Fake())  # type: ignore[arg-type]
+    err = error_from_rpc(Fake())
     assert isinstance(err, DeadlineExceededError)
     assert (err.reason, err.retry_delay, err.field_violations) == ("", None, ())
 

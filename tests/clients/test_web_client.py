@@ -156,13 +156,15 @@ class Publisher:
             resp = await pb_grpc.SidecarServiceStub(ch).Publish(pb.PublishRequest(
                 topic=topic, type="test", data=json.dumps(data).encode(),
                 content_type="application/json"), timeout=5)
-        return resp.offset
+        offset: int = resp.offset
+        return offset
 
     async def presence(self, topic: str) -> int:
         async with grpc.aio.insecure_channel(self.sc.grpc.address) as ch:
             resp = await pb_grpc.SidecarServiceStub(ch).GetPresence(
                 pb.GetPresenceRequest(topic=topic), timeout=5)
-        return resp.connections
+        connections: int = resp.connections
+        return connections
 
 
 async def wait_js(page: Any, expression: str, arg: Any = None) -> None:

@@ -54,6 +54,7 @@ def one(docs: list[dict[str, Any]] | tuple[dict[str, Any], ...], kind: str) -> d
 
 
 def sidecar_container(deployment: dict[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any]
     (found,) = [c for c in deployment["spec"]["template"]["spec"]["initContainers"]
                 if c["name"] == SIDECAR]
     return found

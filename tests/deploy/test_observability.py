@@ -52,7 +52,8 @@ def rule_list() -> list[dict[str, Any]]:
 
 
 def dashboard() -> dict[str, Any]:
-    return json.loads(DASHBOARD.read_text())
+    board: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return board
 
 
 def dashboard_panels() -> list[dict[str, Any]]:
