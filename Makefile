@@ -16,7 +16,7 @@ help:
 	@echo "make test-node    run the Node.js client's tests"
 	@echo "make protos       regenerate generated/ from protos/"
 	@echo "make protos-check fail if generated/ is stale"
-	@echo "make lint         ruff + mypy (sidecar/, clients/python, examples/)"
+	@echo "make lint         ruff + mypy (sidecar/, clients/python, examples/, tests/)"
 	@echo "make bench        run the benchmarks and print figures"
 
 venv: $(STAMP)
@@ -59,7 +59,7 @@ protos-check: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check sidecar clients tests protos examples deploy
-	$(BIN)/mypy sidecar $(wildcard clients/python/src) examples
+	$(BIN)/mypy sidecar $(wildcard clients/python/src) examples tests
 
 bench: $(STAMP)
 	$(PY) -m tests.bench
