@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.storage import RedisStorage, SqliteStorage, Storage
+from sidecar.storage import SqliteStorage, Storage
+from sidecar.storage.redis import RedisStorage
 from sidecar.storage.redis_endpoint import cluster_prefix
 from tests.redis_support import (  # noqa: F401 - fixtures
     SENTINEL_MASTER,

@@ -22,7 +22,7 @@ from tests.contract.conftest import OpenStore
 
 @contextlib.asynccontextmanager
 async def live_bus(store: Storage) -> AsyncIterator[LiveBus]:
-    bus = LiveBus(store, SystemClock(), LivePolicy(heartbeat=30.0),  # type: ignore[arg-type]
+    bus = LiveBus(store, SystemClock(), LivePolicy(heartbeat=30.0),
                   LiveMetrics(Metrics()), lambda topic: None)
     if getattr(store, "follows_events", False):
         bus.follow(store, lambda: ())  # type: ignore[arg-type]

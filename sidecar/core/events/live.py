@@ -18,7 +18,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -393,7 +393,7 @@ class LiveBus:
                         after_offsets: Mapping[str, int] | None = None,
                         after_event_id: str = "", transport: str = "grpc",
                         heartbeat: float | None = None, announce: bool = False
-                        ) -> AsyncIterator[Item]:
+                        ) -> AsyncGenerator[Item, None]:
         """Replay from ``start``, then tail live. Yields events, gaps and None (heartbeat).
 
         ``heartbeat``: seconds of idleness before a None; ``math.inf`` for none at all.
