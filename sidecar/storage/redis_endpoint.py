@@ -4,6 +4,7 @@ Redis Sentinel manages (and fails over); the clients for each, described without
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import urllib.parse
 from typing import Any
@@ -53,6 +54,35 @@ def cluster_prefix(prefix: str) -> str:
         return prefix
     body = prefix[:-1] if prefix.endswith(":") and len(prefix) > 1 else prefix
     return "{" + body + "}" + prefix[len(body):]
+
+
+class _QueuedCluster(RedisCluster):
+    """A Redis Cluster client whose calls wait, up to ``wait`` seconds, for one of
+    ``max_in_flight`` places, as the standalone and Sentinel pools wait for a connection.
+    redis-py's cluster pools fail a call at once when a node's connections are all in
+    use: a burst (webhooks, publishes) would get errors instead of queueing. With at
+    most ``max_in_flight`` calls out in all, no node's pool is ever short."""
+
+    def __init__(self, *args: Any, max_in_flight: int, wait: float, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "max_connections": max_in_flight})
+        self._places = asyncio.Semaphore(max_in_flight)
+        self._wait = wait
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        places = self._places
+        if places.locked():
+            try:
+                async with asyncio.timeout(self._wait):
+                    await places.acquire()
+            except TimeoutError:
+                raise redis_errors.ConnectionError(
+                    f"no free connection to the cluster within {self._wait:g}s") from None
+        else:
+            await places.acquire()
+        try:
+            return await super().execute_command(*args, **kwargs)
+        finally:
+            places.release()
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
@@ -133,10 +163,13 @@ class RedisEndpoint:
                                  "password": self._sentinel_password or None})
         return self._sentinel
 
-    def _cluster(self, **pool: Any) -> RedisCluster:
-        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in self._addresses()],
-                            retry=self._retry(), **self._timeouts, **_settings(self.urls),
-                            **pool)
+    def _cluster(self, queued: bool = False) -> RedisCluster:
+        nodes = [ClusterNode(h, p) for h, p in self._addresses()]
+        settings = {"retry": self._retry(), **self._timeouts, **_settings(self.urls)}
+        if queued:
+            return _QueuedCluster(startup_nodes=nodes, max_in_flight=self._max_connections,
+                                  wait=self._socket_timeout, **settings)
+        return RedisCluster(startup_nodes=nodes, **settings)
 
     def _master(self, **pool: Any) -> Redis:
         client: Redis = self._sentinels().master_for(
@@ -147,9 +180,7 @@ class RedisEndpoint:
     def client(self) -> Client:
         """The pooled client every call shares."""
         if self.mode == "cluster":
-            # A cluster node's pool does not wait: a call beyond ``max_connections``
-            # concurrent ones on one node fails at once.
-            return self._cluster(max_connections=self._max_connections)
+            return self._cluster(queued=True)
         if self.mode == "sentinel":
             return self._master(connection_pool_class=_BlockingSentinelPool,
                                 max_connections=self._max_connections,
