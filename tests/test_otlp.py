@@ -216,7 +216,7 @@ async def test_webhook_ingest_on_the_edge_is_a_server_span_in_the_providers_trac
         tmp_path: Path, collector: Collector) -> None:
     body = stripe_event("evt_otlp_1")
     async with serving(tmp_path, WEBHOOK_ENV, webhooks={"sources": webhook_sources()},
-                       tracing=tracing(collector)) as (sc, _), aiohttp.ClientSession() as http:
+                       tracing=tracing(collector)) as (sc, stub), aiohttp.ClientSession() as http:
         url = f"http://{sc.edge.address}/webhooks/stripe"
         async with http.post(url, data=body, headers={
                 **stripe_headers(body), "traceparent": SAMPLED}) as resp:
@@ -226,7 +226,14 @@ async def test_webhook_ingest_on_the_edge_is_a_server_span_in_the_providers_trac
                              ) as resp:
             assert resp.status == 401
             started = parts(resp.headers["traceparent"])
+        # The stored event names the sidecar's span: the app's handling is its child.
+        stream = stub.Subscribe(pb.SubscribeRequest(topics=["webhooks.stripe"], group="app"))
+        delivered = await asyncio.wait_for(stream.read(), 10)
+        while not delivered.HasField("event"):  # a heartbeat
+            delivered = await asyncio.wait_for(stream.read(), 10)
+        stream.cancel()
     ok, bad = collector.spans
+    assert parts(delivered.event.attributes["traceparent"]) == (TRACE, ok["spanId"], 1)
     assert (ok["traceId"], ok["parentSpanId"], ok["kind"]) == (TRACE, SPAN, KIND_SERVER)
     assert ok["name"] == "POST /webhooks/{source}"
     assert accepted == (TRACE, ok["spanId"], 1)

@@ -159,7 +159,9 @@ class WebhookEdge:
                     return self._too_large(name, limit, span)
             outcome = await self._ingest.receive(
                 name, WebhookRequest(tuple(request.headers.items()), bytes(body),
-                                     str(request.url)), trace=current.get())
+                                     str(request.url)), trace=current.get(),
+                # With a span, this request's context is that span in the webhook's trace.
+                hop=current.get() if span is not None else None)
         except SidecarError as exc:
             log.error("webhook could not be stored: %s", exc.message,
                       extra={"source": name, "reason": exc.reason})

@@ -95,17 +95,20 @@ class WebhookIngest:
         return src
 
     async def receive(self, source_name: str, request: WebhookRequest, *,
-                      record: bool = True, trace: TraceContext | None = None
-                      ) -> IngestOutcome:
+                      record: bool = True, trace: TraceContext | None = None,
+                      hop: TraceContext | None = None) -> IngestOutcome:
         """``trace``: the request's context when the webhook has no valid ``traceparent``
-        (VerifyWebhook's metadata); without either, the event starts a new trace."""
+        (VerifyWebhook's metadata); without either, the event starts a new trace.
+        ``hop``: the sidecar's own span for this request in the webhook's trace (the
+        edge's, when spans are exported): the stored event names it as its parent, so
+        the app's handling shows under the sidecar's ingest in the trace."""
         start = self._clock.monotonic()
         source = self.source(source_name)
         now = self._clock.time()
         verdict = verify(self._schemes[source_name], request, now)
         outcome = IngestOutcome(verdict)
         if verdict.valid and verdict.challenge is None and record:
-            event_trace = from_headers(request.headers) or trace or new_trace()
+            event_trace = hop or from_headers(request.headers) or trace or new_trace()
             result = await self._store.ingest_webhook(
                 self._event(source, request, verdict, now, event_trace), source=source.name,
                 dedup_key=verdict.event_id or _content_key(request.body),
