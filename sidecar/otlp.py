@@ -16,9 +16,9 @@ import contextlib
 import gzip
 import json
 import logging
+import math
 import random
 from collections.abc import Callable
-from typing import Any
 
 import aiohttp
 
@@ -30,6 +30,9 @@ from sidecar.core.resilience.backoff import BackoffPolicy
 from sidecar.core.spans import AttributeValue, Span
 from sidecar.metrics import Metrics
 
+#: A JSON string literal (ASCII, escaped) of ``str``: the json module's C encoder.
+_quote: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
 log = logging.getLogger("sidecar.tracing")
 
 SCOPE_NAME = "integration-sidecar"
@@ -39,36 +42,46 @@ RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 RETRY_BACKOFF = BackoffPolicy(initial=0.5, multiplier=2.0, maximum=5.0)
 
 
-def attribute(key: str, value: AttributeValue) -> dict[str, Any]:
-    """One ``KeyValue`` in OTLP/JSON: 64-bit integers as strings, as the JSON mapping says."""
+def _value(value: AttributeValue) -> str:
+    """An ``AnyValue`` in OTLP/JSON: 64-bit integers as strings, as the JSON mapping says
+    (and a non-finite double as proto3's JSON names it)."""
     if isinstance(value, bool):
-        return {"key": key, "value": {"boolValue": value}}
+        return '{"boolValue":true}' if value else '{"boolValue":false}'
     if isinstance(value, int):
-        return {"key": key, "value": {"intValue": str(value)}}
+        return f'{{"intValue":"{value}"}}'
     if isinstance(value, float):
-        return {"key": key, "value": {"doubleValue": value}}
-    return {"key": key, "value": {"stringValue": value}}
+        if math.isfinite(value):
+            return f'{{"doubleValue":{value!r}}}'
+        name = "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+        return f'{{"doubleValue":"{name}"}}'
+    return f'{{"stringValue":{_quote(value)}}}'
 
 
-def span_json(span: Span) -> dict[str, Any]:
-    """A ``Span`` message in OTLP/JSON: ids in lower-case hex, enums as integers."""
-    out: dict[str, Any] = {
-        "traceId": span.trace_id, "spanId": span.span_id, "name": span.name,
-        "kind": span.kind, "startTimeUnixNano": str(span.start_ns),
-        "endTimeUnixNano": str(span.end_ns),
-        "attributes": [attribute(k, v) for k, v in span.attributes.items()],
-        "status": ({"code": span.status_code, "message": span.status_message}
-                   if span.status_message else {"code": span.status_code}),
-    }
+def _attributes(attributes: dict[str, AttributeValue]) -> str:
+    return ",".join(f'{{"key":{_quote(k)},"value":{_value(v)}}}'
+                    for k, v in attributes.items())
+
+
+def span_text(span: Span) -> str:
+    """A ``Span`` message in OTLP/JSON (ids in lower-case hex, enums as integers), written
+    out directly: building dicts for ``json.dumps`` cost several times more per span."""
+    status = (f'{{"code":{span.status_code},"message":{_quote(span.status_message)}}}'
+              if span.status_message else f'{{"code":{span.status_code}}}')
+    parts = [f'{{"traceId":"{span.trace_id}","spanId":"{span.span_id}"']
     if span.parent_id:
-        out["parentSpanId"] = span.parent_id
+        parts.append(f',"parentSpanId":"{span.parent_id}"')
     if span.tracestate:
-        out["traceState"] = span.tracestate
+        parts.append(f',"traceState":{_quote(span.tracestate)}')
+    parts.append(f',"name":{_quote(span.name)},"kind":{span.kind},'
+                 f'"startTimeUnixNano":"{span.start_ns}","endTimeUnixNano":"{span.end_ns}",'
+                 f'"attributes":[{_attributes(span.attributes)}],"status":{status}')
     if span.events:
-        out["events"] = [{"timeUnixNano": str(at), "name": name,
-                          "attributes": [attribute(k, v) for k, v in attrs.items()]}
-                         for at, name, attrs in span.events]
-    return out
+        events = ",".join(f'{{"timeUnixNano":"{at}","name":{_quote(name)},'
+                          f'"attributes":[{_attributes(attrs)}]}}'
+                          for at, name, attrs in span.events)
+        parts.append(f',"events":[{events}]')
+    parts.append("}")
+    return "".join(parts)
 
 
 class OtlpExporter:
@@ -96,7 +109,11 @@ class OtlpExporter:
         resource: dict[str, AttributeValue] = {
             **dict(config.resource_attributes), "service.name": config.service_name,
             "service.version": __version__}
-        self._resource = {"attributes": [attribute(k, v) for k, v in resource.items()]}
+        #: Every request's JSON up to its spans: the resource and scope do not change.
+        self._body_head = (
+            f'{{"resourceSpans":[{{"resource":{{"attributes":[{_attributes(resource)}]}},'
+            f'"scopeSpans":[{{"scope":{{"name":{_quote(SCOPE_NAME)},'
+            f'"version":{_quote(__version__)}}},"spans":[')
 
     # ------------------------------------------------------------------ SpanRecorder
 
@@ -171,12 +188,7 @@ class OtlpExporter:
     # ------------------------------------------------------------------ export
 
     def _body(self, batch: list[Span]) -> bytes:
-        request = {"resourceSpans": [{
-            "resource": self._resource,
-            "scopeSpans": [{"scope": {"name": SCOPE_NAME, "version": __version__},
-                            "spans": [span_json(s) for s in batch]}],
-        }]}
-        body = json.dumps(request, separators=(",", ":")).encode()
+        body = (self._body_head + ",".join(span_text(s) for s in batch) + "]}]}]}").encode()
         return gzip.compress(body) if self._config.otlp.compression == "gzip" else body
 
     async def _export(self, batch: list[Span]) -> None:

@@ -282,8 +282,8 @@ async def test_publish_and_verify_webhook_are_server_spans(tmp_path: Path,
 
 def exporter(collector: Collector, clock: Any = None, **extra: Any) -> tuple[OtlpExporter,
                                                                            Metrics]:
-    config = parse_config({"tracing": tracing(collector, **extra)},
-                          extra.pop("env", {})).tracing
+    env = extra.pop("env", {})
+    config = parse_config({"tracing": tracing(collector, **extra)}, env).tracing
     metrics = Metrics()
     return OtlpExporter(config, metrics, clock or SkippingClock()), metrics
 
@@ -305,6 +305,39 @@ def finished(recorder: OtlpExporter, count: int) -> list[Span]:
     for span in spans:
         span.end()
     return spans
+
+
+async def test_a_span_is_written_as_the_otlp_json_mapping_says(collector: Collector) -> None:
+    exp, _ = exporter(collector, env={"OTEL_RESOURCE_ATTRIBUTES": "k8s.pod.name=pod-1"})
+    span = Span(exp, TRACE, "00000000000000aa", SPAN, 'GET "q" \\ café', 3,
+                {"s": "ünïcode \"quoted\"\n", "i": 2**62, "b": True, "f": 0.25,
+                 "nan": float("nan"), "inf": float("-inf")}, tracestate="v=1")
+    span.event("sidecar.retry", {"attempt": 2})
+    span.fail("UPSTREAM_TIMEOUT")
+    span.end()
+    body = json.loads(exp._body([span, span]))
+    (resource_spans,) = body["resourceSpans"]
+    resource = {a["key"]: a["value"] for a in resource_spans["resource"]["attributes"]}
+    assert resource["service.name"] == {"stringValue": "integration-sidecar"}
+    assert resource["k8s.pod.name"] == {"stringValue": "pod-1"}
+    (scope,) = resource_spans["scopeSpans"]
+    assert scope["scope"]["name"] == "integration-sidecar"
+    first, second = scope["spans"]
+    assert first == second == {
+        "traceId": TRACE, "spanId": "00000000000000aa", "parentSpanId": SPAN,
+        "traceState": "v=1", "name": 'GET "q" \\ café', "kind": 3,
+        "startTimeUnixNano": str(span.start_ns), "endTimeUnixNano": str(span.end_ns),
+        "attributes": [
+            {"key": "s", "value": {"stringValue": "ünïcode \"quoted\"\n"}},
+            {"key": "i", "value": {"intValue": str(2**62)}},
+            {"key": "b", "value": {"boolValue": True}},
+            {"key": "f", "value": {"doubleValue": 0.25}},
+            {"key": "nan", "value": {"doubleValue": "NaN"}},
+            {"key": "inf", "value": {"doubleValue": "-Infinity"}},
+            {"key": "error.type", "value": {"stringValue": "UPSTREAM_TIMEOUT"}}],
+        "status": {"code": 2, "message": "UPSTREAM_TIMEOUT"},
+        "events": [{"timeUnixNano": str(span.events[0][0]), "name": "sidecar.retry",
+                    "attributes": [{"key": "attempt", "value": {"intValue": "2"}}]}]}
 
 
 async def test_spans_go_in_batches_and_a_full_batch_goes_at_once(collector: Collector) -> None:
