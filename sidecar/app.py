@@ -21,6 +21,7 @@ from sidecar import __version__
 from sidecar.admin import Readiness, build_admin_app, event_routes
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config, ConfigError, IntegrationConfig, load_config
+from sidecar.core.calls.credentials import CredentialFactory, CredentialSource
 from sidecar.core.calls.fan_out import FanOutObserver
 from sidecar.core.calls.health_window import CallHealth
 from sidecar.core.calls.pipeline import CallPipeline, Transport, TransportFactory
@@ -35,7 +36,14 @@ from sidecar.edge.webhooks import WebhookEdge
 from sidecar.errors import SidecarError
 from sidecar.http_listener import HttpListener
 from sidecar.logs import SecretScrubber
-from sidecar.metrics import BREAKER_STATES, CallMetrics, EventMetrics, LiveMetrics, Metrics
+from sidecar.metrics import (
+    BREAKER_STATES,
+    CallMetrics,
+    EventMetrics,
+    LiveMetrics,
+    Metrics,
+    TokenMetrics,
+)
 from sidecar.reload import (
     FileWatch,
     Reloader,
@@ -77,6 +85,17 @@ def _aiohttp_transport(config: IntegrationConfig) -> Transport:
     return AiohttpTransport(config, max_connections=config.bulkhead.max_concurrent)
 
 
+def _token_sources(clock: Clock, metrics: Metrics) -> CredentialFactory:
+    """Builds each OAuth2 integration's token source (the module loads on first use)."""
+
+    def build(config: IntegrationConfig) -> CredentialSource:
+        from sidecar.upstream.oauth2 import OAuth2TokenSource
+
+        return OAuth2TokenSource(config, clock, TokenMetrics(metrics))
+
+    return build
+
+
 class Sidecar:
     def __init__(
         self,
@@ -115,7 +134,8 @@ class Sidecar:
             observer=self.call_observer,
             # With a shared backend every replica draws from one bucket per integration.
             rate_limiter=(lambda name, policy: shared(name, policy, self.clock)) if shared
-            else None)
+            else None,
+            credentials=_token_sources(self.clock, self.metrics))
         self.event_metrics = EventMetrics(self.metrics)
         self.notifier = TopicNotifier()
         rt = config.realtime

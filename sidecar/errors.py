@@ -8,6 +8,7 @@ Adapters translate these into transport answers in one table each
     ├── NotFound                  INTEGRATION_NOT_FOUND, WEBHOOK_SOURCE_NOT_FOUND, ...
     ├── Unauthenticated           API_TOKEN_INVALID
     ├── Unavailable               CIRCUIT_OPEN, UPSTREAM_UNREACHABLE, STORAGE_UNAVAILABLE, ...
+    │   └── UpstreamAuthFailed    UPSTREAM_AUTH_FAILED
     ├── ResourceExhausted         RATE_LIMITED, BULKHEAD_FULL, ...
     ├── DeadlineExceeded          DEADLINE_EXCEEDED
     ├── Aborted                   IDEMPOTENCY_IN_FLIGHT
@@ -116,3 +117,11 @@ class Internal(SidecarError):
 
 class StorageUnavailable(Unavailable):
     default_reason = "STORAGE_UNAVAILABLE"
+
+
+class UpstreamAuthFailed(Unavailable):
+    """No credential for the upstream (its OAuth2 token endpoint failed). UNAVAILABLE,
+    not UNAUTHENTICATED: the caller's own credentials are fine, and the condition is
+    the sidecar's to clear (endpoint back, secret fixed), so retrying later helps."""
+
+    default_reason = "UPSTREAM_AUTH_FAILED"

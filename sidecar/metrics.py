@@ -152,6 +152,16 @@ class Metrics:
             "Sunset date an upstream announced (Unix seconds).",
             ["integration", "route"], registry=r,
         )
+        self.token_requests = Counter(
+            "sidecar_upstream_token_requests_total",
+            "OAuth2 access token requests to an integration's token endpoint, by result "
+            "(ok, error).", ["integration", "result"], registry=r,
+        )
+        self.token_expiry = Gauge(
+            "sidecar_upstream_token_expiry_timestamp_seconds",
+            "When the integration's current OAuth2 access token expires (Unix seconds).",
+            ["integration"], registry=r,
+        )
 
         # Webhooks and durable delivery.
         self.webhooks_received = Counter(
@@ -373,6 +383,18 @@ class CallMetrics:
             self._m.breaker_state.labels(integration, scope, s).set(1 if s == state else 0)
         if not initial:
             self._m.breaker_transitions.labels(integration, scope, state).inc()
+
+
+class TokenMetrics:
+    """The OAuth2 token sources' observer, recording into ``Metrics``."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def token_requested(self, integration: str, result: str, expires_at: float | None) -> None:
+        self._m.token_requests.labels(integration, result).inc()
+        if expires_at is not None:
+            self._m.token_expiry.labels(integration).set(expires_at)
 
 
 class EventMetrics:

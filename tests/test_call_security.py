@@ -6,6 +6,7 @@ environment and never leak, TLS is verified, and limits hold.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import secrets
 import time
@@ -28,6 +29,9 @@ from tests.upstream import Action, Upstream, reply
 #: Looks like a real credential and occurs nowhere by accident.
 TOKEN = "sk_live_" + secrets.token_hex(16)
 API_KEY = "ak_" + secrets.token_hex(16)
+PASSWORD = "pw_" + secrets.token_hex(16)
+#: What an HTTP Basic header carries: the password is not in it as such.
+BASIC = base64.b64encode(f"AC-account-7:{PASSWORD}".encode()).decode()
 
 
 @pytest.fixture
@@ -65,7 +69,12 @@ def bearer(**overrides: object) -> dict[str, object]:
     return {"type": "bearer", "token_env": "SVC_TOKEN", **overrides}
 
 
-ENV = {"SVC_TOKEN": TOKEN, "SVC_API_KEY": API_KEY}
+def basic() -> dict[str, object]:
+    return {"type": "basic", "username_env": "SVC_USER", "password_env": "SVC_PASSWORD"}
+
+
+ENV = {"SVC_TOKEN": TOKEN, "SVC_API_KEY": API_KEY, "SVC_USER": "AC-account-7",
+       "SVC_PASSWORD": PASSWORD}
 
 
 async def fails(stub: pb_grpc.SidecarServiceStub, request: pb.CallRequest
@@ -214,6 +223,18 @@ async def test_api_key_header_is_sent_on_every_attempt_and_callers_cannot_overri
     assert got == [[API_KEY]] * 3
 
 
+async def test_basic_auth_is_sent_on_every_attempt_and_callers_cannot_override_it(
+        tmp_path: Path, upstream: Upstream) -> None:
+    got: list[list[str]] = []
+    upstream.then(capture(got, "Authorization", reply(503)),
+                  capture(got, "Authorization", reply(200)))
+    svc = integration(upstream.url, auth=basic(), headers={"Authorization": "Bearer default"})
+    async with running(tmp_path, {"svc": svc}, env=ENV) as (_, stub):
+        resp = await stub.Call(call(headers={"Authorization": "Basic YTpi"}), timeout=5)
+    assert (resp.status, resp.attempts) == (200, 2)
+    assert got == [[f"Basic {BASIC}"], [f"Basic {BASIC}"]]
+
+
 def _leaks(err: grpc.aio.AioRpcError, secret: str) -> list[str]:
     places = {"details": err.details() or "", "debug": err.debug_error_string() or "",
               "str": str(err)}
@@ -231,20 +252,23 @@ async def test_secrets_never_appear_in_grpc_errors(tmp_path: Path, upstream: Ups
         "svc": integration(upstream.url, auth=bearer()),
         "down": integration(closed_url, auth=bearer()),
         "keyed": integration(closed_url, auth=auth_key),
+        "basic": integration(closed_url, auth=basic()),
     }
     async with running(tmp_path, integrations, env=ENV) as (_, stub):
         errors = {
             "unreachable": await fails(stub, call(integration="down")),
             "unreachable-key": await fails(stub, call(integration="keyed")),
+            "unreachable-basic": await fails(stub, call(integration="basic")),
             "path": await fails(stub, call(path="../x")),
             "header": await fails(stub, call(headers={"Authorization": "x\r\ny"})),
         }
     codes = {name: rich_error(err).reason for name, err in errors.items()}
     assert codes == {"unreachable": "UPSTREAM_UNREACHABLE",
                      "unreachable-key": "UPSTREAM_UNREACHABLE",
+                     "unreachable-basic": "UPSTREAM_UNREACHABLE",
                      "path": "INVALID_ARGUMENT", "header": "INVALID_ARGUMENT"}
     leaks = {name: _leaks(err, secret) for name, err in errors.items()
-             for secret in (TOKEN, API_KEY) if _leaks(err, secret)}
+             for secret in (TOKEN, API_KEY, PASSWORD, BASIC) if _leaks(err, secret)}
     assert leaks == {}
 
 
@@ -268,22 +292,25 @@ async def test_secrets_never_appear_in_logs(tmp_path: Path, upstream: Upstream,
         "svc": integration(upstream.url, auth=bearer(), retry={
             "on_status": [500], "backoff": {"initial": "1ms", "max": "5ms"}}),
         "keyed": integration(upstream.url, auth=auth_key),
+        "basic": integration(upstream.url, auth=basic()),
         "down": integration(closed_url, auth=bearer()),
     }
-    upstream.then(reply(200), reply(500), reply(500), reply(500), reply(200))
+    upstream.then(reply(200), reply(500), reply(500), reply(500), reply(200), reply(401))
     async with running(tmp_path, integrations, env=ENV) as (_, stub):
         ok = await stub.Call(call(), timeout=5)
         retried = await stub.Call(call(), timeout=5)
         keyed = await stub.Call(call(integration="keyed"), timeout=5)
+        refused = await stub.Call(call(integration="basic"), timeout=5)
         down = rich_error(await fails(stub, call(integration="down")))
         bad = rich_error(await fails(stub, call(path="%2e%2e/x")))
     assert (ok.status, retried.status, retried.attempts, keyed.status) == (200, 500, 3, 200)
+    assert refused.status == 401
     assert (down.reason, bad.reason) == ("UPSTREAM_UNREACHABLE", "INVALID_ARGUMENT")
     # The capture works: the pipeline's own records are there.
     assert sum(r.getMessage() == "call finished" for r in caplog.records) >= 4
-    assert TOKEN not in caplog.text and API_KEY not in caplog.text
     everything = _record_text(caplog.records)
-    assert TOKEN not in everything and API_KEY not in everything
+    for secret in (TOKEN, API_KEY, PASSWORD, BASIC):
+        assert secret not in caplog.text and secret not in everything
 
 
 # --------------------------------------------------------------------------- config

@@ -44,7 +44,14 @@ SECRETS = {
     "PARTNER_SECRET": "partner-hmac-secret-0Ga2",
     "JWT_SECRET": "jwt-hs256-secret-value-5Ue3",
     "OTLP_HEADERS": "x-honeycomb-team=otlp-key-8Wq1,x-tenant=otlp-tenant-2Fs6",
+    "SMS_PASSWORD": "sms-basic-password-4Hd7",
+    "MAILGUN_PASSWORD": "mailgun-basic-password-1Jx3",
+    "GRAPH_SECRET": "graph-client-secret-6Rk2",
+    "CRM_SECRET": "crm-client-secret-9Bn5",
 }
+#: Not secrets (shown by their variable name all the same).
+PLAIN_ENV = {"SMS_ACCOUNT": "AC-sms-account-17", "GRAPH_CLIENT_ID": "graph-client-3f2a"}
+ENV = {**SECRETS, **PLAIN_ENV}
 
 
 def full_config() -> dict[str, Any]:
@@ -113,6 +120,26 @@ def full_config() -> dict[str, Any]:
                 "bulkhead": {"max_wait": 0.25},
             },
             "plain": {"base_url": "https://plain.example", "rate_limit": {"enabled": False}},
+            "sms": {"base_url": "https://sms.example",
+                    "auth": {"type": "basic", "username_env": "SMS_ACCOUNT",
+                             "password_env": "SMS_PASSWORD"}},
+            "mailgun": {"base_url": "https://mailgun.example",
+                        "auth": {"type": "basic", "username": "api",
+                                 "password_env": "MAILGUN_PASSWORD"}},
+            "graph": {"base_url": "https://graph.example",
+                      "auth": {"type": "oauth2_client_credentials",
+                               "token_url": "https://login.example/tenant/oauth2/token?x=1",
+                               "client_id_env": "GRAPH_CLIENT_ID",
+                               "client_secret_env": "GRAPH_SECRET",
+                               "scopes": ["https://graph.example/.default", "mail.send"],
+                               "audience": "https://graph.example/", "client_auth": "body",
+                               "params": {"resource": "https://graph.example", "n": 7},
+                               "refresh_before": "2m", "default_lifetime": "30m",
+                               "timeout": "2500ms"}},
+            "crm": {"base_url": "https://crm.example",
+                    "auth": {"type": "oauth2_client_credentials",
+                             "token_url": "https://crm.example/oauth/token",
+                             "client_id": "crm-client", "client_secret_env": "CRM_SECRET"}},
         },
         "routes": [
             {"integration": "payments", "name": "charge", "method": "post",
@@ -197,7 +224,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def full(files: Path) -> Config:
-    return parse_config(full_config(), SECRETS, base_dir=files)
+    return parse_config(full_config(), ENV, base_dir=files)
 
 
 def reparse(text: str, env: dict[str, str], base_dir: Path) -> Config:
@@ -235,7 +262,7 @@ def test_the_full_config_leaves_no_model_field_at_its_default(full: Config) -> N
 def test_every_section_reads_back_the_same(full: Config, tmp_path: Path) -> None:
     text = dump_redacted(full)
     # Another directory: the file paths in the dump are already resolved.
-    assert reparse(text, SECRETS, tmp_path) == full
+    assert reparse(text, ENV, tmp_path) == full
 
 
 def test_the_yaml_is_exactly_the_file_schema(full: Config) -> None:
@@ -278,6 +305,17 @@ def test_keys_durations_and_statuses_are_written_as_the_file_reads_them(full: Co
     assert routes[2]["rate_limit"] == {"enabled": False}  # not the same as inheriting
     assert shown["tracing"]["otlp"]["endpoint"] == "https://otel.example:4318/v1/traces"
     assert shown["tracing"]["otlp"]["headers_env"] == "OTLP_HEADERS"
+    integrations = shown["integrations"]
+    assert integrations["sms"]["auth"] == {"type": "basic", "username_env": "SMS_ACCOUNT",
+                                           "password_env": "SMS_PASSWORD"}
+    assert integrations["mailgun"]["auth"]["username"] == "api"
+    graph = integrations["graph"]["auth"]
+    assert graph["client_id_env"] == "GRAPH_CLIENT_ID" and "client_id" not in graph
+    assert graph["client_secret_env"] == "GRAPH_SECRET" and "client_secret" not in graph
+    assert (graph["refresh_before"], graph["default_lifetime"], graph["timeout"]) == (
+        "2m", "30m", "2500ms")
+    assert graph["params"] == {"resource": "https://graph.example", "n": "7"}
+    assert integrations["crm"]["auth"]["client_id"] == "crm-client"
 
 
 def test_no_secret_value_and_nothing_of_the_redis_url(full: Config) -> None:
@@ -298,21 +336,21 @@ def test_example_configs_read_back_the_same(example: Path | None, tmp_path: Path
 
 
 def test_environment_overrides_are_marked_and_written_in(files: Path, tmp_path: Path) -> None:
-    env = {**SECRETS, "SIDECAR_ADMIN_PORT": "9999", "SIDECAR_LOG_LEVEL": "warning"}
+    env = {**ENV, "SIDECAR_ADMIN_PORT": "9999", "SIDECAR_LOG_LEVEL": "warning"}
     config = parse_config(full_config(), env, base_dir=files)
     assert (config.server.admin.port, config.logging.level) == (9999, "warning")
     text = dump_redacted(config, env)
     assert "    port: 9999  # from SIDECAR_ADMIN_PORT\n" in text
     assert "  level: warning  # from SIDECAR_LOG_LEVEL\n" in text
     # The values are in the file now: it reads back the same without the overrides.
-    assert reparse(text, SECRETS, tmp_path) == config
+    assert reparse(text, ENV, tmp_path) == config
 
 
 def test_cli_show_then_check_with_the_shown_file(files: Path, tmp_path: Path) -> None:
     source = files / "sidecar.yaml"
     source.write_text(yaml.safe_dump(full_config()), encoding="utf-8")
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SIDECAR_NO_UVLOOP": "1",
-           **SECRETS, "SIDECAR_EDGE_PORT": "8282"}
+           **ENV, "SIDECAR_EDGE_PORT": "8282"}
     show = subprocess.run([sys.executable, "-m", "sidecar", "config", "show", "-c", str(source)],
                           capture_output=True, text=True, env=env, check=True, cwd=tmp_path)
     for value in [*SECRETS.values(), REDIS_PASSWORD, "redis-q7"]:
@@ -323,5 +361,5 @@ def test_cli_show_then_check_with_the_shown_file(files: Path, tmp_path: Path) ->
     check = subprocess.run([sys.executable, "-m", "sidecar", "config", "check", "-c", str(shown)],
                            capture_output=True, text=True, env=env, cwd=tmp_path)
     assert check.returncode == 0, check.stderr
-    assert check.stdout == "configuration OK: 3 integration(s), 3 route(s)\n"
+    assert check.stdout == "configuration OK: 7 integration(s), 3 route(s)\n"
     assert load_config(shown, env) == load_config(source, env)

@@ -13,6 +13,7 @@ import yaml
 
 from sidecar.config.load import ENV_OVERRIDES, _as_duration
 from sidecar.config.model import (
+    AuthConfig,
     BreakerConfig,
     Config,
     FallbackConfig,
@@ -192,18 +193,38 @@ def _fallback(f: FallbackConfig) -> Tree:
     return {"enabled": f.enabled, "max_age": _duration(f.max_age), "max_entries": f.max_entries}
 
 
+def _plain_or_env(key: str, value: str, env: str) -> Tree:
+    return {f"{key}_env": env} if env else {key: value}
+
+
+def _auth(a: AuthConfig) -> Tree:
+    auth: Tree = {"type": a.type}
+    if a.type == "bearer":
+        auth["token_env"] = _env_name(a.secret)
+    elif a.type == "api_key":
+        auth.update(header=a.header, value_env=_env_name(a.secret))
+    elif a.type == "basic":
+        auth.update(_plain_or_env("username", a.username, a.username_env),
+                    password_env=_env_name(a.secret))
+    elif a.oauth2 is not None:
+        o = a.oauth2
+        auth.update(token_url=o.token_url, **_plain_or_env("client_id", o.client_id,
+                                                            o.client_id_env),
+                    client_secret_env=_env_name(a.secret), scopes=list(o.scopes),
+                    audience=o.audience, params=dict(o.params), client_auth=o.client_auth,
+                    refresh_before=_duration(o.refresh_before),
+                    default_lifetime=_duration(o.default_lifetime),
+                    timeout=_duration(o.timeout))
+    return auth
+
+
 def _integration(i: IntegrationConfig) -> Tree:
-    auth: Tree = {"type": i.auth.type}
-    if i.auth.type == "bearer":
-        auth["token_env"] = _env_name(i.auth.secret)
-    elif i.auth.type == "api_key":
-        auth.update(header=i.auth.header, value_env=_env_name(i.auth.secret))
     v, tls, bulkhead = i.api_version, i.tls, i.bulkhead
     return {
         "base_url": i.base_url,
         "allow_insecure_http": i.allow_insecure_http,
         "headers": dict(i.headers),
-        "auth": auth,
+        "auth": _auth(i.auth),
         "timeouts": _timeouts(i.timeouts),
         "api_version": {"version": v.version, "location": v.location, "header": v.header},
         "tls": {"verify": tls.verify, "ca_file": tls.ca_file,

@@ -17,11 +17,13 @@ from urllib.parse import urlsplit
 import yaml
 
 from sidecar.config.model import (
+    AUTH_TYPES,
     DEFAULT_ADMIN_HOST,
     DEFAULT_ADMIN_PORT,
     DEFAULT_EDGE_HOST,
     DEFAULT_EDGE_PORT,
     DEFAULT_OTLP_ENDPOINT,
+    OAUTH2_CLIENT_AUTH,
     REDIS_MODES,
     WEBHOOK_SCHEMES,
     ApiVersionConfig,
@@ -38,6 +40,7 @@ from sidecar.config.model import (
     IntegrationConfig,
     JwtConfig,
     LoggingConfig,
+    OAuth2Config,
     OtlpConfig,
     RealtimeConfig,
     RedisConfig,
@@ -582,8 +585,97 @@ def _headers(sec: _Section, key: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def _auth(sec: _Section, env: Mapping[str, str]) -> AuthConfig:
-    kind = sec.string("type", "none", choices=("none", "bearer", "api_key"))
+def _plain_or_env(sec: _Section, key: str, env: Mapping[str, str], *,
+                  required: bool) -> tuple[str, str]:
+    """``<key>`` as plain text, or ``<key>_env`` naming the variable that holds it (not
+    a secret, so it may be shown): returns (value, variable name or "")."""
+    env_key = f"{key}_env"
+    if sec.has(key) and sec.has(env_key):
+        sec.take(key)
+        sec.err(key, f"set {key} or {env_key}, not both")
+    if sec.has(env_key):
+        found = sec.secret(env_key, env, required=True)
+        return (found.value, found.env) if found else ("", "")
+    if required and not sec.has(key):
+        sec.err(key, f"is required (or {env_key})")
+    return sec.string(key), ""
+
+
+def _token_url(sec: _Section, allow_http: bool) -> str:
+    url = sec.string("token_url", required=True)
+    parts = urlsplit(url)
+    if not url:
+        return url
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        sec.err("token_url", f"must be an https:// URL with a host; got {url!r}")
+    elif parts.username or parts.password:
+        sec.err("token_url", "must not contain credentials; use client_id and "
+                             "client_secret_env")
+    elif parts.fragment:
+        sec.err("token_url", "must not contain a fragment")
+    elif parts.scheme.lower() == "http" and not allow_http:
+        sec.err("token_url", "plain http:// is refused (the client secret would travel in "
+                             "clear text); use https:// or set allow_insecure_http: true on "
+                             "the integration (local development only)")
+    return url
+
+
+def _scopes(sec: _Section) -> tuple[str, ...]:
+    raw = sec.take("scopes")
+    if raw is _MISSING or raw is None:
+        return ()
+    if not isinstance(raw, list):
+        sec.err("scopes", f"must be a list of scopes, got {_kind(raw)}")
+        return ()
+    for i, scope in enumerate(raw):
+        # RFC 6749 §3.3: printable ASCII but space, double quote and backslash.
+        if not isinstance(scope, str) or not re.fullmatch(r"[\x21\x23-\x5b\x5d-\x7e]+", scope):
+            sec.err(f"scopes[{i}]", f"must be a scope token (RFC 6749 §3.3); got {scope!r}")
+    return tuple(str(scope) for scope in raw)
+
+
+#: Form fields of the token request the sidecar writes itself.
+_TOKEN_FIELDS = ("grant_type", "client_id", "client_secret", "scope", "audience")
+
+
+def _params(sec: _Section) -> tuple[tuple[str, str], ...]:
+    raw = sec.take("params")
+    if raw is _MISSING or raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        sec.err("params", f"must be a mapping of form field to value, got {_kind(raw)}")
+        return ()
+    out = []
+    for name, value in raw.items():
+        if str(name) in _TOKEN_FIELDS:
+            sec.err(f"params.{name}", "is set by the sidecar (see scopes, audience)")
+        elif value is None or isinstance(value, dict | list | bool):
+            sec.err(f"params.{name}", f"must be a string, got {_kind(value)}")
+        else:
+            out.append((str(name), _as_str(value)))
+    return tuple(out)
+
+
+def _oauth2(sec: _Section, env: Mapping[str, str], allow_http: bool) -> OAuth2Config:
+    token_url = _token_url(sec, allow_http)
+    client_id, client_id_env = _plain_or_env(sec, "client_id", env, required=True)
+    cfg = OAuth2Config(
+        token_url=token_url, client_id=client_id, client_id_env=client_id_env,
+        scopes=_scopes(sec), audience=sec.string("audience"), params=_params(sec),
+        client_auth=sec.string("client_auth", "basic", choices=OAUTH2_CLIENT_AUTH),
+        refresh_before=sec.duration("refresh_before", OAuth2Config.refresh_before,
+                                    positive=False),
+        default_lifetime=sec.duration("default_lifetime", OAuth2Config.default_lifetime),
+        timeout=sec.duration("timeout", OAuth2Config.timeout),
+    )
+    if cfg.refresh_before >= cfg.default_lifetime:
+        sec.err("refresh_before", f"({cfg.refresh_before:g}s) must be shorter than "
+                                  f"default_lifetime ({cfg.default_lifetime:g}s)")
+    return cfg
+
+
+def _auth(sec: _Section, env: Mapping[str, str], allow_http: bool) -> AuthConfig:
+    kind = sec.string("type", "none", choices=AUTH_TYPES)
     cfg = AuthConfig()
     if kind == "bearer":
         cfg = AuthConfig(type=kind, header="Authorization",
@@ -594,9 +686,22 @@ def _auth(sec: _Section, env: Mapping[str, str]) -> AuthConfig:
             sec.err("header", f"invalid header name {header!r}")
         cfg = AuthConfig(type=kind, header=header,
                          secret=sec.secret("value_env", env, required=True))
+    elif kind == "basic":
+        username, username_env = _plain_or_env(sec, "username", env, required=True)
+        if ":" in username:
+            sec.err("username", "must not contain a colon (RFC 7617)")
+        cfg = AuthConfig(type=kind, header="Authorization", username=username,
+                         username_env=username_env,
+                         secret=sec.secret("password_env", env, required=True))
+    elif kind == "oauth2_client_credentials":
+        cfg = AuthConfig(type=kind, header="Authorization",
+                         secret=sec.secret("client_secret_env", env, required=True),
+                         oauth2=_oauth2(sec, env, allow_http))
     sec.finish({"token": "secrets come from the environment: use token_env",
                 "value": "secrets come from the environment: use value_env",
-                "api_key": "secrets come from the environment: use value_env"})
+                "api_key": "secrets come from the environment: use value_env",
+                "password": "secrets come from the environment: use password_env",
+                "client_secret": "secrets come from the environment: use client_secret_env"})
     return cfg
 
 
@@ -639,7 +744,7 @@ def _integration(name: str, sec: _Section, env: Mapping[str, str],
         base_url=_base_url(sec, allow_http),
         allow_insecure_http=allow_http,
         headers=_headers(sec, "headers"),
-        auth=_auth(sec.section("auth"), env),
+        auth=_auth(sec.section("auth"), env, allow_http),
         timeouts=_timeouts(sec.section("timeouts"), TimeoutsConfig()),
         api_version=_api_version(sec.section("api_version")),
         tls=_tls(sec.section("tls"), base_dir),

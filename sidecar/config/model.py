@@ -5,6 +5,7 @@ Built only by ``sidecar.config.load``; everything else reads these objects.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -175,12 +176,71 @@ class TimeoutsConfig:
     total: float = DEFAULT_TOTAL_TIMEOUT
 
 
+AUTH_TYPES = ("none", "bearer", "api_key", "basic", "oauth2_client_credentials")
+#: RFC 6749 §2.3.1: the client authenticates with HTTP Basic (``basic``, the method
+#: every server must support) or with form fields in the body (``body``).
+OAUTH2_CLIENT_AUTH = ("basic", "body")
+#: Fetch a new access token this long before the old one expires, so no call
+#: goes out with a token about to lapse in flight.
+DEFAULT_TOKEN_REFRESH_BEFORE = 60.0
+#: How long a token is used when the server does not say (no ``expires_in``):
+#: an hour is what most servers issue; a 401 fetches a new one sooner.
+DEFAULT_TOKEN_LIFETIME = 3600.0
+DEFAULT_TOKEN_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class OAuth2Config:
+    """OAuth2 client credentials (RFC 6749 §4.4); the client secret is ``AuthConfig.secret``."""
+
+    token_url: str
+    client_id: str
+    #: The variable ``client_id`` was read from; empty: it was given in the file.
+    client_id_env: str = ""
+    scopes: tuple[str, ...] = ()
+    audience: str = ""
+    #: Extra form fields of the token request (Azure's ``resource``, ...).
+    params: tuple[tuple[str, str], ...] = ()
+    client_auth: str = "basic"
+    refresh_before: float = DEFAULT_TOKEN_REFRESH_BEFORE
+    default_lifetime: float = DEFAULT_TOKEN_LIFETIME
+    #: Seconds for one token request (the call's deadline bounds the wait too).
+    timeout: float = DEFAULT_TOKEN_TIMEOUT
+
+
 @dataclass(frozen=True)
 class AuthConfig:
-    #: ``none``, ``bearer`` (Authorization: Bearer) or ``api_key`` (a named header).
+    #: One of ``AUTH_TYPES``: ``bearer`` (Authorization: Bearer), ``api_key`` (a named
+    #: header), ``basic`` (HTTP Basic) or ``oauth2_client_credentials``.
     type: str = "none"
     header: str = ""
+    #: The token, API key, Basic password or OAuth2 client secret.
     secret: Secret | None = None
+    #: ``basic``: the user name, and the variable it was read from (empty: from the file).
+    username: str = ""
+    username_env: str = ""
+    oauth2: OAuth2Config | None = None
+
+    def static_value(self) -> str | None:
+        """The header value of a kind that never changes (all but OAuth2), else None."""
+        if self.secret is None or self.oauth2 is not None:
+            return None
+        if self.type == "bearer":
+            return f"Bearer {self.secret.value}"
+        if self.type == "basic":
+            pair = f"{self.username}:{self.secret.value}".encode()
+            return "Basic " + base64.b64encode(pair).decode("ascii")
+        return self.secret.value
+
+    def secrets(self) -> list[Secret]:
+        """The secret, and the Basic header (whose base64 does not contain the password)."""
+        if self.secret is None:
+            return []
+        if self.type == "basic":
+            value = self.static_value()
+            assert value is not None
+            return [self.secret, Secret(self.secret.env, value.removeprefix("Basic "))]
+        return [self.secret]
 
 
 @dataclass(frozen=True)
@@ -514,7 +574,8 @@ class Config:
         if self.server.grpc.api_token:
             found.append(self.server.grpc.api_token)
         found += self.storage.redis.url_secrets()
-        found += [i.auth.secret for i in self.integrations.values() if i.auth.secret]
+        for integration in self.integrations.values():
+            found += integration.auth.secrets()
         for source in self.webhooks.sources.values():
             found += source.secrets
         if self.realtime.websocket.jwt.hs256_secret:

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from sidecar import __version__
-from sidecar.config import IntegrationConfig
+from sidecar.config import IntegrationConfig, TlsConfig
 from sidecar.core.calls.models import (
     TransportError,
     TransportErrorKind,
@@ -31,9 +31,13 @@ _CHUNK = 64 * 1024
 
 
 def build_ssl_context(config: IntegrationConfig) -> ssl.SSLContext | bool:
-    tls = config.tls
+    return ssl_context_for(config.base_url, config.tls)
+
+
+def ssl_context_for(url: str, tls: TlsConfig) -> ssl.SSLContext | bool:
+    """The integration's TLS settings for connections to ``url``."""
     # Verify unless the URL is explicitly plain http: never fail open.
-    if urlsplit(config.base_url).scheme.lower() == "http":
+    if urlsplit(url).scheme.lower() == "http":
         return False
     if not tls.verify:
         ctx = ssl.create_default_context()
@@ -44,6 +48,17 @@ def build_ssl_context(config: IntegrationConfig) -> ssl.SSLContext | bool:
     if tls.client_cert_file:
         ctx.load_cert_chain(tls.client_cert_file, tls.client_key_file or None)
     return ctx
+
+
+async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, or ``TransportError(TOO_LARGE)`` as soon as it passes ``limit`` bytes."""
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(_CHUNK):
+        body += chunk
+        if len(body) > limit:
+            raise TransportError(TransportErrorKind.TOO_LARGE,
+                                 f"response body is over the {limit}-byte limit")
+    return bytes(body)
 
 
 class AiohttpTransport:
@@ -108,7 +123,7 @@ class AiohttpTransport:
                 if length is not None:
                     body = await resp.read()  # length known and within the limit
                 else:
-                    body = await self._read_capped(resp, limit)
+                    body = await read_capped(resp, limit)
                 raw = resp.headers
                 # Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
                 dropped = HOP_BY_HOP
@@ -145,16 +160,6 @@ class AiohttpTransport:
                                  f"connection error: {exc.strerror or exc}") from None
         except aiohttp.ClientError as exc:
             raise TransportError(TransportErrorKind.PROTOCOL, type(exc).__name__) from None
-
-    @staticmethod
-    async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-        body = bytearray()
-        async for chunk in resp.content.iter_chunked(_CHUNK):
-            body += chunk
-            if len(body) > limit:
-                raise TransportError(TransportErrorKind.TOO_LARGE,
-                                     f"response body is over the {limit}-byte limit")
-        return bytes(body)
 
     async def close(self) -> None:
         if self._session is not None:

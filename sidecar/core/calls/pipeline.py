@@ -27,6 +27,7 @@ from sidecar.config import (
     RouteConfig,
     TimeoutsConfig,
 )
+from sidecar.core.calls.credentials import CredentialFactory, CredentialSource
 from sidecar.core.calls.fallback import LastGoodCache
 from sidecar.core.calls.models import (
     CallRequest,
@@ -68,6 +69,7 @@ from sidecar.errors import (
     ResourceExhausted,
     SidecarError,
     Unavailable,
+    UpstreamAuthFailed,
 )
 from sidecar.storage.base import ClaimStatus, Storage
 
@@ -101,6 +103,10 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
+class _Closable(Protocol):
+    async def close(self) -> None: ...
+
+
 TransportFactory = Callable[[IntegrationConfig], Transport]
 #: Builds the rate limiter for an integration (or ``integration/route``):
 #: a local bucket, or one every replica shares.
@@ -129,6 +135,10 @@ class _Integration:
     routes: list[tuple[RouteConfig, _Policy]]
     budget: RetryBudget | None
     bulkhead: Bulkhead
+    #: The auth header of a static kind (bearer, API key, Basic), built once.
+    static_auth: str | None = None
+    #: Where each attempt's auth header comes from when it changes (OAuth2).
+    credentials: CredentialSource | None = None
     #: The routes it was built with, to tell on reload whether anything changed.
     route_configs: tuple[RouteConfig, ...] = ()
     deprecations_logged: set[str] = field(default_factory=set)
@@ -144,6 +154,11 @@ class _Integration:
             if route.method in ("*", method) and route_matches(route.path, norm):
                 return policy
         return self.default
+
+    def parts(self) -> list[_Closable]:
+        """What holds connections, to close when the integration goes."""
+        return [self.transport] if self.credentials is None else [self.transport,
+                                                                  self.credentials]
 
 
 @dataclass(frozen=True)
@@ -171,6 +186,10 @@ class _Attempts:
     span_id: str = ""
     #: The Call's span when the trace is recorded (see ``CallRequest.span``).
     span: Span | None = None
+    #: The fetched credential the latest attempt sent (OAuth2 only).
+    credential: str = ""
+    #: A 401 already made the call fetch a new credential (once per call, no loop).
+    reauthorized: bool = False
 
 
 class CallPipeline:
@@ -184,8 +203,10 @@ class CallPipeline:
         observer: CallObserver | None = None,
         rand: Callable[[], float] = random.random,
         rate_limiter: RateLimiterFactory | None = None,
+        credentials: CredentialFactory | None = None,
     ) -> None:
         self._storage = storage
+        self._credentials = credentials
         self._limiter: RateLimiterFactory = rate_limiter or (
             lambda name, policy: TokenBucket(policy, clock))
         self._clock = clock
@@ -241,7 +262,7 @@ class CallPipeline:
         except BaseException:
             for name in (*added, *changed):
                 if name in fresh:
-                    self._close_soon(fresh[name].transport)
+                    self._close_soon(*fresh[name].parts())
             raise
         finally:
             for transport in spare.values():
@@ -252,13 +273,14 @@ class CallPipeline:
         for integ in retired:
             integ.retired = True
             if not integ.active:
-                self._close_soon(integ.transport)
+                self._close_soon(*integ.parts())
         return IntegrationChanges(tuple(added), tuple(removed), tuple(changed))
 
-    def _close_soon(self, transport: Transport) -> None:
-        task = asyncio.ensure_future(transport.close())
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+    def _close_soon(self, *parts: _Closable) -> None:
+        for part in parts:
+            task = asyncio.ensure_future(part.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     # ------------------------------------------------------------------ building
 
@@ -308,10 +330,17 @@ class CallPipeline:
                 fallback=fallback,
                 cache=cache(fallback) if r.fallback else default.cache,
             )))
+        credentials: CredentialSource | None = None
+        if cfg.auth.oauth2 is not None:
+            if self._credentials is None:
+                raise ValueError(f"integration {cfg.name!r} uses OAuth2 but the pipeline "
+                                 "was built without a credential factory")
+            credentials = self._credentials(cfg)
         return _Integration(
             config=cfg, transport=transport, default=default, routes=built,
             budget=RetryBudget(cfg.retry_budget, self._clock) if cfg.retry_budget else None,
             bulkhead=Bulkhead(cfg.bulkhead.max_concurrent, self._clock, name=cfg.name),
+            static_auth=cfg.auth.static_value(), credentials=credentials,
             route_configs=tuple(routes),
         )
 
@@ -325,7 +354,8 @@ class CallPipeline:
         return out
 
     async def close(self) -> None:
-        await asyncio.gather(*(i.transport.close() for i in self._integrations.values()),
+        await asyncio.gather(*(part.close() for i in self._integrations.values()
+                               for part in i.parts()),
                              *self._closing, return_exceptions=True)
 
     # ------------------------------------------------------------------ the call
@@ -345,7 +375,7 @@ class CallPipeline:
         finally:
             integ.active -= 1
             if integ.retired and not integ.active:
-                self._close_soon(integ.transport)
+                self._close_soon(*integ.parts())
 
     async def _call(self, req: CallRequest, integ: _Integration, start: float) -> CallResult:
         method = (req.method or "GET").upper()
@@ -359,7 +389,7 @@ class CallPipeline:
         if req.deadline is not None:
             deadline = min(deadline, req.deadline)
         trace = req.trace or new_trace()
-        headers = self._headers(req, cfg, version, trace)
+        headers = self._headers(req, integ, version, trace)
         outcome = "error"
         result: CallResult | None = None
         try:
@@ -422,15 +452,17 @@ class CallPipeline:
             raise InvalidArgument("; ".join(f"{p.field}: {p.description}" for p in problems),
                                   violations=problems)
 
-    def _headers(self, req: CallRequest, cfg: IntegrationConfig, version: str,
+    def _headers(self, req: CallRequest, integ: _Integration, version: str,
                  trace: TraceContext) -> tuple[tuple[str, str], ...]:
-        """Headers every attempt sends; ``traceparent`` is added per attempt."""
+        """Headers every attempt sends; ``traceparent`` (and a fetched credential) is
+        added per attempt."""
+        cfg = integ.config
         auth = cfg.auth
         if not (cfg.headers or req.headers or trace.tracestate or req.idempotency_key
-                or auth.secret is not None
+                or integ.static_auth is not None
                 or (version and cfg.api_version.location == "header")):
             return ()  # the common case: nothing to merge
-        reserved = TRACE_HEADERS | {auth.header.lower()} if auth.secret else TRACE_HEADERS
+        reserved = TRACE_HEADERS | {auth.header.lower()} if auth.header else TRACE_HEADERS
         out = [(k, v) for k, v in cfg.headers if k.lower() not in TRACE_HEADERS]
         overridden = {k.lower() for k, _ in req.headers}
         out = [(k, v) for k, v in out if k.lower() not in overridden]
@@ -440,10 +472,11 @@ class CallPipeline:
         if version and cfg.api_version.location == "header":
             out = [(k, v) for k, v in out if k.lower() != cfg.api_version.header.lower()]
             out.append((cfg.api_version.header, version))
-        if auth.secret is not None:
-            value = (f"Bearer {auth.secret.value}" if auth.type == "bearer"
-                     else auth.secret.value)
-            out.append((auth.header, value))
+        if integ.static_auth is not None:
+            out.append((auth.header, integ.static_auth))
+        elif integ.credentials is not None:
+            # The configured default headers must not carry one either.
+            out = [(k, v) for k, v in out if k.lower() != auth.header.lower()]
         if req.idempotency_key:
             name = cfg.idempotency.header
             out = [(k, v) for k, v in out if k.lower() != name.lower()]
@@ -504,7 +537,8 @@ class CallPipeline:
         response: UpstreamResponse | None = None
         try:
             response = await self._run(req, integ, policy, method, url, headers, state)
-        except (BreakerOpenError, RateLimitedError, BulkheadFullError, DeadlineExceeded) as exc:
+        except (BreakerOpenError, RateLimitedError, BulkheadFullError, DeadlineExceeded,
+                UpstreamAuthFailed) as exc:
             if state.span is not None:
                 _refusal_event(state.span, exc)
             # A retry could not go out. An answer from an earlier attempt is still
@@ -662,6 +696,13 @@ class CallPipeline:
         t0: float | None = None
         client: Span | None = None
         try:
+            if integ.credentials is not None:
+                # Before the bulkhead: no slot is held while a token is fetched.
+                state.credential = await integ.credentials.authorization(state.deadline,
+                                                                         state.span)
+                sent = (*headers, (cfg.auth.header, state.credential))
+            else:
+                sent = headers
             if not integ.bulkhead.try_acquire():  # else wait for a slot
                 max_wait = state.deadline - self._clock.monotonic()
                 if cfg.bulkhead.max_wait is not None:
@@ -675,7 +716,7 @@ class CallPipeline:
                     client = state.span.child(method, KIND_CLIENT, span, _client_attributes(
                         cfg.name, policy.name, method, url, state.attempts))
                 request = UpstreamRequest(method, url,
-                                          (*headers, (TRACEPARENT,
+                                          (*sent, (TRACEPARENT,
                                                       state.trace.child_traceparent(span))),
                                           body, timeout=timeout,
                                           connect_timeout=min(policy.timeouts.connect, timeout))
@@ -715,6 +756,16 @@ class CallPipeline:
             pause = self._server_hint(response, policy)
             if pause:
                 await policy.bucket.pause_for(pause)
+        if (response.status == 401 and integ.credentials is not None
+                and not state.reauthorized):
+            # The token was revoked or expired early: one new token, one more attempt.
+            state.reauthorized = True
+            integ.credentials.invalidate(state.credential)
+            log.info("upstream refused the access token; fetching a new one",
+                     extra={"integration": cfg.name, "route": policy.name})
+            if state.span is not None:
+                state.span.event("sidecar.auth.token_refused")
+            return await self._attempt(integ, policy, state, method, url, headers, body)
         return response
 
     def _server_hint(self, resp: UpstreamResponse, policy: _Policy) -> float | None:
@@ -814,6 +865,8 @@ def _refusal_event(span: Span, exc: Exception) -> None:
         span.event("sidecar.rate_limit.rejected")
     elif isinstance(exc, BulkheadFullError):
         span.event("sidecar.bulkhead_full")
+    elif isinstance(exc, UpstreamAuthFailed):
+        span.event("sidecar.auth.failed", {"sidecar.auth.cause": exc.metadata.get("cause", "")})
 
 
 def _retry_reason(retry: RetryConfig, may_retry: bool, resp: UpstreamResponse | None,
