@@ -21,6 +21,7 @@ import grpc
 import pytest
 from aiohttp import web
 
+from sidecar.clock import FakeClock
 from sidecar.config import ConfigError, parse_config
 from sidecar.upstream.oauth2 import OAuth2TokenSource
 from tests import test_call_security
@@ -284,19 +285,35 @@ async def test_token_endpoint_failures_are_upstream_auth_failed_without_body_or_
         assert CLIENT_SECRET not in text and ECHO not in text
 
 
-async def test_token_failures_do_not_open_the_breaker_and_clear_when_the_endpoint_heals(
+async def test_token_failures_back_off_do_not_open_the_breaker_and_clear_when_healed(
         tmp_path: Path, upstream: Upstream, token: TokenEndpoint) -> None:
+    """While the token endpoint fails, calls fail at once with RetryInfo instead of each
+    asking it again (1 s, then doubling); the breaker stays closed; a token fetched after
+    the pause serves calls again."""
+    clock = FakeClock()
     token.default = reply(503)
     body = integration(upstream.url, auth=oauth2(token.url),
                        circuit_breaker={"consecutive_failures": 2})
-    async with running(tmp_path, {"svc": body}, env=ENV) as (_, stub):
+    async with running(tmp_path, {"svc": body}, env=ENV, clock=clock) as (_, stub):
+        delays = []
         for _ in range(4):
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await stub.Call(call(), timeout=5)
-            assert rich_error(info.value).reason == "UPSTREAM_AUTH_FAILED"
+            err = rich_error(info.value)
+            assert (err.reason, err.metadata["cause"]) == ("UPSTREAM_AUTH_FAILED", "status")
+            delays.append(err.retry_delay)
+        assert len(token.seen) == 1  # the other three did not ask again
+        assert delays == [pytest.approx(1.0)] * 4
+        clock.advance(1.0)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Call(call(), timeout=5)  # the second failure: two seconds now
+        assert rich_error(info.value).retry_delay == pytest.approx(2.0)
+        assert len(token.seen) == 2
         token.default = issue()
+        clock.advance(2.0)
         resp = await stub.Call(call(), timeout=5)
-    assert resp.status == 200 and len(token.seen) == 5
+        assert (await stub.Call(call(), timeout=5)).status == 200
+    assert resp.status == 200 and len(token.seen) == 3
 
 
 async def test_a_slow_token_endpoint_is_bounded_by_the_call_deadline(

@@ -33,6 +33,11 @@ log = logging.getLogger("sidecar.oauth2")
 MAX_TOKEN_RESPONSE_BYTES = 64 * 1024
 #: Visible ASCII only: the token goes into a header as it is.
 _TOKEN_CHARS = re.compile(r"^[\x21-\x7e]+$")
+#: After a failed token request, calls fail at once (UPSTREAM_AUTH_FAILED with
+#: RetryInfo) for this long, doubling per failure up to the cap, instead of each
+#: asking the identity provider again while it is down or refusing the client.
+FAILURE_BACKOFF_INITIAL = 1.0
+FAILURE_BACKOFF_MAX = 30.0
 
 
 class TokenObserver(Protocol):
@@ -71,6 +76,10 @@ class OAuth2TokenSource:
         self._observer = observer
         self._token: _Token | None = None
         self._fetch: asyncio.Task[_Token] | None = None
+        #: Failed requests in a row; until ``_retry_at`` (monotonic) no new one is made.
+        self._failures = 0
+        self._retry_at = 0.0
+        self._failure: tuple[str, dict[str, str]] = ("", {})
         self._session: aiohttp.ClientSession | None = None
 
     # ------------------------------------------------------------------ CredentialSource
@@ -80,6 +89,13 @@ class OAuth2TokenSource:
         now = self._clock.monotonic()
         if token is not None and now < token.refresh_at:
             return token.header
+        if self._fetch is None and now < self._retry_at:
+            if token is not None and now < token.expires_at:
+                return token.header  # its refresh failed lately: keep it while it lasts
+            message, meta = self._failure
+            raise UpstreamAuthFailed(
+                f"{message}; the next token request is in {self._retry_at - now:.3g}s",
+                metadata=meta, retry_after=self._retry_at - now)
         fetch = self._start_fetch()
         if token is not None and now < token.expires_at:
             return token.header  # still good: its successor is on the way
@@ -136,18 +152,25 @@ class OAuth2TokenSource:
             access_token, lifetime = await self._request()
         except _FetchFailed as exc:
             self._report("error", None)
+            self._failures += 1
+            pause = min(FAILURE_BACKOFF_MAX,
+                        FAILURE_BACKOFF_INITIAL * 2 ** (self._failures - 1))
+            self._retry_at = self._clock.monotonic() + pause
             log.warning("access token request failed", extra={
-                "integration": self._name, "cause": exc.cause, "detail": exc.detail})
+                "integration": self._name, "cause": exc.cause, "detail": exc.detail,
+                "retry_in_s": pause})
             meta = {"integration": self._name, "cause": exc.cause}
             if exc.status:
                 meta["status"] = str(exc.status)
-            raise UpstreamAuthFailed(f"no access token for {self._name!r}: {exc.detail}",
-                                     metadata=meta) from None
+            message = f"no access token for {self._name!r}: {exc.detail}"
+            self._failure = (message, meta)
+            raise UpstreamAuthFailed(message, metadata=meta, retry_after=pause) from None
         o = self._oauth2
         token = _Token(header=f"Bearer {access_token}",
                        refresh_at=started + max(lifetime - o.refresh_before, lifetime / 2),
                        expires_at=started + lifetime)
         self._token = token
+        self._failures, self._retry_at = 0, 0.0
         self._report("ok", self._clock.time() + lifetime)
         log.info("access token fetched", extra={"integration": self._name,
                                                 "expires_in": round(lifetime, 1)})
