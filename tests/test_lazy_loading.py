@@ -29,6 +29,7 @@ UNUSED_AT_IDLE = (
     "dateutil.parser._parser", "dateutil.tz", "zoneinfo",  # sqlite-utils' date recipes
     "importlib.metadata",  # sqlite-utils looks for plugins only when asked
     "sidecar.otlp",  # span export: tracing is off
+    "sidecar.upstream.oauth2",  # no integration with OAuth2 client credentials
 )
 
 # Reports, as the process exits, which of UNUSED_AT_IDLE it imported.
