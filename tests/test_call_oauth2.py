@@ -219,6 +219,25 @@ async def test_a_persistent_401_is_the_answer_after_one_new_token(
     assert sent_tokens(upstream) == ["Bearer tok-1", "Bearer tok-2", "Bearer tok-2"]
 
 
+async def test_fresh_tokens_refused_again_are_not_fetched_anew_for_every_call(
+        tmp_path: Path, upstream: Upstream, token: TokenEndpoint) -> None:
+    """Wrong scopes, an unknown client: every new token gets a 401 too. Then 401s are the
+    answer as they are, without a token request per call, until the token in hand has
+    served long enough that a refusal may again mean it was revoked."""
+    clock = FakeClock()
+    upstream.default = reply(401, b"insufficient scope")
+    async with running(tmp_path, svc(upstream, token), env=ENV, clock=clock) as (_, stub):
+        first = await stub.Call(call(), timeout=5)
+        assert (first.status, first.attempts) == (401, 2)  # one new token, one resend
+        for _ in range(10):
+            resp = await stub.Call(call(), timeout=5)
+            assert (resp.status, resp.attempts) == (401, 1)
+        assert len(token.seen) == 2
+        clock.advance(11.0)
+        assert (await stub.Call(call(), timeout=5)).attempts == 2
+        assert len(token.seen) == 3
+
+
 async def test_a_stale_401_does_not_throw_away_a_newer_token(
         tmp_path: Path, upstream: Upstream, token: TokenEndpoint) -> None:
     config = make_config(tmp_path, {"integrations": svc(upstream, token)}, ENV)

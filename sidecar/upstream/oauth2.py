@@ -38,6 +38,11 @@ _TOKEN_CHARS = re.compile(r"^[\x21-\x7e]+$")
 #: asking the identity provider again while it is down or refusing the client.
 FAILURE_BACKOFF_INITIAL = 1.0
 FAILURE_BACKOFF_MAX = 30.0
+#: A token the upstream refuses (401) this soon after it was fetched is "fresh": when
+#: fresh tokens are refused twice in a row, a new one will not help (wrong scopes, a
+#: client the API does not know), so 401s are answered as they are, without fetching
+#: again, for a pause that doubles like FAILURE_BACKOFF's.
+FRESH_TOKEN_AGE = 10.0
 
 
 class TokenObserver(Protocol):
@@ -48,6 +53,7 @@ class TokenObserver(Protocol):
 @dataclass(frozen=True, slots=True)
 class _Token:
     header: str
+    fetched_at: float
     #: On the monotonic clock: from ``refresh_at`` a new token is fetched in the
     #: background while this one is still sent; from ``expires_at`` calls wait.
     refresh_at: float
@@ -80,6 +86,9 @@ class OAuth2TokenSource:
         self._failures = 0
         self._retry_at = 0.0
         self._failure: tuple[str, dict[str, str]] = ("", {})
+        #: Fresh tokens refused in a row; until ``_refetch_at`` a 401 fetches none.
+        self._fresh_refusals = 0
+        self._refetch_at = 0.0
         self._session: aiohttp.ClientSession | None = None
 
     # ------------------------------------------------------------------ CredentialSource
@@ -114,9 +123,27 @@ class OAuth2TokenSource:
                 "sidecar.auth.wait_ms": round((self._clock.monotonic() - now) * 1000, 1)})
         return token.header
 
-    def invalidate(self, value: str) -> None:
-        if self._token is not None and self._token.header == value:
-            self._token = None
+    def invalidate(self, value: str) -> bool:
+        token = self._token
+        if token is None or token.header != value:
+            return True  # a newer one is there (or on its way): send again with it
+        now = self._clock.monotonic()
+        if now < self._refetch_at:
+            return False
+        if now - token.fetched_at < FRESH_TOKEN_AGE:
+            self._fresh_refusals += 1
+            if self._fresh_refusals >= 2:
+                pause = min(FAILURE_BACKOFF_MAX,
+                            FAILURE_BACKOFF_INITIAL * 2 ** (self._fresh_refusals - 2))
+                self._refetch_at = now + pause
+                log.warning("the upstream refuses new access tokens; not fetching another "
+                            "for a while", extra={"integration": self._name,
+                                                  "retry_in_s": pause})
+                return False
+        else:
+            self._fresh_refusals = 0  # it served a while: revoked or expired early
+        self._token = None
+        return True
 
     async def wait_idle(self) -> None:
         """Until no token request is running (a refresh in the background included)."""
@@ -166,7 +193,7 @@ class OAuth2TokenSource:
             self._failure = (message, meta)
             raise UpstreamAuthFailed(message, metadata=meta, retry_after=pause) from None
         o = self._oauth2
-        token = _Token(header=f"Bearer {access_token}",
+        token = _Token(header=f"Bearer {access_token}", fetched_at=started,
                        refresh_at=started + max(lifetime - o.refresh_before, lifetime / 2),
                        expires_at=started + lifetime)
         self._token = token

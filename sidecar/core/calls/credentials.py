@@ -21,9 +21,10 @@ class CredentialSource(Protocol):
         pipeline's monotonic clock). ``span``: the Call's span, for an event when
         a new credential had to be fetched."""
 
-    def invalidate(self, value: str) -> None:
+    def invalidate(self, value: str) -> bool:
         """The upstream refused ``value`` (401): forget it, unless a newer one has
-        already replaced it."""
+        already replaced it. False: a new credential would not help now (fresh ones
+        keep being refused), so the 401 is the answer."""
 
     async def close(self) -> None: ...
 

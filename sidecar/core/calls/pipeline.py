@@ -757,10 +757,9 @@ class CallPipeline:
             if pause:
                 await policy.bucket.pause_for(pause)
         if (response.status == 401 and integ.credentials is not None
-                and not state.reauthorized):
+                and not state.reauthorized and integ.credentials.invalidate(state.credential)):
             # The token was revoked or expired early: one new token, one more attempt.
             state.reauthorized = True
-            integ.credentials.invalidate(state.credential)
             log.info("upstream refused the access token; fetching a new one",
                      extra={"integration": cfg.name, "route": policy.name})
             if state.span is not None:
