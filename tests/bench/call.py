@@ -89,6 +89,7 @@ from tests.bench.procs import (
     free_port,
     machine_busy_seconds,
     self_cpu_seconds,
+    until_at_rest,
 )
 from tests.bench.servers import BODY, OK_PATH
 
@@ -381,7 +382,7 @@ async def _measure(s: Settings, results: dict[str, Any], env: dict[str, str], tm
                     raise BadAnswer(f"{NAMES[name]} sanity call failed: "
                                     f"{type(exc).__name__}: {exc}") from exc
             counts["total"] += SANITY_CALLS
-        await asyncio.sleep(1.0)
+        await until_at_rest(sidecar, floor)
         alive()
         memory = results["memory"] = {
             "sidecar_idle_rss_mb": round(sidecar.rss_mb(), 1),

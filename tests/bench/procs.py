@@ -71,6 +71,21 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / _CLK_TCK
 
 
+async def until_at_rest(*children: Child, quiet: float = 0.2, timeout: float = 5.0) -> None:
+    """Until none of ``children`` has used CPU for ``quiet`` seconds (at most ``timeout``):
+    a memory reading then sees servers at rest, not finishing their set-up."""
+    deadline = time.monotonic() + timeout
+    last = [c.cpu_seconds() for c in children]
+    still_since = time.monotonic()
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        now = [c.cpu_seconds() for c in children]
+        if now != last:
+            last, still_since = now, time.monotonic()
+        elif time.monotonic() - still_since >= quiet:
+            return
+
+
 class ChildError(RuntimeError):
     pass
 

@@ -115,7 +115,7 @@ from integration_sidecar.v1 import sidecar_pb2 as pb
 from integration_sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 from tests.bench.loop import run_on_uvloop
-from tests.bench.procs import Child, ChildError, child_env
+from tests.bench.procs import Child, ChildError, child_env, until_at_rest
 from tests.bench.realtime_peers import SECRET_ENV, TOPIC_WS, raise_nofile
 
 TARGET_RATIO = 0.7
@@ -405,7 +405,7 @@ async def idle_memory(run: Run, server: Child, edge: str, grpc_address: str | No
     run.finish(warm)
     if grpc_address:
         await wait_presence(grpc_address, 0, 10)
-    await asyncio.sleep(0.5)
+    await until_at_rest(server)
     before = {f: vm_kb(server.pid, f) for f in ("VmRSS", "RssAnon")}
     per_proc = [s.idle // s.idle_procs + (1 if i < s.idle % s.idle_procs else 0)
                 for i in range(s.idle_procs)]
@@ -423,7 +423,7 @@ async def idle_memory(run: Run, server: Child, edge: str, grpc_address: str | No
                                    if a["first_error"]), "")
         if grpc_address:
             out["presence"] = await wait_presence(grpc_address, connected, 10)
-        await asyncio.sleep(1.0)  # let the server settle (connection set-up finished)
+        await until_at_rest(server)  # connection set-up finished
         after = {f: vm_kb(server.pid, f) for f in ("VmRSS", "RssAnon")}
         out["server_fds"] = len(os.listdir(f"/proc/{server.pid}/fd"))
         server.check_alive()
