@@ -12,7 +12,6 @@ import contextlib
 import logging
 import random
 import re
-import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -545,7 +544,7 @@ class CallPipeline:
             # usable; otherwise an open breaker may be served from the fallback.
             if state.last_response is not None:
                 response = state.last_response
-            elif not isinstance(sys.exc_info()[1], BreakerOpenError):
+            elif not isinstance(exc, BreakerOpenError):
                 raise
             else:
                 stale = self._fallback(policy, method, url)
