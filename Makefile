@@ -5,32 +5,58 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
+UV     := $(BIN)/uv
 CONFIG ?= deploy/config/sidecar.example.yaml
 STAMP  := $(VENV)/.installed
+REQ    := requirements
+# The installer never reads a user's or machine's uv.toml: the lock alone decides.
+export UV_NO_CONFIG := 1
 
-.PHONY: help venv run test test-node protos protos-check lint bench clean
+.PHONY: help venv run test test-python test-node soak protos protos-check lint bench \
+	lock lock-upgrade lock-check check-latest clean
 
 help:
 	@echo "make run          start the sidecar on $(CONFIG) (SQLite, no other service)"
-	@echo "make test         run the whole test suite"
+	@echo "make test         run the whole test suite (Node.js client, then pytest; every failure)"
+	@echo "make soak         rerun the stream, shutdown, replica and client tests SOAK=N times"
 	@echo "make test-node    run the Node.js client's tests"
 	@echo "make protos       regenerate generated/ from protos/"
 	@echo "make protos-check fail if generated/ is stale"
 	@echo "make lint         ruff + mypy (sidecar/, clients/python, examples/, tests/)"
 	@echo "make bench        run the benchmarks and print figures"
+	@echo "make lock         re-pin $(REQ)/*.txt after a change to pyproject.toml"
+	@echo "make lock-upgrade re-pin everything to the newest versions pyproject.toml allows"
+	@echo "make lock-check   fail if $(REQ)/*.txt is stale against pyproject.toml"
+	@echo "make check-latest lint + test on the newest allowed versions, in .venv-latest"
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The pinned installer, bootstrapped with the interpreter's own pip (hash-checked).
+$(UV): $(REQ)/uv.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes \
+		-r $(REQ)/uv.txt
+	touch $(UV)
+
+# Exactly the locked set (anything else in the venv is removed), then the
+# sidecar itself, editable, built by the locked setuptools.
+$(STAMP): $(UV) $(REQ)/dev.txt pyproject.toml
+	$(UV) pip sync --quiet --python $(PY) --require-hashes $(REQ)/dev.txt
+	$(UV) pip install --quiet --python $(PY) --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/integration-sidecar serve --config $(CONFIG)
 
-test: $(STAMP) test-node
+# Every suite runs, whatever failed before it; the target fails if any did.
+test: $(STAMP)
+	@failed=""; \
+	$(MAKE) --no-print-directory test-node || failed="$$failed test-node"; \
+	$(MAKE) --no-print-directory test-python || failed="$$failed pytest"; \
+	if [ -n "$$failed" ]; then echo "make test: FAILED:$$failed" >&2; exit 1; fi; \
+	echo "make test: every suite passed"
+
+test-python: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The Node.js client's tests (clients/node) against a real sidecar from $(VENV).
@@ -44,7 +70,7 @@ test-node: $(STAMP)
 		if [ "$$CI" = "true" ]; then echo "test-node: FAILED: $$what; in CI they must run" >&2; exit 1; fi; \
 		echo "test-node: SKIPPED: $$what"; \
 	else \
-		$(MAKE) --no-print-directory $(NODE_STAMP) && cd $(NODE_DIR) && node --test test/*.test.js; \
+		$(MAKE) --no-print-directory $(NODE_STAMP) && cd $(NODE_DIR) && npm test --silent; \
 	fi
 
 $(NODE_STAMP): $(NODE_DIR)/package-lock.json
@@ -64,5 +90,47 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m tests.bench
 
+# Repetition finds races: SOAK=20 runs the stream, shutdown, replica and client
+# tests (pytest and Node.js) twenty times, each in a fresh process, and prints
+# every test's pass rate. Any rate below N/N is a bug to find, never noise.
+SOAK ?= 20
+soak: $(STAMP)
+	$(PY) -m tests.soak --runs $(SOAK) $(SOAK_ARGS)
+
+lock: $(UV)
+	$(REQ)/lock.sh $(UV) .
+
+lock-upgrade: $(UV)
+	$(REQ)/lock.sh $(UV) . --upgrade
+
+# Re-pins into a scratch copy (keeping the committed pins as preferences): any
+# difference means pyproject.toml changed without `make lock`.
+lock-check: $(UV)
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	mkdir "$$tmp/$(REQ)" && cp pyproject.toml "$$tmp"/ && cp $(REQ)/*.txt "$$tmp/$(REQ)"/; \
+	$(REQ)/lock.sh $(UV) "$$tmp"; \
+	for f in $(REQ)/*.txt; do \
+		diff -u "$$f" "$$tmp/$$f" || { \
+			echo "lock-check: $$f is stale against pyproject.toml: run make lock" >&2; exit 1; }; \
+	done; \
+	echo "lock-check: $(REQ)/*.txt is current"
+
+# Drift on purpose, not by accident: the newest versions pyproject.toml allows
+# (the published wheel's ranges), in their own venv, through lint and the tests.
+LATEST := .venv-latest
+check-latest: $(UV)
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(UV) pip install --quiet --python $(LATEST)/bin/python --upgrade --no-cache \
+		-r pyproject.toml --group pyproject.toml:dev --extra fast
+	$(UV) pip install --quiet --python $(LATEST)/bin/python --no-deps --no-build-isolation -e .
+	touch $(LATEST)/bin/uv $(LATEST)/.installed
+	$(UV) pip list --python $(LATEST)/bin/python --outdated 2>/dev/null || true
+	@failed=""; \
+	$(MAKE) --no-print-directory lint VENV=$(LATEST) || failed="$$failed lint"; \
+	$(MAKE) --no-print-directory test VENV=$(LATEST) || failed="$$failed test"; \
+	if [ -n "$$failed" ]; then echo "check-latest: FAILED:$$failed" >&2; exit 1; fi; \
+	echo "check-latest: the newest allowed versions pass"
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache $(NODE_DIR)/node_modules
+	rm -rf $(VENV) $(LATEST) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache $(NODE_DIR)/node_modules

@@ -157,7 +157,7 @@ class RedisEndpoint:
             # The sentinels share the URLs' TLS settings, not the primary's credentials.
             for key in ("username", "password", "db"):
                 settings.pop(key, None)
-            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            self._sentinel = Sentinel(
                 self._addresses(),
                 sentinel_kwargs={**settings, **self._timeouts,
                                  "password": self._sentinel_password or None})
