@@ -28,6 +28,7 @@ from sidecar.config.model import TracingConfig
 from sidecar.core.resilience import backoff_delay, parse_retry_after
 from sidecar.core.resilience.backoff import BackoffPolicy
 from sidecar.core.spans import AttributeValue, Span
+from sidecar.core.tasks import RECANCEL_EVERY, stop_task
 from sidecar.metrics import Metrics
 
 #: A JSON string literal (ASCII, escaped) of ``str``: the json module's C encoder.
@@ -150,9 +151,9 @@ class OtlpExporter:
         self._closing = True
         self._wake.set()
         if self._task is not None:
-            # On time-out the task is cancelled: what it held is counted as failed.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._task, grace)
+            # On time-out the task is stopped: what it held is counted as failed.
+            await asyncio.wait({self._task}, timeout=grace)
+            await stop_task(self._task, RECANCEL_EVERY * 4, "the span exporter")
         if self._queue:
             self._failed.inc(len(self._queue))
             log.warning("spans not exported before shutdown", extra={"spans": len(self._queue)})

@@ -11,7 +11,6 @@ level, event retention) applies to new work at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -20,6 +19,7 @@ from typing import Any
 
 from sidecar.config import Config, ServerTlsConfig
 from sidecar.config.dump import to_plain
+from sidecar.core.tasks import stop_task
 
 log = logging.getLogger("sidecar.reload")
 
@@ -141,11 +141,8 @@ class Reloader:
         while self._task is not None and not self._task.done():
             await asyncio.shield(self._task)
 
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    async def close(self, bound: float = 1.0) -> None:
+        await stop_task(self._task, bound, "the config reload")
 
 
 def _fingerprint(files: list[str]) -> tuple[tuple[str, int, int, int], ...]:

@@ -182,13 +182,16 @@ class RedisStorage(RedisEventsMixin):
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
         """Translate redis-py's errors into ``StorageUnavailable`` (never a raw one)."""
+        task = asyncio.current_task()
+        cancelling = task.cancelling() if task is not None else 0
         try:
             yield
-            task = asyncio.current_task()
-            if self.mode == "cluster" and task is not None and task.cancelling():
-                # A cancellation that reaches redis-py's cluster client mid-command can
-                # be lost (the call returns): hand it on, or a task being stopped (the
-                # event follower) would run on and its stop() would wait forever.
+            if task is not None and task.cancelling() > cancelling:
+                # A cancellation that came during the command and did not end it was
+                # lost: on Python 3.11, redis-py's commands run under asyncio.wait_for,
+                # which drops one landing in the turn the answer arrives. Hand it on
+                # (as 3.12 would), or a task being stopped would run on. One that came
+                # before (clean-up in an except block) is no concern of this command.
                 raise asyncio.CancelledError
         except redis_errors.AuthenticationError as exc:
             raise StorageUnavailable(

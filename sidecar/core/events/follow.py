@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from sidecar.core.events.models import StoredEvent
+from sidecar.core.tasks import stop_task
 from sidecar.errors import SidecarError
 
 log = logging.getLogger("sidecar.follow")
@@ -25,6 +26,8 @@ log = logging.getLogger("sidecar.follow")
 BLOCK = 0.25
 #: Pause after a failed read (backend unreachable) before trying again.
 RETRY_PAUSE = 1.0
+#: How long stop() waits for the loop to end: a read returns within BLOCK.
+STOP_TIMEOUT = 2.0
 
 
 class EventFeed(Protocol):
@@ -43,6 +46,7 @@ class EventFollower:
         self._positions: dict[str, int] = {}
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def ensure(self, topics: Iterable[str]) -> None:
         """Start following ``topics`` from their current end (before a replay reads)."""
@@ -54,17 +58,20 @@ class EventFollower:
 
     def start(self) -> None:
         if self._task is None:
+            self._stopping = False
             self._task = asyncio.create_task(self._run(), name="event-follower")
 
-    async def stop(self) -> None:
+    async def stop(self, bound: float = STOP_TIMEOUT) -> None:
+        """End the loop within ``bound`` seconds, even if a cancellation is lost
+        (see ``sidecar.core.tasks``): the loop checks a flag, and the cancellation
+        is repeated."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self._stopping = True
+        self._changed.set()
+        await stop_task(task, bound, "the event follower")
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self._round()
             except asyncio.CancelledError:
@@ -85,7 +92,8 @@ class EventFollower:
         if not self._positions:
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), BLOCK)
+                async with asyncio.timeout(BLOCK):
+                    await self._changed.wait()
             return
         events = await self._feed.follow(dict(self._positions), block=BLOCK)
         for event in events:
