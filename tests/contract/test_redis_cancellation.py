@@ -26,6 +26,8 @@ async def test_every_cancel_of_a_loop_of_reads_ends_it(store: Storage) -> None:
     assert isinstance(store, RedisStorage)
     await store.append_event(NewEvent(new_event_id(1.0), "t", "", b"", "", {}), now=1.0)
     reads = 0
+    target = 0
+    reached = asyncio.Event()
 
     async def read_forever() -> None:
         nonlocal reads
@@ -33,13 +35,15 @@ async def test_every_cancel_of_a_loop_of_reads_ends_it(store: Storage) -> None:
             # Returns at once (an event is there): the reply races the cancel.
             await store.follow({"t": 0}, block=0.001)
             reads += 1
+            if reads >= target:
+                reached.set()
 
     lost = 0
     for i in range(TRIES):
+        reached.clear()
+        target = reads + 1 + i % 3  # cancel at varying points of the reply
         task = asyncio.ensure_future(read_forever())
-        target = reads + 1 + i % 3
-        while reads < target:  # cancel at varying points of the reply
-            await asyncio.sleep(0)
+        await reached.wait()
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=HUNG)
         if task not in done:
