@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +32,7 @@ from sidecar.core.events.live import LiveBus, LivePolicy
 from sidecar.core.events.models import DeliveryStatus
 from sidecar.core.events.notify import TopicNotifier
 from sidecar.core.events.presence import Presence
+from sidecar.core.tasks import stop_task, within
 from sidecar.core.webhooks.ingest import WebhookIngest
 from sidecar.edge.app import build_edge_app
 from sidecar.edge.webhooks import WebhookEdge
@@ -79,6 +82,20 @@ PRUNE_BATCHES = 20
 #: Seconds queued spans may take to export on shutdown, even after a drain that
 #: used up the grace period.
 TRACE_FLUSH_MIN = 1.0
+#: Seconds stop() may take beyond ``server.shutdown_grace``: the clean-up after a
+#: drain that used the whole grace (spans, storage, listeners). serve() ends the
+#: process at grace + STOP_MARGIN + EXIT_MARGIN whatever still runs.
+STOP_MARGIN = 1.5
+#: Of the margin, kept for closing storage and the admin listener...
+CLEANUP_RESERVE = 0.75
+#: ... and of that, for the admin listener alone.
+ADMIN_STOP_RESERVE = 0.25
+#: The least each step before the drain gets (with a grace of 0 too).
+TASK_STOP_MIN = 0.25
+#: After stop(): the event loop's own clean-up (leftover tasks, threads).
+EXIT_MARGIN = 0.5
+#: Exit status when shutdown overran its bound and the process ended it anyway.
+EXIT_OVERDUE = 3
 
 
 def _aiohttp_transport(config: IntegrationConfig) -> Transport:
@@ -235,41 +252,61 @@ class Sidecar:
                 await self.tracing.stop(0)
 
     async def stop(self) -> None:
-        """Graceful shutdown, bounded by ``server.shutdown_grace``."""
+        """Graceful shutdown: returns within ``server.shutdown_grace`` + :data:`STOP_MARGIN`.
+
+        Every step is bounded (``sidecar.core.tasks.within``), whatever it awaits does:
+        in-flight work gets the grace, the clean-up after it the margin; a step that
+        overruns is logged and left behind, and the steps after it still run.
+        """
         if self._stopping:
             return
         self._stopping = True
         grace = self.config.server.shutdown_grace
-        stop_by = self.clock.monotonic() + grace
+        loop = asyncio.get_running_loop()
+        # Real time, not self.clock: the bound is for the process, whatever clock it runs on.
+        drain_by = loop.time() + grace
+        stop_by = drain_by + STOP_MARGIN
+
+        def left(until: float = drain_by, at_least: float = 0.0) -> float:
+            return max(at_least, min(until, stop_by) - loop.time())
+
         log.info("sidecar stopping", extra={"grace_seconds": grace})
         self.metrics.ready.set(0)
-        await self.reloader.close()
+        await within(self.reloader.close(), left(at_least=TASK_STOP_MIN), "the config reload")
         for task in (self._watch, self._pruner, self._file_watch):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        await self.grpc.begin_shutdown()
+            await stop_task(task, left(at_least=TASK_STOP_MIN), task.get_name() if task else "")
+        await within(self.grpc.begin_shutdown(), left(at_least=TASK_STOP_MIN),
+                     "health NOT_SERVING")
         # Streams end with UNAVAILABLE (SHUTTING_DOWN) so clients resubscribe elsewhere
         # instead of holding the drain open until the grace runs out.
         await self.live.close()
-        await self.live.stop_following()
+        await within(self.live.stop_following(), left(at_least=TASK_STOP_MIN),
+                     "the event follower")
         await self.groups.close()
         if self.websocket is not None:
-            await self.websocket.close_all()
+            await within(self.websocket.close_all(), left(at_least=TASK_STOP_MIN),
+                         "closing WebSocket connections")
         # gRPC and the edge drain together; the admin listener stays up until
         # the end so /readyz keeps saying "not ready" and metrics stay scrapable.
-        draining = asyncio.gather(self.grpc.stop(grace), self.edge.stop())
+        draining = asyncio.gather(self.grpc.stop(left()), self.edge.stop())
         await asyncio.sleep(0)  # both have closed their listening sockets by now
         log.info("sidecar draining")
-        await draining
-        await self.calls.close()
+        # gRPC cancels what outlives the grace itself; part of the margin covers that.
+        await within(draining, left(stop_by - CLEANUP_RESERVE), "draining in-flight requests")
+        # The clean-up after the drain: each step may use what is left of the margin
+        # but for what the steps after it are sure to get.
+        await within(self.calls.close(), left(stop_by - CLEANUP_RESERVE), "closing upstream "
+                                                                           "connections")
         if self.tracing is not None:
-            # The drained requests' spans too; at least a second even when the
-            # drain used up the grace (Kubernetes allows twice the default).
-            await self.tracing.stop(max(TRACE_FLUSH_MIN, stop_by - self.clock.monotonic()))
-        await self.storage.close()
-        await self.admin.stop()
+            # The drained requests' spans too: up to a second even when the drain
+            # used up the grace (Kubernetes allows twice the default).
+            flush = max(left(), min(TRACE_FLUSH_MIN, left(stop_by - CLEANUP_RESERVE)))
+            await within(self.tracing.stop(flush), left(stop_by - CLEANUP_RESERVE,
+                                                         at_least=flush), "exporting spans")
+        await within(self.storage.close(), left(stop_by - ADMIN_STOP_RESERVE,
+                                                at_least=ADMIN_STOP_RESERVE), "closing storage")
+        await within(self.admin.stop(), left(stop_by, at_least=ADMIN_STOP_RESERVE),
+                     "closing the admin listener")
         log.info("sidecar stopped")
 
     # ------------------------------------------------------------------ reload
@@ -457,18 +494,58 @@ class Sidecar:
             await self._refresh_readiness()
 
 
+class ExitWatchdog:
+    """Ends the process if shutdown overruns its bound, whatever holds it up.
+
+    Armed by the first SIGTERM/SIGINT: a thread (not the event loop, which may be
+    what is stuck) exits with :data:`EXIT_OVERDUE` once grace + margins pass. A
+    second signal exits at once. Last resort only: stop() is bounded on its own.
+    """
+
+    def __init__(self, bound: float) -> None:
+        self._bound = bound
+        self._timer: threading.Timer | None = None
+
+    def arm(self) -> None:
+        if self._timer is not None:
+            self._fire("a second stop signal")
+            return
+        self._timer = threading.Timer(self._bound, self._fire, args=("the shutdown bound",))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self, why: str) -> None:
+        log.error("exiting now: %s was reached before shutdown finished", why,
+                  extra={"bound_seconds": self._bound})
+        for handler in logging.getLogger().handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
+        os._exit(EXIT_OVERDUE)
+
+
 async def serve(config: Config, *, extra_services: Sequence[ServiceRegistrar] = (),
                 config_path: str | Path | None = None,
                 log_scrubber: SecretScrubber | None = None) -> int:
-    """Run until SIGTERM or SIGINT, reloading on SIGHUP; returns the exit code."""
+    """Run until SIGTERM or SIGINT, reloading on SIGHUP; returns the exit code.
+
+    The process is gone within ``server.shutdown_grace`` + :data:`STOP_MARGIN` +
+    :data:`EXIT_MARGIN` of the first SIGTERM/SIGINT (exit 0 if the shutdown was
+    clean), at once on a second one.
+    """
     sidecar = Sidecar(config, extra_services=extra_services, config_path=config_path,
                       log_scrubber=log_scrubber)
     stop = asyncio.Event()
+    watchdog = ExitWatchdog(config.server.shutdown_grace + STOP_MARGIN + EXIT_MARGIN)
+
+    def on_stop_signal() -> None:
+        stop.set()
+        watchdog.arm()
+
     loop = asyncio.get_running_loop()
     # Handlers go in before start-up, so a signal that arrives as soon as the
     # "started" line is out still drains gracefully (or reloads).
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_stop_signal)
     loop.add_signal_handler(signal.SIGHUP, sidecar.request_reload)
     try:
         try:
@@ -482,8 +559,13 @@ async def serve(config: Config, *, extra_services: Sequence[ServiceRegistrar] = 
         # millisecond instead of tens (they showed up in the p99).
         gc.freeze()
         await stop.wait()
+        await sidecar.stop()
+        # What is left (a stream handler gRPC gave up on, say) is cancelled here,
+        # within a bound, not by the event loop's unbounded clean-up on return.
+        current = asyncio.current_task()
+        leftover = [t for t in asyncio.all_tasks() if t is not current]
+        await asyncio.gather(*(stop_task(t, EXIT_MARGIN / 2) for t in leftover))
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-    await sidecar.stop()
     return 0

@@ -2,7 +2,8 @@
 
 ``/test.Slow/Sleep`` takes the number of seconds to sleep as its raw request
 body and logs ``slow rpc started`` when it begins, so a test can send SIGTERM
-while it is in flight without guessing with sleeps.
+while it is in flight without guessing with sleeps. ``/test.Slow/Stubborn`` never
+ends and ignores every cancellation: the shutdown's last resort has to end it.
 """
 
 from __future__ import annotations
@@ -32,9 +33,20 @@ async def _sleep(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     return b"done"
 
 
+async def _stubborn(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    log.info("stubborn rpc started")
+    forever = asyncio.Event()
+    while True:
+        try:
+            await forever.wait()
+        except asyncio.CancelledError:
+            log.info("stubborn rpc ignored a cancellation")
+
+
 def _register(server: grpc.aio.Server) -> None:
     handler = grpc.method_handlers_generic_handler(
-        "test.Slow", {"Sleep": grpc.unary_unary_rpc_method_handler(_sleep)}
+        "test.Slow", {"Sleep": grpc.unary_unary_rpc_method_handler(_sleep),
+                      "Stubborn": grpc.unary_unary_rpc_method_handler(_stubborn)}
     )
     server.add_generic_rpc_handlers((handler,))
 

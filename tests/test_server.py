@@ -45,6 +45,19 @@ async def test_unknown_health_service_is_not_found(channel: grpc.aio.Channel) ->
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_health_list_names_every_service_with_its_status(sidecar: Sidecar,
+                                                              channel: grpc.aio.Channel) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    listed = await stub.List(health_pb2.HealthListRequest(), timeout=5)
+    assert {name: r.status for name, r in listed.statuses.items()} == {
+        "": SERVING, "liveness": SERVING, "readiness": SERVING,
+        "integration_sidecar.v1.SidecarService": SERVING}
+    await sidecar.grpc.set_ready(False)
+    listed = await stub.List(health_pb2.HealthListRequest(), timeout=5)
+    assert listed.statuses["readiness"].status == NOT_SERVING
+    assert listed.statuses["liveness"].status == SERVING
+
+
 async def test_reflection_lists_v1_service_and_health(channel: grpc.aio.Channel) -> None:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
 

@@ -7,11 +7,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from integration_sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 from sidecar.config import GrpcListenerConfig
 from sidecar.metrics import Metrics
+from sidecar.rpc.health import NOT_SERVING, SERVING, HealthService
 from sidecar.rpc.interceptors import (
     ApiTokenInterceptor,
     HandlerWrapper,
@@ -31,8 +32,6 @@ HEALTH_SERVICES = ("", LIVENESS, READINESS, SERVICE_NAME)
 #: Registers further services on the server (embedding, tests).
 ServiceRegistrar = Callable[[grpc.aio.Server], None]
 
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 TLS_FIELD = "server.grpc.tls"
 
 
@@ -50,7 +49,7 @@ class GrpcServer:
         extra_services: Sequence[ServiceRegistrar] = (),
     ) -> None:
         self.config = config
-        self.health = health.aio.HealthServicer()
+        self.health = HealthService()
         wrappers: list[HandlerWrapper] = [MetricsInterceptor(metrics)]
         if config.api_token is not None:
             wrappers.append(ApiTokenInterceptor(config.api_token.value, metrics))
@@ -120,7 +119,8 @@ class GrpcServer:
             await self.set_status(service, serving=ready)
 
     async def begin_shutdown(self) -> None:
-        """Every health service to NOT_SERVING, and no further changes."""
+        """Every health service to NOT_SERVING, and no further changes; open Watch
+        streams get that, then end (so they hold up no drain)."""
         await self.health.enter_graceful_shutdown()
 
     async def stop(self, grace: float) -> None:
