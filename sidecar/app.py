@@ -462,7 +462,7 @@ class Sidecar:
         return removed
 
     async def _prune_forever(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(PRUNE_INTERVAL)
             try:
                 await self.prune_once()
@@ -489,7 +489,8 @@ class Sidecar:
         return ages
 
     async def _watch_readiness(self) -> None:
-        while True:
+        # The flag as well as the cancellation: see sidecar.core.tasks.
+        while not self._stopping:
             await asyncio.sleep(READINESS_INTERVAL)
             await self._refresh_readiness()
 
