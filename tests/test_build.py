@@ -15,7 +15,6 @@ import tomllib
 from importlib import metadata
 from pathlib import Path
 
-from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -53,10 +52,6 @@ def requirements(kind: str) -> list[Requirement]:
         return runtime + fast
     dev = [Requirement(r) for r in project["dependency-groups"]["dev"]]  # type: ignore[index]
     return runtime + fast + dev
-
-
-def applies(req: Requirement) -> bool:
-    return req.marker is None or req.marker.evaluate(dict(default_environment()))
 
 
 def test_every_requirement_is_pinned_within_its_range() -> None:
