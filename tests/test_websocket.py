@@ -369,6 +369,51 @@ async def test_drop_oldest_sends_a_gap_then_the_newest_and_the_client_catches_up
         await fast.close()
 
 
+@pytest.mark.parametrize("resume", [True, False], ids=["resume", "live_join"])
+async def test_drop_oldest_gap_never_covers_what_the_join_already_accounts_for(
+        tmp_path: Path, rsa_keys: tuple[bytes, bytes], resume: bool) -> None:
+    """Events published while a member reads the log to join (resuming after an offset,
+    or reading the head to join live) wait in its backlog, and with a queue of 2 the
+    first is dropped; the log read then covers all of them (sent, or at or below the
+    announced offset), so no gap may follow for it: a client would see it twice, or a
+    gap going back below where it stands."""
+    async with started(tmp_path, rsa_keys, queue_size=2, slow_consumer="drop_oldest") as env:
+        store = env.sc.storage
+        name = "read_events" if resume else "topic_bounds"
+        reads = getattr(store, name)
+        reading, release = asyncio.Event(), asyncio.Event()
+
+        async def held(topic: str, **kw: int) -> object:
+            if topic == "user:kim":
+                reading.set()
+                await release.wait()
+            return await reads(topic, **kw)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(store, name, held)
+            query = {"offsets": json.dumps({"user:kim": 0})} if resume else {}
+            ws = await env.connect(env.token("kim"), query=query)
+            await asyncio.wait_for(reading.wait(), 5)
+            for n in (1, 2, 3):
+                await env.publish("user:kim", json.dumps({"n": n}).encode())
+            release.set()
+            got: list[dict[str, Any]] = []
+
+            async def until(offset: int) -> None:
+                while not got or got[-1].get("offset") != offset:
+                    (frame,) = await frames(ws, 1, events_only=False)
+                    if frame.get("topic") == "user:kim":
+                        got.append(frame)
+
+            await until(3)  # event 3 (resume), or the subscribed frame (live join)
+            await env.publish("user:kim", b'{"n": 4}')  # a gap left for 1 comes before it
+            await until(4)
+        start = 0 if resume else 3
+        assert got[0] == {"control": "subscribed", "topic": "user:kim", "offset": start}
+        assert [f.get("offset", f) for f in got[1:]] == list(range(start + 1, 5))
+        await ws.close()
+
+
 async def test_resume_past_retention_gap_then_replay_then_live_without_duplicates(
         tmp_path: Path, rsa_keys: tuple[bytes, bytes]) -> None:
     async with started(tmp_path, rsa_keys, max_events_per_topic=5) as env:

@@ -460,6 +460,7 @@ class WebSocketEdge:
             await ws.send_str(_subscribed(topic, offset))
             async for item in self._live.history(member.topic, offset):
                 if isinstance(item, Gap):
+                    backlog.seen[item.topic] = item.to_offset
                     await self._send_gap(ws, item.topic, item.from_offset, item.to_offset,
                                          item.reason)
                 else:
@@ -486,8 +487,15 @@ class WebSocketEdge:
                     spans = sorted(backlog.dropped.items())
                     backlog.dropped.clear()
                     for gap_topic, (lo, hi) in spans:
+                        # Less what the client has from the log (replayed, or at or below
+                        # its subscribed offset): dropped events it had anyway.
+                        last = backlog.seen.get(gap_topic, 0)
+                        if hi <= last:
+                            continue
+                        backlog.seen[gap_topic] = hi
                         self._observer.gap("slow_consumer")
-                        await self._send_gap(ws, gap_topic, lo, hi, "slow_consumer")
+                        await self._send_gap(ws, gap_topic, max(lo, last + 1), hi,
+                                             "slow_consumer")
                     continue
                 if not backlog.queue:
                     break

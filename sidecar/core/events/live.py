@@ -147,7 +147,7 @@ class Subscriber:
     queue: collections.deque[StoredEvent | Gap] = field(default_factory=collections.deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     closed_reason: str = ""
-    #: topic -> last offset handed out (for seam de-duplication).
+    #: topic -> last offset handed out or reported in a Gap (seam de-duplication).
     seen: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, list[int]] = field(default_factory=dict)
 
@@ -438,8 +438,8 @@ class LiveBus:
                     continue
                 sub.seen[topic] = after
                 async for item in self._replay(topic, after):
-                    if isinstance(item, StoredEvent):
-                        sub.seen[topic] = item.offset
+                    sub.seen[topic] = (item.offset if isinstance(item, StoredEvent)
+                                       else item.to_offset)
                     yield item
             # Tail live events (inline, not a nested generator: this runs per delivery).
             beat = heartbeat or self._policy.heartbeat
@@ -458,10 +458,13 @@ class LiveBus:
                         raise Unavailable("the sidecar is shutting down; resubscribe",
                                           reason="SHUTTING_DOWN")
                     if sub.dropped:
-                        for topic, (lo, hi) in sorted(sub.dropped.items()):
-                            self._observer.gap("slow_consumer")
-                            yield Gap(topic, "slow_consumer", lo, hi)
-                        sub.dropped.clear()
+                        # Taken before yielding: what is dropped while a Gap is handed
+                        # out goes to a fresh record, reported before any queued event.
+                        dropped, sub.dropped = sub.dropped, {}
+                        for topic, (lo, hi) in sorted(dropped.items()):
+                            if (gap := self._slow_gap(sub, topic, lo, hi)) is not None:
+                                yield gap
+                        continue
                     if sub.queue:
                         item = sub.queue.popleft()
                         if type(item) is StoredEvent:
@@ -489,6 +492,17 @@ class LiveBus:
                     idle.cancel()
         finally:
             self._remove(sub)
+
+    def _slow_gap(self, sub: Subscriber, topic: str, lo: int, hi: int) -> Gap | None:
+        """The Gap for ``topic``'s dropped offsets ``lo``..``hi``, less those at or below
+        the last one ``sub`` handed out (events queued while it replayed or read its
+        start, then dropped, that it had from the log anyway); None if that is all."""
+        last = sub.seen.get(topic, 0)
+        if hi <= last:
+            return None
+        sub.seen[topic] = hi
+        self._observer.gap("slow_consumer")
+        return Gap(topic, "slow_consumer", max(lo, last + 1), hi)
 
     async def head(self, topic: str) -> int:
         """The last offset of ``topic`` (0 before its first event)."""
