@@ -549,10 +549,15 @@ class LiveBus:
         while True:
             batch = await self._store.read_events(topic, after=after, limit=REPLAY_BATCH)
             for e in batch:
+                if e.offset > after + 1:
+                    # A topic's offsets have no holes: retention pruned these while
+                    # the replay read (between pages, or since the bounds above).
+                    self._observer.gap("retention")
+                    yield Gap(topic, "retention", after + 1, e.offset - 1)
                 yield e
+                after = e.offset
             if len(batch) < REPLAY_BATCH:
                 return
-            after = batch[-1].offset
 
     async def _wait(self, wake: asyncio.Event, heartbeat: float) -> bool:
         """Wait for ``wake`` at most ``heartbeat`` seconds; True if woken."""
