@@ -551,10 +551,16 @@ class WebSocketEdge:
         await conn.ws.close(code=CLOSE_TOKEN_EXPIRED, message=b"token expired")
 
     async def close_all(self) -> None:
-        for conn in list(self._connections):
+        """Close every connection with 1001, all at once: each close waits for the
+        client's answer (up to aiohttp's close timeout), so one at a time a few silent
+        clients would use up the shutdown grace before the rest heard anything."""
+
+        async def close(conn: _Connection) -> None:
             self._leave_all(conn)
             with contextlib.suppress(Exception):
                 await conn.ws.close(code=1001, message=b"server shutting down")
+
+        await asyncio.gather(*(close(conn) for conn in list(self._connections)))
 
     def presence(self, topic: str) -> Mapping[str, int]:
         stats = self._presence.stats(topic)
