@@ -13,6 +13,9 @@ from sidecar.app import Sidecar
 from sidecar.config import Config, parse_config
 from sidecar.storage import SqliteStorage
 
+# Every test is bounded, and no process the suite starts outlives it, however it ends.
+pytest_plugins = ["tests.process_reaper", "tests.async_timeouts"]
+
 
 def make_config(tmp_path: Path, extra: dict[str, Any] | None = None,
                 env: dict[str, str] | None = None) -> Config:

@@ -21,6 +21,8 @@ import pytest
 import redis
 import redis.asyncio
 
+from tests.process_reaper import die_with_parent
+
 MISSING = ("Redis tests need REDIS_URL or a redis-server binary on PATH "
            "(Debian/Ubuntu: apt-get install redis-server)")
 MISSING_CLI = ("Redis Cluster tests need redis-cli on PATH "
@@ -73,8 +75,10 @@ class RedisServer:
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         log = self.log
+        # redis-server overwrites its environment, where the process reaper's watchdog
+        # looks for it: tie it to pytest instead, for when pytest is SIGKILLed.
         self.proc = subprocess.Popen(
-            self.argv(),
+            self.argv(), preexec_fn=die_with_parent(),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10.0
         while True:

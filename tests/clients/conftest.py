@@ -68,7 +68,14 @@ class SidecarProcess:
                         return
             raise AssertionError("sidecar exited before starting:\n" + "".join(self.output))
 
-        await asyncio.wait_for(started(), PROCESS_WAIT)
+        try:
+            await asyncio.wait_for(started(), PROCESS_WAIT)
+        except BaseException:  # not started (or the test was cancelled): not left running
+            proc, self.proc = self.proc, None
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+            raise
         # Keep draining so a full pipe never stalls the child.
         self._drain = asyncio.create_task(self._drain_output(stdout))
 

@@ -17,10 +17,36 @@ const STOP_TIMEOUT_MS = 10000;
 const OUTPUT_LIMIT = 16384;
 
 const running = new Set();
-// Last resort if a test process dies without its teardown: no sidecar outlives it.
-process.on('exit', () => {
+
+function killRunning() {
   for (const child of running) child.kill('SIGKILL');
-});
+}
+
+// Last resort if a test process ends without its teardown: no sidecar outlives it.
+// 'exit' does not fire when a signal ends the process, and the test runner ends a
+// file's process with SIGTERM when it is interrupted or a test times out: on a
+// signal, stop the sidecars, then die of that signal as before.
+process.on('exit', killRunning);
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+  process.once(signal, function onSignal() {
+    killRunning();
+    if (process.listenerCount(signal) === 0) process.kill(process.pid, signal);
+  });
+}
+
+// On Linux the kernel kills a sidecar whose test process dies even by SIGKILL
+// (setpriv sets its parent-death signal, then execs it): nothing runs in a killed
+// process, so no handler can. libuv spawns from the main thread, which lives as
+// long as the process, so the signal never comes early.
+const SETPRIV = process.platform === 'linux'
+  ? ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => fs.existsSync(p))
+  : undefined;
+
+function spawnTied(file, args, options) {
+  return SETPRIV
+    ? spawn(SETPRIV, ['--pdeathsig', 'KILL', '--', file, ...args], options)
+    : spawn(file, args, options);
+}
 
 /** A loopback port nothing listens on right now (bind port 0, read it, release it). */
 function freePort() {
@@ -99,7 +125,7 @@ class SidecarProcess {
     const configFile = path.join(this.dir, 'sidecar.yaml');
     fs.writeFileSync(configFile, JSON.stringify(config, null, 2));
 
-    const child = spawn(SIDECAR_BIN, ['serve', '--config', configFile], {
+    const child = spawnTied(SIDECAR_BIN, ['serve', '--config', configFile], {
       env: { ...process.env, ...this.env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
