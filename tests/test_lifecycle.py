@@ -75,7 +75,10 @@ class Proc:
         return await asyncio.wait_for(self.proc.wait(), timeout)
 
 
-def write_config(tmp_path: Path, grace: str) -> Path:
+def write_config(tmp_path: Path, grace: str, storage: dict[str, Any] | None = None,
+                 **sections: Any) -> Path:
+    """A config file with every listener on an ephemeral loopback port; ``storage``
+    settings beside the data directory, other top-level ``sections`` as given."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "sidecar.yaml"
     path.write_text(yaml.safe_dump({
@@ -85,7 +88,8 @@ def write_config(tmp_path: Path, grace: str) -> Path:
             "admin": {"host": "127.0.0.1", "port": 0},
             "shutdown_grace": grace,
         },
-        "storage": {"data_dir": str(tmp_path / "data")},
+        "storage": {"data_dir": str(tmp_path / "data"), **(storage or {})},
+        **sections,
     }))
     return path
 

@@ -22,14 +22,13 @@ from typing import Any
 
 import grpc
 import pytest
-import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from integration_sidecar.v1 import sidecar_pb2 as pb
 from integration_sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 from sidecar.app import EXIT_MARGIN, EXIT_OVERDUE, STOP_MARGIN
 from tests.redis_support import delete_prefix, redis_url  # noqa: F401 - fixture
-from tests.test_lifecycle import ROOT, Proc
+from tests.test_lifecycle import ROOT, Proc, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -48,19 +47,8 @@ def tries(default: int) -> int:
 
 
 def config_file(directory: Path, storage: dict[str, Any], grace: float) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "sidecar.yaml"
-    path.write_text(yaml.safe_dump({
-        "server": {
-            "grpc": {"address": "127.0.0.1:0"},
-            "edge": {"host": "127.0.0.1", "port": 0},
-            "admin": {"host": "127.0.0.1", "port": 0},
-            "shutdown_grace": f"{grace}s",
-        },
-        "storage": {"data_dir": str(directory / "data"), **storage},
-        "webhooks": {"delivery": {"ack_timeout": "2s", "heartbeat": "1h"}},
-    }))
-    return path
+    return write_config(directory, f"{grace}s", storage,
+                        webhooks={"delivery": {"ack_timeout": "2s", "heartbeat": "1h"}})
 
 
 @contextlib.asynccontextmanager
