@@ -77,6 +77,7 @@ class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
             if status != last:
                 await context.write(health_pb2.HealthCheckResponse(status=status))
                 last = status
+                continue  # the status may have changed while the write was on its way
             if self._shutting_down:
-                return  # NOT_SERVING (or SERVICE_UNKNOWN) is out; the stream ends OK
+                return  # the final status is out; the stream ends OK
             await changed.wait()
