@@ -7,6 +7,7 @@ edge port and data directory to watch the page go offline, resume and catch up.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -24,6 +25,7 @@ from integration_sidecar.v1 import sidecar_pb2 as pb
 from integration_sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 from sidecar.app import Sidecar
+from sidecar.clock import FakeClock
 from tests.conftest import make_config
 from tests.system_tools import CHROMIUM_ARGS, chromium_path
 
@@ -32,6 +34,8 @@ HS_SECRET = "web-client-test-secret-0123456789abcdef"
 # Short, so that the seconds a token takes to expire span several server pings: a
 # page that did not answer them would be closed before its token expires.
 PING_INTERVAL = "0.4s"
+#: Lifetime of the tokens that expire during a test (on the sidecar's clock).
+TOKEN_TTL = 600.0
 
 # The page under test: it starts a SidecarSocket when the test calls start() and
 # records everything it sees on window for the test to read.
@@ -353,23 +357,54 @@ async def test_topics_with_no_event_yet_resume_and_refused_topics_are_dropped(
             await sc.stop()
 
 
+class ExpiryClock(FakeClock):
+    """The sidecar's clock for token expiry: wall time as the test starts (so PyJWT, on
+    the real clock, and the sidecar agree at first), then it moves only when told.
+    ``expiry_timers`` waits until that many long sleeps (the connections' expiry
+    timers) are pending, so time moves on only once every connection has one."""
+
+    def __init__(self) -> None:
+        super().__init__(start=0.0, wall_offset=time.time())
+        self._asked = asyncio.Event()
+        self._long: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds > TOKEN_TTL / 2:
+            self._long.append(self.monotonic() + seconds)
+            self._asked.set()
+        await super().sleep(seconds)
+
+    async def expiry_timers(self, count: int) -> None:
+        while sum(1 for due in self._long if due > self.monotonic()) < count:
+            self._asked.clear()
+            await self._asked.wait()
+
+
 async def test_expired_token_stops_a_fixed_token_and_renews_a_provided_one(
         tmp_path: Path) -> None:
-    # The provider's first token expires within two seconds, the next ones later.
+    # The tokens expire on the sidecar's clock, which the test moves past them once
+    # both clients are live (on real time, a short-lived token could expire before a
+    # busy machine had connected it). The provider's later tokens outlast the jump.
     site = StaticSite(TEST_PAGE, {"sidecar-ws.js": WEB_CLIENT},
-                      token=lambda n: make_token("carol", ttl=2 if n == 1 else 600))
+                      token=lambda n: make_token("carol", ttl=TOKEN_TTL if n == 1
+                                                 else 10 * TOKEN_TTL))
+    clock = ExpiryClock()
     async with site.running():
-        sc = Sidecar(ws_config(tmp_path, site.origin))
+        sc = Sidecar(ws_config(tmp_path, site.origin), clock=clock)
         await sc.start()
         try:
             async with browser_page(site.origin + "/") as page:
                 await wait_js(page, "window.ready === true")
                 url = f"ws://{sc.edge.address}/ws"
                 await page.evaluate("([url, t]) => { window.fixed = window.start(url, t); }",
-                                    [url, make_token("dave", ttl=2)])
+                                    [url, make_token("dave", ttl=TOKEN_TTL)])
                 await page.evaluate("url => { window.provided = window.start(url); }", url)
                 await wait_js(page, "window.fixed.state === 'live' && "
                                     "window.provided.state === 'live'")
+                await asyncio.wait_for(clock.expiry_timers(2), 10)
+                # Past both expiries (the clock stood still while real time, on which
+                # the tokens were made, went on), not past the provider's next token.
+                clock.advance(2 * TOKEN_TTL)
                 # Both tokens expire: the server closes both with 4001, and with nothing
                 # else before (the browser answered every ping meanwhile).
                 await wait_js(page, "window.fixed.state === 'offline'")
