@@ -166,6 +166,55 @@ async def test_double_encoded_dots_stay_a_literal_segment(tmp_path: Path,
     assert raw == ["/api/%252e%252e/x"]
 
 
+VERSION_ESCAPES = ["../../x", "..", "%2e%2e", "v1/../..", "v1/..;/x", "..;", ".", "v1%2f..",
+                   "v1\\..", "v1?x=1", "v1#f", "v1 x", "v1\r\nX-Injected: 1", "v1\x00"]
+
+
+async def test_an_api_version_path_prefix_never_leaves_the_base_path(
+        tmp_path: Path, upstream: Upstream) -> None:
+    """The version prefix goes through the same builder and the same final check as the
+    path: with credentials injected, nothing is sent anywhere for any of these."""
+    svc = integration(upstream.url + "/api", auth=bearer(),
+                      api_version={"version": "v1", "location": "path"})
+    outcomes = {}
+    async with running(tmp_path, {"svc": svc}, env=ENV) as (_, stub):
+        for version in VERSION_ESCAPES:
+            err = rich_error(await fails(stub, call(path="charges", api_version=version)))
+            outcomes[version] = (err.code, [f for f, _ in err.violations])
+        resp = await stub.Call(call(path="charges", api_version="2024-06-01"), timeout=5)
+    refused = (grpc.StatusCode.INVALID_ARGUMENT, ["api_version"])
+    assert {v: o for v, o in outcomes.items() if o != refused} == {}
+    assert resp.status == 200
+    assert [s.path for s in upstream.seen] == ["/api/2024-06-01/charges"]
+
+
+async def test_an_api_version_header_with_control_characters_is_refused(
+        tmp_path: Path, upstream: Upstream) -> None:
+    async with running(tmp_path, {"svc": integration(upstream.url, api_version={
+            "version": "v1", "location": "header"})}) as (_, stub):
+        err = rich_error(await fails(stub, call(api_version="v2\r\nX-Injected: 1")))
+    assert (err.code, [f for f, _ in err.violations]) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                                          ["api_version"])
+    assert upstream.seen == []
+
+
+async def test_percent_escapes_reach_the_upstream_byte_for_byte(tmp_path: Path,
+                                                                upstream: Upstream) -> None:
+    raw: list[str] = []
+
+    async def record(request: web.Request) -> web.StreamResponse:
+        raw.append(request.raw_path)
+        return web.Response(text="ok")
+
+    upstream.default = record
+    async with running(tmp_path, {"svc": integration(upstream.url + "/api")}) as (_, stub):
+        for path in ("a/%ff/b", "caf%c3%a9;v=%2e/x y", "a/%2E%2Ex"):
+            assert (await stub.Call(call(path=path), timeout=5)).status == 200
+    # Not re-encoded, not upper-cased, not decoded: what the caller wrote (a raw space
+    # encoded); "%2E%2Ex" is a name, not a dot segment.
+    assert raw == ["/api/a/%ff/b", "/api/caf%c3%a9;v=%2e/x%20y", "/api/a/%2E%2Ex"]
+
+
 # --------------------------------------------------------------------------- redirects
 
 

@@ -11,6 +11,7 @@ import ssl
 from urllib.parse import urlsplit
 
 import aiohttp
+import yarl
 
 from sidecar import __version__
 from sidecar.config import IntegrationConfig, TlsConfig
@@ -109,7 +110,9 @@ class AiohttpTransport:
         limit = self._config.max_response_bytes
         try:
             async with self._get_session().request(
-                request.method, request.url, headers=headers,
+                # As built and checked (sidecar.core.calls.paths): sent byte for byte,
+                # never re-encoded or normalised again.
+                request.method, yarl.URL(request.url, encoded=True), headers=headers,
                 data=request.body if request.body or request.method not in ("GET", "HEAD")
                 else None,
                 allow_redirects=False,

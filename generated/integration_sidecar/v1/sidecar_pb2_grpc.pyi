@@ -73,7 +73,8 @@ class SidecarServiceStub:
 
     * NOT_FOUND (`INTEGRATION_NOT_FOUND`): `integration` is not configured.
     * INVALID_ARGUMENT (`INVALID_ARGUMENT`, with BadRequest): bad method, a
-      path that is absolute or climbs out of the integration's base path,
+      path or API version that is absolute or would leave the integration's
+      base URL (the final URL is checked as the upstream will read it),
       malformed headers, a body over the configured limit.
     * UNAVAILABLE (`CIRCUIT_OPEN`, with RetryInfo): the circuit breaker is
       open; no traffic was sent upstream.
@@ -168,7 +169,8 @@ class SidecarServiceAsyncStub(SidecarServiceStub):
 
     * NOT_FOUND (`INTEGRATION_NOT_FOUND`): `integration` is not configured.
     * INVALID_ARGUMENT (`INVALID_ARGUMENT`, with BadRequest): bad method, a
-      path that is absolute or climbs out of the integration's base path,
+      path or API version that is absolute or would leave the integration's
+      base URL (the final URL is checked as the upstream will read it),
       malformed headers, a body over the configured limit.
     * UNAVAILABLE (`CIRCUIT_OPEN`, with RetryInfo): the circuit breaker is
       open; no traffic was sent upstream.
@@ -266,7 +268,8 @@ class SidecarServiceServicer(metaclass=_abc_1.ABCMeta):
 
         * NOT_FOUND (`INTEGRATION_NOT_FOUND`): `integration` is not configured.
         * INVALID_ARGUMENT (`INVALID_ARGUMENT`, with BadRequest): bad method, a
-          path that is absolute or climbs out of the integration's base path,
+          path or API version that is absolute or would leave the integration's
+          base URL (the final URL is checked as the upstream will read it),
           malformed headers, a body over the configured limit.
         * UNAVAILABLE (`CIRCUIT_OPEN`, with RetryInfo): the circuit breaker is
           open; no traffic was sent upstream.

@@ -38,7 +38,7 @@ from sidecar.core.calls.models import (
     UpstreamResponse,
 )
 from sidecar.core.calls.observer import CallObserver, NullObserver
-from sidecar.core.calls.paths import build_url, route_matches
+from sidecar.core.calls.paths import build_url, route_matches, safe_path
 from sidecar.core.calls.stored import decode_result, encode_result, fingerprint
 from sidecar.core.resilience import (
     BreakerOpenError,
@@ -88,6 +88,9 @@ FORBIDDEN_HEADERS = frozenset({
 TRACE_HEADERS = frozenset({TRACEPARENT, TRACESTATE})
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: An API version (a header value or a path prefix) is short.
+MAX_API_VERSION = 100
 #: An abandoned in-flight idempotency claim (crashed sidecar) frees up this
 #: long after the call's total timeout.
 CLAIM_MARGIN = 30.0
@@ -379,11 +382,12 @@ class CallPipeline:
     async def _call(self, req: CallRequest, integ: _Integration, start: float) -> CallResult:
         method = (req.method or "GET").upper()
         self._validate(req, method, integ.config)
-        policy = integ.match(method, req.path)
         cfg = integ.config
         version = req.api_version or cfg.api_version.version
         url = build_url(cfg.base_url, req.path, req.query,
                         version if cfg.api_version.location == "path" else "")
+        # Routes match the path as it is sent (dot segments resolved), not as written.
+        policy = integ.match(method, safe_path(req.path))
         deadline = start + policy.timeouts.total
         if req.deadline is not None:
             deadline = min(deadline, req.deadline)
@@ -444,6 +448,9 @@ class CallPipeline:
             problems.append(FieldViolation(
                 "body", f"{len(req.body)} bytes is over the integration's limit of "
                         f"{cfg.max_request_bytes}"))
+        if len(req.api_version) > MAX_API_VERSION or _CONTROL.search(req.api_version):
+            problems.append(FieldViolation("api_version", f"at most {MAX_API_VERSION} "
+                                                          "characters, no control characters"))
         if req.idempotency_key and not _KEY.match(req.idempotency_key):
             problems.append(FieldViolation("idempotency_key",
                                            "must be 1-255 printable ASCII characters"))
