@@ -150,8 +150,8 @@ async def test_legit_paths_reach_the_upstream_under_the_base_path(
     assert [s.path for s in upstream.seen] == [expected]
 
 
-async def test_double_encoded_dots_stay_a_literal_segment(tmp_path: Path,
-                                                          upstream: Upstream) -> None:
+def record_raw_paths(upstream: Upstream) -> list[str]:
+    """The request targets the upstream receives from now on, as sent (not decoded)."""
     raw: list[str] = []
 
     async def record(request: web.Request) -> web.StreamResponse:
@@ -159,6 +159,12 @@ async def test_double_encoded_dots_stay_a_literal_segment(tmp_path: Path,
         return web.Response(text="ok")
 
     upstream.default = record
+    return raw
+
+
+async def test_double_encoded_dots_stay_a_literal_segment(tmp_path: Path,
+                                                          upstream: Upstream) -> None:
+    raw = record_raw_paths(upstream)
     async with running(tmp_path, {"svc": integration(upstream.url + "/api")}) as (_, stub):
         resp = await stub.Call(call(path="%252e%252e/x"), timeout=5)
     assert resp.status == 200
@@ -200,13 +206,7 @@ async def test_an_api_version_header_with_control_characters_is_refused(
 
 async def test_percent_escapes_reach_the_upstream_byte_for_byte(tmp_path: Path,
                                                                 upstream: Upstream) -> None:
-    raw: list[str] = []
-
-    async def record(request: web.Request) -> web.StreamResponse:
-        raw.append(request.raw_path)
-        return web.Response(text="ok")
-
-    upstream.default = record
+    raw = record_raw_paths(upstream)
     async with running(tmp_path, {"svc": integration(upstream.url + "/api")}) as (_, stub):
         for path in ("a/%ff/b", "caf%c3%a9;v=%2e/x y", "a/%2E%2Ex"):
             assert (await stub.Call(call(path=path), timeout=5)).status == 200
