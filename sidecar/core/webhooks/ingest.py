@@ -16,7 +16,7 @@ from sidecar.config import WebhooksConfig, WebhookSourceConfig
 from sidecar.core.events.models import IngestResult, NewEvent, StoredEvent, new_event_id
 from sidecar.core.tracing import TraceContext, from_headers, new_trace
 from sidecar.core.webhooks.schemes import SchemeConfig, verify
-from sidecar.core.webhooks.verdict import Verdict, VerifyResult, WebhookRequest
+from sidecar.core.webhooks.verdict import Verdict, VerifyResult, WebhookRequest, as_text
 from sidecar.errors import NotFound
 
 log = logging.getLogger("sidecar.webhooks")
@@ -131,13 +131,14 @@ class WebhookIngest:
         attributes = {"source": source.name, **trace.attributes()}
         if verdict.event_id:
             attributes["provider_event_id"] = verdict.event_id
-        content_type = next((v for k, v in request.headers if k.lower() == "content-type"), "")
+        content_type = as_text(next((v for k, v in request.headers
+                                     if k.lower() == "content-type"), ""))
         return NewEvent(id=new_event_id(now), topic=source.topic_name, type=verdict.event_type,
                         data=request.body, content_type=content_type, attributes=attributes)
 
 
 def _audit(request: WebhookRequest) -> dict[str, str]:
-    return {k.lower(): v for k, v in request.headers if k.lower() in AUDIT_HEADERS}
+    return {k.lower(): as_text(v) for k, v in request.headers if k.lower() in AUDIT_HEADERS}
 
 
 def _content_key(body: bytes) -> str:

@@ -22,6 +22,16 @@ class VerifyResult(enum.StrEnum):
     MALFORMED = "malformed"
 
 
+def as_text(value: str) -> str:
+    """``value`` as valid text, the same way every time. An HTTP server hands over header
+    bytes that are not UTF-8 as surrogate escapes (aiohttp does): fine for checking a
+    signature over the raw bytes, but no store, JSON or protobuf string takes them, so
+    whatever is kept or returned from a header has them written as ``\\xNN``."""
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 @dataclass(frozen=True)
 class WebhookRequest:
     """A webhook exactly as received: headers in arrival order and the raw body."""

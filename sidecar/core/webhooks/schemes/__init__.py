@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sidecar.core.webhooks.schemes import generic, github, shopify, slack, standard, stripe
 from sidecar.core.webhooks.schemes.config import DEFAULT_TOLERANCE, SchemeConfig
 from sidecar.core.webhooks.schemes.outcome import rejected
-from sidecar.core.webhooks.verdict import Verdict, VerifyResult, WebhookRequest
+from sidecar.core.webhooks.verdict import Verdict, VerifyResult, WebhookRequest, as_text
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,12 @@ def verify(config: SchemeConfig, request: WebhookRequest, now: float) -> Verdict
     scheme = SCHEMES.get(config.scheme)
     if scheme is None:
         return rejected(VerifyResult.MALFORMED, f"unknown webhook scheme {config.scheme!r}")
-    return scheme.verify(config, request, now)
+    verdict = scheme.verify(config, request, now)
+    # Ids and types may come from headers, whose bytes need not be UTF-8.
+    event_id, event_type = as_text(verdict.event_id), as_text(verdict.event_type)
+    if (event_id, event_type) != (verdict.event_id, verdict.event_type):
+        verdict = replace(verdict, event_id=event_id, event_type=event_type)
+    return verdict
 
 
 def validate_scheme_config(config: SchemeConfig) -> list[str]:

@@ -28,8 +28,15 @@ _TIMESTAMP = re.compile(r"[0-9]{1,15}")
 
 
 def utf8(text: str) -> bytes:
-    """Header text as the bytes a sender signed; never raises, even on lone surrogates."""
-    return text.encode("utf-8", "surrogatepass")
+    """Header text as the bytes a sender signed; never raises, even on lone surrogates.
+
+    The HTTP server hands over header bytes that are not UTF-8 as surrogate escapes
+    (U+DC80-U+DCFF): those become the original bytes again. Any other lone surrogate
+    (no server makes them) is encoded as it stands rather than refused."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
 
 
 def decode_hex(text: str) -> bytes | None:
