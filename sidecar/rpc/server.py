@@ -12,6 +12,7 @@ from integration_sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 from sidecar.config import GrpcListenerConfig
 from sidecar.metrics import Metrics
+from sidecar.rpc.guard import RequestGuard
 from sidecar.rpc.health import NOT_SERVING, SERVING, HealthService
 from sidecar.rpc.interceptors import (
     ApiTokenInterceptor,
@@ -53,6 +54,8 @@ class GrpcServer:
         wrappers: list[HandlerWrapper] = [MetricsInterceptor(metrics)]
         if config.api_token is not None:
             wrappers.append(ApiTokenInterceptor(config.api_token.value, metrics))
+        # Innermost: the wrappers above see the status it sets.
+        wrappers.append(RequestGuard())
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),

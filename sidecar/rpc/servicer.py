@@ -35,7 +35,8 @@ from sidecar.core.tracing import (
 )
 from sidecar.core.webhooks.ingest import WebhookIngest
 from sidecar.core.webhooks.verdict import VerifyResult, WebhookRequest
-from sidecar.errors import Internal, InvalidArgument, NotImplementedYet, SidecarError
+from sidecar.errors import InvalidArgument, NotImplementedYet, SidecarError
+from sidecar.rpc.guard import unexpected_error
 from sidecar.rpc.status import abort_with, grpc_code
 
 log = logging.getLogger("sidecar.rpc")
@@ -56,8 +57,7 @@ async def _fail(context: grpc.aio.ServicerContext, exc: Exception) -> None:
     extra = ((TRACEPARENT, trace.traceparent),) if trace is not None else ()
     if isinstance(exc, SidecarError):
         await abort_with(context, exc, extra)
-    log.exception("unexpected error in RPC handler")
-    await abort_with(context, Internal("internal error; see the sidecar's log"), extra)
+    await abort_with(context, unexpected_error(SERVICE_NAME), extra)
 
 
 def _span_failed(span: Span, exc: Exception) -> None:
