@@ -16,6 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from integration_sidecar.v1 import sidecar_pb2 as pb
 from integration_sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
@@ -213,6 +215,39 @@ async def test_percent_escapes_reach_the_upstream_byte_for_byte(tmp_path: Path,
     # Not re-encoded, not upper-cased, not decoded: what the caller wrote (a raw space
     # encoded); "%2E%2Ex" is a name, not a dot segment.
     assert raw == ["/api/a/%ff/b", "/api/caf%c3%a9;v=%2e/x%20y", "/api/a/%2E%2Ex"]
+
+
+#: Header value text: anything a protobuf string holds, controls and odd spaces likely.
+HEADER_TEXT = st.text(st.one_of(st.characters(codec="utf-8"),
+                                st.sampled_from("\x00\x01\t\n\r\x0b\x7f\x85\u2028 ")),
+                      max_size=12)
+
+
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=st.lists(HEADER_TEXT, min_size=25, max_size=25))
+async def test_any_header_value_is_sent_or_refused_naming_it(
+        tmp_path_factory: pytest.TempPathFactory, upstream: Upstream,
+        values: list[str]) -> None:
+    """Never INTERNAL: a value is sent as it is, or refused (INVALID_ARGUMENT naming
+    ``headers[0].value``) when it holds a control character other than tab."""
+    seen = len(upstream.seen)
+    async with running(tmp_path_factory.mktemp("hdr"),
+                       {"svc": integration(upstream.url)}) as (_, stub):
+        for value in values:
+            try:
+                resp = await stub.Call(call(headers={"X-Value": value}), timeout=5)
+            except grpc.aio.AioRpcError as err:
+                rich = rich_error(err)
+                assert (rich.code, [f for f, _ in rich.violations]) == (
+                    grpc.StatusCode.INVALID_ARGUMENT, ["headers[0].value"]), (value, rich)
+                assert any(c in value for c in "\x00\x01\n\r\x0b\x7f") or any(
+                    ord(c) < 32 and c != "\t" for c in value), value
+                continue
+            assert resp.status == 200, value
+            seen += 1
+            # HTTP strips a value's surrounding spaces and tabs; the rest arrives as sent.
+            assert upstream.seen[seen - 1].headers.get("X-Value", "") == value.strip(" \t")
 
 
 # --------------------------------------------------------------------------- redirects

@@ -89,6 +89,8 @@ TRACE_HEADERS = frozenset({TRACEPARENT, TRACESTATE})
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: What a header value may not hold (RFC 9110: visible characters, space, tab).
+_CONTROL_IN_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 #: An API version (a header value or a path prefix) is short.
 MAX_API_VERSION = 100
 #: An abandoned in-flight idempotency claim (crashed sidecar) frees up this
@@ -438,9 +440,10 @@ class CallPipeline:
             elif name.lower() in FORBIDDEN_HEADERS:
                 problems.append(FieldViolation(f"headers[{i}].name",
                                                f"{name} is set by the sidecar, not the caller"))
-            if "\r" in value or "\n" in value or "\x00" in value:
+            if _CONTROL_IN_VALUE.search(value):
                 problems.append(FieldViolation(f"headers[{i}].value",
-                                               "must not contain CR, LF or NUL"))
+                                               "must not contain control characters (CR, LF, "
+                                               "NUL, ...); a tab is allowed"))
         for i, (name, _) in enumerate(req.query):
             if not name:
                 problems.append(FieldViolation(f"query[{i}].name", "is required"))
