@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import yaml
-
 from sidecar.config.model import (
     AUTH_TYPES,
     DEFAULT_ADMIN_HOST,
@@ -61,6 +59,7 @@ from sidecar.config.model import (
     parse_key_values,
     redis_urls,
 )
+from sidecar.config.yaml_file import YamlFileError, read_yaml
 from sidecar.core.resilience.backoff import BackoffPolicy
 from sidecar.core.resilience.breaker import BreakerPolicy
 from sidecar.core.resilience.rate_limit import RateLimitPolicy
@@ -1340,15 +1339,7 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
         return parse_config({}, env, source="<defaults>")
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([ConfigProblem("<file>", f"cannot read {p}: {exc.strerror}")],
-                          str(p)) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<file>"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([ConfigProblem(where, f"not valid YAML: {problem}")], str(p)) from None
+        raw = read_yaml(p)
+    except YamlFileError as exc:
+        raise ConfigError([ConfigProblem(exc.where, exc.description)], str(p)) from None
     return parse_config(raw, env, source=str(p), base_dir=p.resolve().parent)
