@@ -6,6 +6,8 @@ The only module that imports PyJWT: tokens become ``Identity`` here.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 
 import jwt
@@ -31,12 +33,40 @@ class AuthError(Exception):
         self.reason = reason
 
 
-def _strings(value: object) -> tuple[str, ...]:
+#: Every reason a token is refused for (the 401 body says it upper-cased; docs/errors.md
+#: lists each, and a test checks that they agree).
+REASONS = ("missing", "malformed", "algorithm", "invalid_signature", "expired",
+           "not_yet_valid", "invalid_claims")
+#: Claim values beyond this are refused rather than trusted (Unix seconds: year 5138).
+MAX_TIME = 1e11
+MAX_SUB = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _strings(claims: dict[str, object], name: str) -> tuple[str, ...]:
+    """A list claim: a JSON list of strings, or one string of space- or comma-separated
+    names; absent is empty. Anything else is refused, not guessed at."""
+    value = claims.get(name)
+    if value is None:
+        return ()
     if isinstance(value, str):
         return tuple(v for v in value.replace(",", " ").split() if v)
-    if isinstance(value, list):
-        return tuple(str(v) for v in value if isinstance(v, str | int))
-    return ()
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(v for v in value if v)
+    raise AuthError("invalid_claims", f"claim {name!r} must be a list of strings")
+
+
+def _checked(claims: dict[str, object]) -> None:
+    """Types PyJWT lets through that the sidecar would mis-handle later."""
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not 0 < len(sub) <= MAX_SUB or _CONTROL.search(sub):
+        raise AuthError("invalid_claims", f"claim 'sub' must be a non-empty string of at most "
+                                          f"{MAX_SUB} characters without control characters")
+    for name in ("exp", "nbf", "iat"):
+        value = claims.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or not math.isfinite(value) or not 0 <= value <= MAX_TIME):
+            raise AuthError("invalid_claims", f"claim {name!r} must be a time in Unix seconds")
 
 
 class TokenVerifier:
@@ -46,6 +76,16 @@ class TokenVerifier:
         self._public = config.rs256_public_key or None
 
     def verify(self, token: str, now: float) -> Identity:
+        """The token's identity, or AuthError with one of :data:`REASONS`; never anything
+        else, whatever the token holds."""
+        try:
+            return self._verify(token)
+        except AuthError:
+            raise
+        except Exception as exc:  # a library's surprise on hostile input is still a refusal
+            raise AuthError("malformed", f"token rejected: {type(exc).__name__}") from None
+
+    def _verify(self, token: str) -> Identity:
         cfg = self._config
         try:
             header = jwt.get_unverified_header(token)
@@ -77,11 +117,12 @@ class TokenVerifier:
             raise AuthError("invalid_claims", f"token claims rejected: {exc}") from None
         except jwt.InvalidTokenError as exc:
             raise AuthError("malformed", f"token rejected: {type(exc).__name__}") from None
+        _checked(claims)
         exp = claims.get("exp")
         return Identity(
             user=str(claims["sub"]),
-            roles=_strings(claims.get(cfg.roles_claim)),
-            topics=_strings(claims.get(cfg.topics_claim)),
+            roles=_strings(claims, cfg.roles_claim),
+            topics=_strings(claims, cfg.topics_claim),
             expires_at=float(exp) if isinstance(exp, int | float) else None,
         )
 
