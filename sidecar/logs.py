@@ -6,11 +6,14 @@ place, but if one slips into a message or an exception it is masked here.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterable
+from urllib.parse import quote, quote_plus
 
 from sidecar.core.tracing import current as current_trace
 
@@ -19,8 +22,26 @@ REDACTED = "<redacted>"
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
 
+def _encodings(secret: str) -> set[str]:
+    """``secret`` as it may appear in text: as is, percent-encoded (in a URL or a form,
+    either case of hex), and in base64 (standard or URL-safe, with or without padding).
+    A base64 of more than the secret (``user:password``) is listed by the config."""
+    raw = secret.encode()
+    found = {secret, quote(secret, safe=""), quote_plus(secret, safe="")}
+    found |= {_lower_hex(v) for v in found}
+    for b64 in (base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()):
+        found |= {b64, b64.rstrip("=")}
+    return found
+
+
+def _lower_hex(text: str) -> str:
+    """Percent-escapes with lower-case hex digits, the rest as it is."""
+    return re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), text)
+
+
 class SecretScrubber(logging.Filter):
-    """Replaces any known secret value in a record with ``<redacted>``."""
+    """Replaces any known secret value in a record, in any of its usual encodings, with
+    ``<redacted>``."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
@@ -30,7 +51,8 @@ class SecretScrubber(logging.Filter):
     def update(self, secrets: Iterable[str]) -> None:
         # Longest first so a secret containing another is masked whole; very
         # short values would mask innocent text and protect nothing.
-        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+        self._secrets = sorted({v for s in secrets if len(s) >= 4 for v in _encodings(s)},
+                               key=len, reverse=True)
 
     def scrub(self, text: str) -> str:
         for s in self._secrets:

@@ -31,7 +31,6 @@ import asyncio
 import secrets
 from collections.abc import Mapping
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -43,6 +42,7 @@ from sidecar.core.calls.health_window import CallHealth, LastError, WindowTotals
 from sidecar.core.events.models import DeliveryStatus
 from sidecar.core.events.presence import Presence
 from sidecar.core.resilience import CircuitBreaker
+from sidecar.core.resilience.headers import safe_link
 from sidecar.errors import SidecarError
 from sidecar.http_common import Handler, json_error
 from sidecar.metrics import Metrics
@@ -58,7 +58,6 @@ MAX_GROUPS_PER_SOURCE = 20
 DEFAULT_REFRESH = 5.0
 MIN_REFRESH = 0.2
 MAX_REFRESH = 3600.0
-MAX_LINK_CHARS = 300
 #: Seconds the webhook section may wait for storage before it shows an error.
 STORAGE_TIMEOUT = 2.0
 OPEN_WORK = (DeliveryStatus.PENDING, DeliveryStatus.DELIVERED, DeliveryStatus.FAILED)
@@ -97,20 +96,6 @@ class StatusSource(Protocol):
 
 def _round(value: float | None, digits: int = 6) -> float | None:
     return None if value is None else round(value, digits)
-
-
-def safe_link(link: str) -> str:
-    """An upstream's documentation link without credentials, query or fragment."""
-    parts = urlsplit(link.strip())
-    if parts.scheme.lower() in ("http", "https") and parts.hostname:
-        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-        port = f":{parts.port}" if parts.port else ""
-        text = f"{parts.scheme.lower()}://{host}{port}{parts.path}"
-    elif not parts.scheme and not parts.netloc:
-        text = parts.path  # relative to the integration's base URL
-    else:
-        return ""
-    return text[:MAX_LINK_CHARS]
 
 
 def _error(e: LastError | None) -> dict[str, Any] | None:

@@ -196,6 +196,24 @@ async def test_deprecation_and_sunset_are_surfaced_logged_once_and_exported(
             '1.794395471e+09') in text
 
 
+async def test_an_upstream_link_is_logged_without_its_query_or_credentials(
+        tmp_path: Path, upstream: Upstream, caplog: pytest.LogCaptureFixture) -> None:
+    """An upstream's answer is hostile text: a Link may carry a token (even percent-
+    encoded, past the secret scrubber); the log keeps only scheme, host and path."""
+    upstream.default = reply(200, headers={
+        "Deprecation": "true",
+        "Link": '<https://u:p%40ss@docs.example/migrate?token=s%33cret#frag>; rel="deprecation"',
+    })
+    caplog.set_level(logging.WARNING, logger="sidecar.calls")
+    async with running(tmp_path, {"svc": integration(upstream.url)}) as (_, stub):
+        resp = await stub.Call(call(), timeout=5)
+    (record,) = [r for r in caplog.records if r.getMessage() == "upstream announced deprecation"]
+    assert record.link == "https://docs.example/migrate"  # type: ignore[attr-defined]
+    assert "token" not in caplog.text and "p%40ss" not in caplog.text
+    # The app asked for the call: it gets the link as the upstream sent it.
+    assert resp.deprecation.link.endswith("?token=s%33cret#frag")
+
+
 async def test_expired_keys_are_pruned(tmp_path: Path, upstream: Upstream) -> None:
     clock = FakeClock()
     svc = integration(upstream.url, idempotency={"retention": "1m"})

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sidecar.config import ConfigError, dump_redacted, load_config, parse_config
 from sidecar.logs import JsonFormatter, SecretScrubber
@@ -234,3 +239,21 @@ def test_log_scrubber_masks_secrets_in_messages_extras_and_tracebacks() -> None:
     line = JsonFormatter().format(record)
     assert SECRET not in line
     assert line.count("<redacted>") == 3
+
+
+@settings(max_examples=200, deadline=None)
+@given(secret=st.text(min_size=4, max_size=40).filter(lambda s: s.strip() == s and s))
+def test_a_secret_is_scrubbed_in_every_usual_encoding(secret: str) -> None:
+    """Raw, percent-encoded (either hex case, '+' for space), base64 (standard and
+    URL-safe, padded or not): whichever way a secret reaches a log line, it is masked."""
+    scrubber = SecretScrubber([secret])
+    raw = secret.encode()
+    encoded = quote(secret, safe="")
+    forms = {secret, encoded, quote_plus(secret),
+             re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), encoded),
+             base64.b64encode(raw).decode(), base64.b64encode(raw).decode().rstrip("="),
+             base64.urlsafe_b64encode(raw).decode().rstrip("=")}
+    for form in forms:
+        text = scrubber.scrub(f"GET https://api.example/x?key={form}&y=1 failed")
+        assert form not in text, (secret, form, text)
+        assert "<redacted>" in text

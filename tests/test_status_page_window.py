@@ -17,7 +17,7 @@ from sidecar.core.calls.health_window import (
     sunset_status,
 )
 from sidecar.core.calls.models import DeprecationInfo
-from sidecar.status import safe_link
+from sidecar.core.resilience.headers import safe_link
 from sidecar.status_html import render_page
 
 

@@ -52,6 +52,7 @@ from sidecar.core.resilience import (
     parse_rate_limit_reset,
     parse_retry_after,
     parse_sunset,
+    safe_link,
 )
 from sidecar.core.resilience.breaker import Permit
 from sidecar.core.resilience.bulkhead import Bulkhead, BulkheadFullError
@@ -841,7 +842,7 @@ class CallPipeline:
             integ.deprecations_logged.add(key)
             log.warning("upstream announced deprecation", extra={
                 "integration": integ.config.name, "route": policy.name,
-                "deprecated_at": at, "sunset_at": sunset, "link": link})
+                "deprecated_at": at, "sunset_at": sunset, "link": safe_link(link)})
         return info
 
 

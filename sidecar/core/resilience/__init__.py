@@ -20,6 +20,7 @@ from sidecar.core.resilience.headers import (
     parse_rate_limit_reset,
     parse_retry_after,
     parse_sunset,
+    safe_link,
 )
 from sidecar.core.resilience.rate_limit import RateLimitedError, RateLimitPolicy, TokenBucket
 from sidecar.core.resilience.retry_budget import RetryBudget, RetryBudgetPolicy
@@ -44,4 +45,5 @@ __all__ = [
     "parse_rate_limit_reset",
     "parse_retry_after",
     "parse_sunset",
+    "safe_link",
 ]

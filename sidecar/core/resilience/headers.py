@@ -11,6 +11,7 @@ import re
 from collections.abc import Collection
 from datetime import UTC
 from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
 
 #: ``X-RateLimit-Reset`` values at or above this are Unix timestamps, not deltas:
 #: 10^9 seconds is 31 years as a delta but only September 2001 as a timestamp, so
@@ -106,6 +107,29 @@ def parse_link_rel(
         if wanted.intersection(params.get("rel", "").lower().split()):
             return uri
     return None
+
+
+#: A documentation link is short; what is longer is cut.
+MAX_LINK_CHARS = 300
+
+
+def safe_link(link: str) -> str:
+    """An upstream-supplied link as it may be shown or logged: scheme, host, port and
+    path only (no credentials, query or fragment, where secrets travel), at most
+    :data:`MAX_LINK_CHARS`; "" for anything that is not an http(s) or relative URL."""
+    try:
+        parts = urlsplit(link.strip())
+        port = parts.port  # raises on a port that is not a number
+    except ValueError:
+        return ""
+    if parts.scheme.lower() in ("http", "https") and parts.hostname:
+        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        text = f"{parts.scheme.lower()}://{host}{f':{port}' if port else ''}{parts.path}"
+    elif not parts.scheme and not parts.netloc:
+        text = parts.path  # relative to the integration's base URL
+    else:
+        return ""
+    return "".join(c for c in text[:MAX_LINK_CHARS] if c.isprintable())
 
 
 def _links(header: str) -> list[tuple[str, dict[str, str]]]:
