@@ -185,11 +185,13 @@ class Sidecar:
                                                clock=self.clock, recorder=self.tracing),
                                self.metrics, extra_services)
         self.webhook_edge = WebhookEdge(self.webhooks, config.webhooks, self.clock,
-                                        self.event_metrics, self.tracing)
+                                        self.event_metrics, self.tracing,
+                                        body_timeout=config.server.edge.body_timeout)
         self.edge = HttpListener(build_edge_app(config.server.edge, self.metrics,
                                                 self.webhook_edge, self.websocket),
                                  config.server.edge.host, config.server.edge.port,
-                                 name="edge", shutdown_timeout=grace, tls=config.server.edge.tls)
+                                 name="edge", shutdown_timeout=grace, tls=config.server.edge.tls,
+                                 header_timeout=config.server.edge.header_timeout)
         admin_app = build_admin_app(self.metrics, self.readiness)
         token = config.server.grpc.api_token
         event_routes(admin_app, self.storage, self.clock, token.value if token else None,

@@ -8,21 +8,34 @@ import ssl
 from aiohttp import web
 
 from sidecar.config import ServerTlsConfig
+from sidecar.config.model import DEFAULT_EDGE_HEADER_TIMEOUT as DEFAULT_HEADER_TIMEOUT
 from sidecar.server_tls import TlsMaterial, load_chain, read_material, server_context
+
+#: Seconds a refused request's remaining body is read and discarded before closing.
+LINGER = 1.0
 
 
 class HttpListener:
     """Explicit lifecycle: ``start`` binds, ``stop`` closes the socket, then drains."""
 
     def __init__(self, app: web.Application, host: str, port: int, *, name: str,
-                 shutdown_timeout: float, tls: ServerTlsConfig | None = None) -> None:
+                 shutdown_timeout: float, tls: ServerTlsConfig | None = None,
+                 header_timeout: float = DEFAULT_HEADER_TIMEOUT) -> None:
         self.name = name
         self._host, self._port = host, port
         self._tls = tls
         self._ssl: ssl.SSLContext | None = None
         # handle_signals=False: the wiring owns signals for every listener.
+        # aiohttp's keep-alive timer runs from the connection's start (or the last
+        # answer) and data arriving does not reset it: a client gets header_timeout
+        # seconds for a request's headers, however slowly it trickles them.
+        # A request refused before its body was read (413, 408) is closed after at most
+        # LINGER seconds of discarding what the client still sends (aiohttp's default
+        # is 10 s, which a slow client would use to hold the connection).
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                                     shutdown_timeout=shutdown_timeout)
+                                     shutdown_timeout=shutdown_timeout,
+                                     keepalive_timeout=header_timeout,
+                                     lingering_time=min(LINGER, header_timeout))
         self.address = ""
 
     async def start(self) -> str:

@@ -66,6 +66,7 @@ def full_config() -> dict[str, Any]:
                      "tls": {"cert_file": "pki/server.crt", "key_file": "pki/server.key",
                              "client_ca_file": "pki/ca.crt"}},
             "edge": {"host": "127.0.0.2", "port": 8181, "max_body_bytes": 2 * 1024 * 1024,
+                     "header_timeout": "7s", "body_timeout": "45s",
                      "tls": {"cert_file": "pki/server.crt", "key_file": "pki/server.key"}},
             "admin": {"host": "127.0.0.3", "port": 9565,
                       "tls": {"enabled": True, "cert_file": "pki/server.crt",

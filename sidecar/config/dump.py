@@ -124,6 +124,8 @@ def _server(s: ServerConfig) -> Tree:
                  "api_token_env": _env_name(grpc.api_token), "reflection": grpc.reflection,
                  "tls": _listener_tls(grpc.tls, client_ca=True)},
         "edge": {"host": edge.host, "port": edge.port, "max_body_bytes": edge.max_body_bytes,
+                 "header_timeout": _duration(edge.header_timeout),
+                 "body_timeout": _duration(edge.body_timeout),
                  "tls": _listener_tls(edge.tls, client_ca=False)},
         "admin": {"host": admin.host, "port": admin.port,
                   "tls": _listener_tls(admin.tls, client_ca=False)},

@@ -368,6 +368,8 @@ def _server(sec: _Section, env: Mapping[str, str], base_dir: Path) -> ServerConf
         max_body_bytes=edge_sec.integer("max_body_bytes", EdgeConfig.max_body_bytes,
                                         minimum=1024, maximum=64 * 1024 * 1024),
         tls=edge_listener.tls,
+        header_timeout=edge_sec.duration("header_timeout", EdgeConfig.header_timeout),
+        body_timeout=edge_sec.duration("body_timeout", EdgeConfig.body_timeout),
     )
     edge_sec.finish()
     admin_sec = sec.section("admin")

@@ -28,6 +28,11 @@ DEFAULT_GRPC_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 #: half of it leaves room for the app container to stop after us.
 DEFAULT_SHUTDOWN_GRACE = 15.0
 DEFAULT_EDGE_MAX_BODY_BYTES = 1024 * 1024
+#: Seconds a client may take to send a request's headers, or to begin its next request
+#: on a kept-alive connection. Providers send at once; a trickle is an attack.
+DEFAULT_EDGE_HEADER_TIMEOUT = 10.0
+#: Seconds a client may take to send a request's body (1 MiB at 35 KB/s).
+DEFAULT_EDGE_BODY_TIMEOUT = 30.0
 DEFAULT_DATA_DIR = "./data"
 DEFAULT_REDIS_URL_ENV = "REDIS_URL"
 #: Several apps can share one Redis: every key of this sidecar starts with it.
@@ -89,6 +94,8 @@ class EdgeConfig:
     port: int = DEFAULT_EDGE_PORT
     max_body_bytes: int = DEFAULT_EDGE_MAX_BODY_BYTES
     tls: ServerTlsConfig | None = None
+    header_timeout: float = DEFAULT_EDGE_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_EDGE_BODY_TIMEOUT
 
 
 @dataclass(frozen=True)

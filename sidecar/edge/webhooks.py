@@ -8,6 +8,7 @@ Rejections carry a generic body: the reason goes to logs and metrics only.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import math
@@ -16,6 +17,7 @@ from aiohttp import web
 
 from sidecar.clock import Clock
 from sidecar.config import WebhooksConfig
+from sidecar.config.model import DEFAULT_EDGE_BODY_TIMEOUT
 from sidecar.core.resilience.rate_limit import RateLimitPolicy, TokenBucket
 from sidecar.core.spans import Span, SpanRecorder, server_span, start_trace
 from sidecar.core.tracing import TRACEPARENT, TRACESTATE, current, from_headers, new_trace
@@ -58,8 +60,10 @@ def _too_many(wait: float) -> web.Response:
 
 class WebhookEdge:
     def __init__(self, ingest: WebhookIngest, config: WebhooksConfig, clock: Clock,
-                 observer: IngestObserver, recorder: SpanRecorder | None = None) -> None:
+                 observer: IngestObserver, recorder: SpanRecorder | None = None, *,
+                 body_timeout: float = DEFAULT_EDGE_BODY_TIMEOUT) -> None:
         self._ingest = ingest
+        self._body_timeout = body_timeout
         #: Where each request's SERVER span goes when export is on; None: no spans.
         self._recorder = recorder
         self._config = config
@@ -122,6 +126,15 @@ class WebhookEdge:
             span.end()
         return resp
 
+    def _too_slow(self, name: str, span: Span | None) -> web.StreamResponse:
+        log.warning("webhook body not received in time", extra={
+            "source": name, "timeout_seconds": self._body_timeout})
+        self._reject(name, "timeout", span)
+        resp = json_error(408, "REQUEST_TIMEOUT",
+                          f"the body did not arrive within {self._body_timeout:g}s")
+        resp.force_close()
+        return resp
+
     async def _handle(self, request: web.Request, span: Span | None) -> web.StreamResponse:
         name = request.match_info["source"]
         try:
@@ -153,10 +166,15 @@ class WebhookEdge:
         self._in_flight += 1
         try:
             body = bytearray()
-            while chunk := await request.content.read(_READ_CHUNK):
-                body += chunk
-                if len(body) > limit:
-                    return self._too_large(name, limit, span)
+            try:
+                # Real time: a slow sender holds a connection and a place in max_concurrent.
+                async with asyncio.timeout(self._body_timeout):
+                    while chunk := await request.content.read(_READ_CHUNK):
+                        body += chunk
+                        if len(body) > limit:
+                            return self._too_large(name, limit, span)
+            except TimeoutError:
+                return self._too_slow(name, span)
             outcome = await self._ingest.receive(
                 name, WebhookRequest(tuple(request.headers.items()), bytes(body),
                                      str(request.url)), trace=current.get(),
