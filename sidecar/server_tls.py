@@ -40,6 +40,8 @@ def _read(path: str, field_path: str) -> bytes:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise TlsFileError(field_path, f"cannot read {path}: {exc.strerror}") from None
+    except ValueError:  # a NUL byte in the name
+        raise TlsFileError(field_path, f"cannot read {path!r}: not a file name") from None
     if b"-----BEGIN " not in data:
         raise TlsFileError(field_path, f"{path} is not a PEM file")
     return data

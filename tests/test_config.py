@@ -113,16 +113,39 @@ def test_secret_literal_in_file_is_refused_and_not_echoed() -> None:
     [
         ("ftp://files.example.com", "must be an http:// or https:// URL"),
         ("https://", "has no host"),
-        ("not a url", "must be an http:// or https:// URL"),
+        ("not-a-url", "must be an http:// or https:// URL"),
+        ("not a url", "must not contain spaces or control characters"),
+        ("https://api.example.com /v1", "must not contain spaces or control characters"),
+        ("https://api.example.com\t", "must not contain spaces or control characters"),
         ("https://user:pw@api.example.com", "must not contain credentials"),
         ("https://api.example.com/v1?key=1", "must not contain a query or fragment"),
-        ("https://api.example.com:99999", "has an invalid port"),
+        ("https://api.example.com:99999", "is not a valid URL (Port out of range"),
+        ("https://api.example.com:x", "is not a valid URL (Port could not be cast"),
+        ("https://[::1/v1", "is not a valid URL (Invalid IPv6 URL)"),
         ("http://api.example.com", "plain http:// is refused"),
     ],
 )
 def test_malformed_base_url(url: str, reason: str) -> None:
     (msg,) = problems(with_integration(base_url=url))
     assert msg.startswith(f"integrations.svc.base_url: {reason}")
+
+
+@pytest.mark.parametrize(("section", "reason"), [
+    ({"server": {"shutdown_grace": float("inf")}}, "server.shutdown_grace: must be at most"),
+    ({"server": {"shutdown_grace": float("nan")}}, "server.shutdown_grace: must be a dur"),
+    ({"server": {"shutdown_grace": 1e308}}, "server.shutdown_grace: must be at most"),
+    ({"realtime": {"queue_size": float("inf")}}, "realtime.queue_size: must be an integer"),
+])
+def test_non_finite_and_overflowing_numbers_are_refused(section: dict[str, Any],
+                                                        reason: str) -> None:
+    """YAML has .inf and .nan; a grace of inf overflowed the shutdown timer."""
+    (msg,) = problems(section)
+    assert msg.startswith(reason), msg
+
+
+def test_a_non_finite_rate_is_refused() -> None:
+    (msg,) = problems(with_integration(rate_limit={"rate": float("inf")}))
+    assert msg.startswith("integrations.svc.rate_limit.rate: must be a finite number"), msg
 
 
 def test_plain_http_allowed_when_opted_in() -> None:

@@ -6,13 +6,14 @@ field by its dotted path and saying why, so one start-up shows them all.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from sidecar.config.model import (
     AUTH_TYPES,
@@ -199,9 +200,12 @@ class _Section:
         if value is _MISSING or value is None:
             return default
         seconds = _as_duration(value)
-        if seconds is None:
+        if seconds is None or math.isnan(seconds):
             self.err(key, f"must be a duration like 250ms, 5s, 2m or a number of seconds; "
                           f"got {value!r}")
+            return default
+        if seconds > MAX_DURATION:
+            self.err(key, f"must be at most {MAX_DURATION_TEXT}; got {value!r}")
             return default
         if seconds < 0 or (positive and seconds == 0):
             self.err(key, f"must be {'greater than zero' if positive else 'zero or more'}; "
@@ -212,6 +216,9 @@ class _Section:
     def number(self, key: str, default: float, *, minimum: float | None = None,
                maximum: float | None = None) -> float:
         value = self._typed(key, default, _as_float, "a number")
+        if not math.isfinite(value):
+            self.err(key, f"must be a finite number; got {value!r}")
+            return default
         if minimum is not None and value < minimum:
             self.err(key, f"must be at least {minimum:g}; got {value:g}")
             return default
@@ -280,6 +287,25 @@ def _as_bool(value: Any) -> bool:
     if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
         return value.lower() in ("true", "yes", "1")
     raise TypeError
+
+
+#: The longest duration any setting takes: longer ones are mistakes (or overflow timers).
+MAX_DURATION = 10 * 365 * 24 * 3600.0
+MAX_DURATION_TEXT = "10 years"
+_URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
+
+
+def _url_parts(url: str) -> SplitResult | str:
+    """``url`` split, or what is wrong with it: a space or control character anywhere,
+    a malformed IPv6 literal, a port that is not a number from 0 to 65535."""
+    if _URL_FORBIDDEN.search(url):
+        return "must not contain spaces or control characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})"
+    return parts
 
 
 def _as_duration(value: Any) -> float | None:
@@ -394,13 +420,11 @@ def _storage(sec: _Section, env: Mapping[str, str]) -> StorageConfig:
 
 
 def _redis_url_ok(value: str, schemes: tuple[str, ...] = REDIS_SCHEMES) -> bool:
-    parts = urlsplit(value)
+    parts = _url_parts(value)
+    if isinstance(parts, str):
+        return False
     if parts.scheme == "unix":
         return "unix" in schemes and bool(parts.path)
-    try:
-        parts.port  # noqa: B018 - raises on a port that is not a number
-    except ValueError:
-        return False
     return parts.scheme in schemes and bool(parts.hostname)
 
 
@@ -545,7 +569,10 @@ def _base_url(sec: _Section, allow_http: bool) -> str:
     url = sec.string("base_url", required=True)
     if not url:
         return url
-    parts = urlsplit(url)
+    parts = _url_parts(url)
+    if isinstance(parts, str):
+        sec.err("base_url", f"{parts}; got {url!r}")
+        return url
     if parts.scheme not in ("http", "https"):
         sec.err("base_url", f"must be an http:// or https:// URL; got {url!r}")
     elif not parts.hostname:
@@ -557,11 +584,6 @@ def _base_url(sec: _Section, allow_http: bool) -> str:
     elif parts.scheme == "http" and not allow_http:
         sec.err("base_url", "plain http:// is refused; use https:// or set "
                             "allow_insecure_http: true (local development only)")
-    else:
-        try:
-            parts.port  # noqa: B018 - raises on a malformed port
-        except ValueError:
-            sec.err("base_url", f"has an invalid port; got {url!r}")
     # Canonical form: lower-case scheme (so nothing downstream can mistake
     # HTTPS:// for plain HTTP), no trailing slash.
     path = parts.path.rstrip("/") if parts.path not in ("", "/") else ""
@@ -604,10 +626,12 @@ def _plain_or_env(sec: _Section, key: str, env: Mapping[str, str], *,
 
 def _token_url(sec: _Section, allow_http: bool) -> str:
     url = sec.string("token_url", required=True)
-    parts = urlsplit(url)
     if not url:
         return url
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+    parts = _url_parts(url)
+    if isinstance(parts, str):
+        sec.err("token_url", f"{parts}; got {url!r}")
+    elif parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         sec.err("token_url", f"must be an https:// URL with a host; got {url!r}")
     elif parts.username or parts.password:
         sec.err("token_url", "must not contain credentials; use client_id and "
@@ -718,10 +742,19 @@ def _api_version(sec: _Section) -> ApiVersionConfig:
     return cfg
 
 
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a file; False, not an exception, for names no file can have
+    (too long, a NUL byte)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _tls(sec: _Section, base_dir: Path) -> TlsConfig:
     def file(key: str) -> str:
         value = sec.string(key)
-        if value and not (base_dir / value).is_file():
+        if value and not _is_file(base_dir / value):
             sec.err(key, f"file not found: {value}")
         return str(base_dir / value) if value else ""
 
@@ -1105,8 +1138,8 @@ def _jwt(sec: _Section, env: Mapping[str, str], base_dir: Path) -> JwtConfig:
         path = base_dir / key_file
         try:
             public_key = path.read_text()
-        except OSError:
-            sec.err("rs256_public_key_file", f"cannot read {key_file}")
+        except (OSError, ValueError):  # ValueError: a NUL in the name, or not UTF-8 text
+            sec.err("rs256_public_key_file", f"cannot read {key_file!r} as a PEM text file")
     cfg = JwtConfig(
         algorithms=algorithms,
         hs256_secret=sec.secret("hs256_secret_env", env, required=False),
@@ -1198,11 +1231,8 @@ def _otlp_endpoint(sec: _Section, env: Mapping[str, str], enabled: bool) -> str:
 
 
 def _checked_url(sec: _Section, url: str, origin: str) -> str:
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError:
-        parts = urlsplit("")
+    split = _url_parts(url)
+    parts = urlsplit("") if isinstance(split, str) else split
     if parts.scheme not in ("http", "https") or not parts.hostname:
         where = "" if origin == sec.field("endpoint") else f" (from {origin})"
         sec.err("endpoint", f"must be an http:// or https:// URL{where}")
