@@ -81,3 +81,25 @@ async def test_undecodable_bytes_are_malformed_request(channel: grpc.aio.Channel
         rich = rich_error(err)
         assert (rich.code, rich.reason) == (grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_REQUEST)
         assert rich.metadata == {"method": method}
+
+
+async def test_an_enum_value_this_proto_does_not_know_is_refused(
+        channel: grpc.aio.Channel) -> None:
+    """A newer client's start position is not silently taken as LATEST."""
+    request = pb.SubscribeRequest(topics=["t"])
+    request.start = 99  # type: ignore[assignment] # proto3 keeps unknown enum numbers
+    call = channel.unary_stream(f"/{SERVICE.full_name}/Subscribe")(
+        request.SerializeToString(), timeout=5)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call.read()
+    rich = rich_error(info.value)
+    assert (rich.code, [f for f, _ in rich.violations]) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                                            ["start"])
+    ack = pb.AckRequest(group="g", event_ids=["e"])
+    ack.outcome = 7  # type: ignore[assignment]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await channel.unary_unary(f"/{SERVICE.full_name}/Ack")(ack.SerializeToString(),
+                                                               timeout=5)
+    rich = rich_error(info.value)
+    assert (rich.code, [f for f, _ in rich.violations]) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                                            ["outcome"])

@@ -398,8 +398,9 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
                     # The bus's items straight to the stream (no generator in between:
                     # this loop runs per delivery), events first.
                     async for item in self._live.subscribe(
-                            list(request.topics), start=_START_POSITIONS.get(request.start,
-                                                                             "latest"),
+                            # A value this proto does not know is refused by the bus.
+                            list(request.topics), start=_START_POSITIONS.get(
+                                request.start, f"START_POSITION {request.start}"),
                             after_offsets=dict(request.after_offsets),
                             after_event_id=request.after_event_id, transport="grpc",
                             announce=True):
