@@ -12,13 +12,14 @@ REQ    := requirements
 # The installer never reads a user's or machine's uv.toml: the lock alone decides.
 export UV_NO_CONFIG := 1
 
-.PHONY: help venv run test test-python test-node soak protos protos-check lint bench \
+.PHONY: help venv run test test-python test-node soak fuzz protos protos-check lint bench \
 	lock lock-upgrade lock-check check-latest clean
 
 help:
 	@echo "make run          start the sidecar on $(CONFIG) (SQLite, no other service)"
 	@echo "make test         run the whole test suite (Node.js client, then pytest; every failure)"
 	@echo "make soak         rerun the stream, shutdown, replica and client tests SOAK=N times"
+	@echo "make fuzz         property tests of every input boundary, FUZZ_MINUTES each"
 	@echo "make test-node    run the Node.js client's tests"
 	@echo "make protos       regenerate generated/ from protos/"
 	@echo "make protos-check fail if generated/ is stale"
@@ -96,6 +97,13 @@ bench: $(STAMP)
 SOAK ?= 20
 soak: $(STAMP)
 	$(PY) -m tests.soak --runs $(SOAK) $(SOAK_ARGS)
+
+# Every input boundary's property tests, FUZZ_MINUTES each (with FUZZ_SCALE times
+# their own example budget per run); prints the examples run and any finding.
+FUZZ_MINUTES ?= 10
+FUZZ_SCALE ?= 20
+fuzz: $(STAMP)
+	$(PY) -m tests.fuzz --minutes $(FUZZ_MINUTES) --scale $(FUZZ_SCALE) $(FUZZ_ARGS)
 
 lock: $(UV)
 	$(REQ)/lock.sh $(UV) .

@@ -25,6 +25,7 @@ from sidecar.clock import FakeClock
 from sidecar.config import ConfigError, parse_config
 from tests.call_support import call, integration, running
 from tests.certs import CLIENT_CN, Pki, make_pki, openssl_available
+from tests.fuzzing import examples
 from tests.rpc_support import rich_error
 from tests.upstream import Action, Upstream, reply
 
@@ -223,7 +224,7 @@ HEADER_TEXT = st.text(st.one_of(st.characters(codec="utf-8"),
                       max_size=12)
 
 
-@settings(max_examples=8, deadline=None,
+@settings(max_examples=examples(8), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(values=st.lists(HEADER_TEXT, min_size=25, max_size=25))
 async def test_any_header_value_is_sent_or_refused_naming_it(

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from sidecar.config import ConfigError, dump_redacted, load_config, parse_config
 from sidecar.logs import JsonFormatter, SecretScrubber
+from tests.fuzzing import examples
 
 SECRET = "sk_live_51Hc0nfigSECRETvalue"
 GOOD = {
@@ -264,7 +265,7 @@ def test_log_scrubber_masks_secrets_in_messages_extras_and_tracebacks() -> None:
     assert line.count("<redacted>") == 3
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(secret=st.text(min_size=4, max_size=40).filter(lambda s: s.strip() == s and s))
 def test_a_secret_is_scrubbed_in_every_usual_encoding(secret: str) -> None:
     """Raw, percent-encoded (either hex case, '+' for space), base64 (standard and

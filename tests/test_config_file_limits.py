@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from sidecar.app import Sidecar
 from sidecar.config import ConfigError, load_config
 from sidecar.config.yaml_file import MAX_BYTES, MAX_DEPTH, MAX_NODES, read_yaml
+from tests.fuzzing import examples
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,7 +109,7 @@ async def test_a_reload_of_a_hostile_file_is_refused_and_the_sidecar_serves_on(
         await sc.stop()
 
 
-@settings(max_examples=200, deadline=None,
+@settings(max_examples=examples(200), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(content=st.one_of(st.binary(max_size=300), st.text(max_size=300)))
 def test_any_file_content_loads_or_is_a_config_error(tmp_path: Path,

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sidecar.config import ConfigError, parse_config
+from tests.fuzzing import examples
 from tests.test_config_show import ENV, files, full_config  # noqa: F401 - a fixture
 
 
@@ -53,7 +54,7 @@ def put(tree: Any, path: tuple[Any, ...], value: Any) -> Any:
     return out
 
 
-@settings(max_examples=600, deadline=None,
+@settings(max_examples=examples(600), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(where=st.sampled_from(PATHS), value=HOSTILE)
 def test_a_hostile_value_anywhere_is_a_config_or_a_config_error(

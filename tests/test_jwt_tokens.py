@@ -21,6 +21,7 @@ from sidecar.config import JwtConfig, Secret
 from sidecar.edge import jwt_auth
 from sidecar.edge.jwt_auth import REASONS, AuthError, Identity, TokenVerifier
 from tests.conftest import make_config
+from tests.fuzzing import examples
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "jwt-test-hmac-secret-0123456789abcdef"
@@ -52,7 +53,7 @@ def check(token: str) -> None:
     assert identity.expires_at is None or 0 <= identity.expires_at <= jwt_auth.MAX_TIME
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(claims=CLAIMS, headers=HEADERS)
 @example(claims={"sub": "a", "exp": 1e300}, headers={})
 @example(claims={"sub": ""}, headers={})
@@ -67,7 +68,7 @@ def test_any_validly_signed_token_is_an_identity_or_a_documented_refusal(
     check(token)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(token=st.text(max_size=200) | st.lists(st.text(max_size=40), min_size=3,
                                                max_size=3).map(".".join))
 def test_any_string_is_an_identity_or_a_documented_refusal(token: str) -> None:
@@ -100,7 +101,7 @@ def test_every_refusal_reason_is_in_the_code_list_and_documented() -> None:
     assert [r for r in REASONS if f"`{r.upper()}`" not in docs] == []
 
 
-@settings(max_examples=40, deadline=None,
+@settings(max_examples=examples(40), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(claims=CLAIMS, headers=HEADERS)
 async def test_the_upgrade_answers_a_documented_status_for_any_token(

@@ -17,6 +17,7 @@ from integration_sidecar.v1 import sidecar_pb2 as pb
 from sidecar.app import Sidecar
 from sidecar.rpc.guard import MALFORMED_REQUEST
 from tests.conftest import make_config
+from tests.fuzzing import examples
 from tests.rpc_support import rich_error
 
 SERVICE = pb.DESCRIPTOR.services_by_name["SidecarService"]
@@ -61,7 +62,7 @@ def assert_documented(err: grpc.aio.AioRpcError | None, method: str, raw: bytes)
     assert "Exception" not in rich.message and "Traceback" not in rich.message, rich
 
 
-@settings(max_examples=150, deadline=None,
+@settings(max_examples=examples(150), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(target=st.sampled_from(METHODS), raw=st.binary(max_size=64))
 @example(target=METHODS[0], raw=NOT_UTF8)

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from sidecar.app import Sidecar
 from tests.conftest import make_config
+from tests.fuzzing import examples
 from tests.webhook_support import GITHUB_SECRET, WEBHOOK_ENV, WHSEC, webhook_sources
 
 SHOPIFY_SECRET = "shopify-webhook-secret"
@@ -93,7 +94,7 @@ def stored_count(sc: Sidecar) -> int:
         return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
 
 
-@settings(max_examples=60, deadline=None,
+@settings(max_examples=examples(60), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(source=st.sampled_from(["github", "shop", "svix"]), value=VALUE,
        n=st.integers(0, 10**9))

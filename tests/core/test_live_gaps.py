@@ -24,6 +24,7 @@ from sidecar.core.events.live import Gap, Item, LiveBus, LivePolicy, Subscribed
 from sidecar.core.events.models import NewEvent, StoredEvent
 from sidecar.storage.base import IdempotencyClaim
 from tests.clocks import SkippingClock
+from tests.fuzzing import examples
 
 
 class _Log:
@@ -271,7 +272,7 @@ async def _run(scenario: _Scenario) -> None:
     assert bus.subscriber_count(scenario.topics[0]) == 0
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=examples(600), deadline=None)
 @given(_scenarios())
 async def test_every_offset_is_delivered_or_in_one_gap_in_order(scenario: _Scenario) -> None:
     with pytest.MonkeyPatch.context() as patch:

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from sidecar.core.calls.paths import build_url
 from sidecar.errors import InvalidArgument
+from tests.fuzzing import examples
 
 BASES = ["http://api.example:8080/base/v", "https://api.example", "https://api.example/b/"]
 #: Characters that matter to a URL's structure or a server's reading of it, plus a few
@@ -57,7 +58,7 @@ def check(base: str, path: str, version: str) -> None:
     assert urlsplit(url).query == "q=a+b%26c%3Dd"
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=examples(600), deadline=None)
 @given(base=st.sampled_from(BASES), path=FIELD_TEXT, version=FIELD_TEXT)
 @example(base=BASES[0], path="x", version="../../x")
 @example(base=BASES[0], path="x", version="..;/..;/x")
