@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from sidecar.config import ServerTlsConfig
 from sidecar.config.model import DEFAULT_EDGE_HEADER_TIMEOUT as DEFAULT_HEADER_TIMEOUT
@@ -13,6 +15,28 @@ from sidecar.server_tls import TlsMaterial, load_chain, read_material, server_co
 
 #: Seconds a refused request's remaining body is read and discarded before closing.
 LINGER = 1.0
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp logs each request it cannot parse (a line or header too long, a bad
+    chunked body, NUL bytes) as an ERROR with a traceback, though it has answered 400
+    and nothing in the sidecar failed: on an edge facing the internet that is noise an
+    attacker controls. Such records become one WARNING line naming the reason."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            reason = str(getattr(exc, "message", "") or type(exc).__name__)
+            record.msg = "malformed HTTP request refused with 400: %s"
+            record.args = (reason.splitlines()[0][:200],)
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+_MALFORMED = MalformedRequests()
+logging.getLogger("aiohttp.server").addFilter(_MALFORMED)
 
 
 class HttpListener:

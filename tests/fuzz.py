@@ -32,6 +32,7 @@ BOUNDARIES: dict[str, list[str]] = {
     "grpc-bytes": ["tests/test_rpc_raw_bytes.py"],
     "jwt": ["tests/test_jwt_tokens.py"],
     "webhook-headers": ["tests/test_webhooks_header_bytes.py"],
+    "edge-bytes": ["tests/test_edge_malformed.py"],
     "config": ["tests/test_config_file_limits.py",
                "tests/test_config_hostile_values.py"],
     "log-secrets": [
