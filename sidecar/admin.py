@@ -63,10 +63,13 @@ def event_routes(app: web.Application, storage: Storage, clock: Clock,
         q = request.query
         try:
             status = DeliveryStatus(q["status"]) if q.get("status") else None
-            limit = min(int(q.get("limit", "100")), 1000)
+            limit = int(q.get("limit", "100"))
+            if limit < 1:  # a negative LIMIT is no limit at all in SQLite
+                raise ValueError
+            limit = min(limit, 1000)
         except ValueError:
             return json_error(400, "INVALID_ARGUMENT", "status must be one of " + ", ".join(
-                s.value for s in DeliveryStatus) + "; limit an integer")
+                s.value for s in DeliveryStatus) + "; limit an integer from 1 (at most 1000)")
         topic = q.get("topic") or (f"webhooks.{q['source']}" if q.get("source") else None)
         records = await storage.list_deliveries(group=q.get("group"), topic=topic,
                                                 status=status, limit=limit)

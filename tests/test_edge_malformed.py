@@ -4,8 +4,10 @@ connection), never a 5xx, never an ERROR log line with a traceback (#14)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
+import aiohttp
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -76,3 +78,45 @@ async def test_any_header_and_body_bytes_get_a_4xx_or_an_answer_never_an_error(
     address = sidecar.admin.address if admin else sidecar.edge.address
     caplog.clear()
     assert_clean(await answer(address, raw), caplog.records, raw)
+
+
+QUERY = st.dictionaries(st.sampled_from(["status", "limit", "topic", "source", "group"]),
+                        st.one_of(st.text(max_size=12), st.sampled_from(
+                            ["-1", "0", "99999999999999999999", "dead", "nan", "1e9"])),
+                        max_size=4)
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats()
+                    | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.sampled_from(["group", "event_ids", "statuses", "x"]),
+                                      inner, max_size=3), max_leaves=8)
+
+
+@settings(max_examples=examples(80), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(query=QUERY, body=JSON, raw=st.binary(max_size=40), use_raw=st.booleans())
+@example(query={"limit": "-1"}, body={}, raw=b"", use_raw=False)
+async def test_the_admin_endpoints_answer_any_query_or_body_without_an_error(
+        sidecar: Sidecar, caplog: pytest.LogCaptureFixture,  # noqa: F811
+        query: dict[str, str], body: object, raw: bytes, use_raw: bool) -> None:
+    caplog.clear()
+    base = f"http://{sidecar.admin.address}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/webhooks/events", params=query) as resp:
+            assert resp.status in (200, 400), (query, resp.status)
+            if resp.status == 200:
+                events = (await resp.json())["events"]
+                assert len(events) <= 1000
+        data = raw if use_raw else json.dumps(body).encode()
+        async with session.post(f"{base}/webhooks/replay", data=data) as resp:
+            assert resp.status in (200, 400), (data, resp.status)
+        async with session.get(f"{base}/presence", params=query) as resp:
+            assert resp.status < 500
+    assert_clean(200, caplog.records, (query, body))
+
+
+async def test_a_negative_or_zero_limit_is_refused(sidecar: Sidecar) -> None:  # noqa: F811
+    async with aiohttp.ClientSession() as session:
+        for limit in ("-1", "0", "x"):
+            async with session.get(f"http://{sidecar.admin.address}/webhooks/events",
+                                   params={"limit": limit}) as resp:
+                assert resp.status == 400, limit
