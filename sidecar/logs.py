@@ -89,8 +89,26 @@ class TraceIdFilter(logging.Filter):
         return True
 
 
+#: A log field longer than this (hostile text: a header, an upstream's answer) is cut.
+MAX_FIELD_CHARS = 4096
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _capped(value: str) -> str:
+    if len(value) <= MAX_FIELD_CHARS:
+        return value
+    return f"{value[:MAX_FIELD_CHARS]}...({len(value) - MAX_FIELD_CHARS} more characters)"
+
+
+def _one_line(value: str) -> str:
+    """``value`` capped, its control characters written as ``\\xNN``: one log line stays
+    one line, whatever text a client or an upstream sent."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", _capped(value))
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, msg, then any ``extra`` fields."""
+    """One JSON object per line: time, level, logger, msg, then any ``extra`` fields.
+    Strings are capped at :data:`MAX_FIELD_CHARS` (JSON escapes control characters)."""
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, object] = {
@@ -98,11 +116,11 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": _capped(record.getMessage()),
         }
         for key, value in vars(record).items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                out[key] = value
+                out[key] = _capped(value) if isinstance(value, str) else value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         elif record.exc_text:
@@ -111,12 +129,16 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
+    """``level logger: msg key=value ...``, one line per record (the traceback, if any,
+    below it); control characters escaped and fields capped, so no text a client sent
+    can forge a line."""
+
     def format(self, record: logging.LogRecord) -> str:
         extras = " ".join(
-            f"{k}={v}" for k, v in vars(record).items()
+            f"{k}={_one_line(str(v))}" for k, v in vars(record).items()
             if k not in _STANDARD_ATTRS and not k.startswith("_")
         )
-        line = f"{record.levelname.lower():7} {record.name}: {record.getMessage()}"
+        line = f"{record.levelname.lower():7} {record.name}: {_one_line(record.getMessage())}"
         line = f"{line} {extras}" if extras else line
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)

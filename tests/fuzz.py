@@ -35,8 +35,9 @@ BOUNDARIES: dict[str, list[str]] = {
     "edge-bytes": ["tests/test_edge_malformed.py"],
     "config": ["tests/test_config_file_limits.py",
                "tests/test_config_hostile_values.py"],
-    "log-secrets": [
-        "tests/test_config.py::test_a_secret_is_scrubbed_in_every_usual_encoding"],
+    "logs": [
+        "tests/test_config.py::test_a_secret_is_scrubbed_in_every_usual_encoding",
+        "tests/test_config.py::test_hostile_text_stays_one_capped_log_line"],
     "live-gaps": ["tests/core/test_live_gaps.py"],
 }
 _STATS = re.compile(r"- (\d+) passing, (\d+) failing,? and \d+ invalid test cases")

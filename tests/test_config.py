@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import re
 import subprocess
@@ -17,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sidecar.config import ConfigError, dump_redacted, load_config, parse_config
-from sidecar.logs import JsonFormatter, SecretScrubber
+from sidecar.logs import MAX_FIELD_CHARS, JsonFormatter, SecretScrubber, TextFormatter
 from tests.fuzzing import examples
 
 SECRET = "sk_live_51Hc0nfigSECRETvalue"
@@ -281,3 +282,17 @@ def test_a_secret_is_scrubbed_in_every_usual_encoding(secret: str) -> None:
         text = scrubber.scrub(f"GET https://api.example/x?key={form}&y=1 failed")
         assert form not in text, (secret, form, text)
         assert "<redacted>" in text
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(text=st.text(max_size=50) | st.text(min_size=5000, max_size=6000))
+def test_hostile_text_stays_one_capped_log_line(text: str) -> None:
+    """Whatever a client or an upstream sent: one line in either format, fields capped."""
+    record = logging.LogRecord("sidecar.edge", logging.WARNING, __file__, 1,
+                               "rejected %s", (text,), None)
+    record.header = text
+    for formatter in (TextFormatter(), JsonFormatter()):
+        line = formatter.format(record)
+        assert "\n" not in line and "\r" not in line
+        assert len(line) < 3 * MAX_FIELD_CHARS + 500
+    assert json.loads(JsonFormatter().format(record))["header"].startswith(text[:100])
