@@ -52,7 +52,7 @@ def _decoding(deserializer: Callable[[bytes], Any] | None
 def _malformed(method: str) -> InvalidArgument:
     error = InvalidArgument(
         f"the request is not a valid {method.rsplit('/', 1)[-1]} request message (bad "
-        "protobuf bytes, or a string field that is not UTF-8)", reason=MALFORMED_REQUEST)
+        "protobuf bytes, or a string field that is not UTF-8)", reason="MALFORMED_REQUEST")
     error.metadata = {"method": method}
     return error
 
