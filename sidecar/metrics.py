@@ -168,6 +168,7 @@ class Metrics:
             "sidecar_webhooks_received_total",
             "Webhooks received, by source and result (accepted, duplicate, invalid_signature, "
             "missing_signature, stale_timestamp, future_timestamp, malformed, too_large, "
+            "timeout (the body did not arrive within server.edge.body_timeout: 408), "
             "rate_limited, challenge).",
             ["source", "result"], registry=r,
         )
