@@ -40,7 +40,7 @@ async def test_unknown_integration_is_not_found(tmp_path: Path, upstream: Upstre
             await stub.Call(call(integration="nope"), timeout=5)
     err = rich_error(info.value)
     assert err.code == grpc.StatusCode.NOT_FOUND and err.reason == "INTEGRATION_NOT_FOUND"
-    assert err.metadata == {"integration": "nope"}
+    assert err.metadata == {"integration": "nope", "attempts": "0", "upstream_reached": "no"}
 
 
 async def test_bad_arguments_carry_bad_request_details(tmp_path: Path,

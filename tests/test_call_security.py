@@ -566,7 +566,8 @@ async def test_full_bulkhead_fails_fast_and_sends_nothing(tmp_path: Path,
         answers = await asyncio.gather(*held)
         after = await stub.Call(call(path="after"), timeout=5)
     assert (err.code, err.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "BULKHEAD_FULL")
-    assert err.metadata == {"integration": "svc", "limit": "2"}
+    assert err.metadata == {"integration": "svc", "limit": "2", "attempts": "0",
+                            "upstream_reached": "no"}
     assert waited < 1.0
     assert [a.status for a in answers] == [200, 200] and after.status == 200
     assert sorted(s.path for s in upstream.seen) == ["/after", "/held/0", "/held/1"]

@@ -308,6 +308,11 @@ export declare class SidecarError extends Error {
   readonly fieldViolations: FieldViolation[];
   /** The raw trailing metadata. */
   readonly trailers: Metadata | null;
+  /** For a failed call: whether the upstream may have received the request; 'no'
+   * means trying again cannot repeat a side effect. 'maybe' when unknown. */
+  readonly upstreamReached: 'no' | 'maybe' | 'yes';
+  /** For a failed call: how many attempts the sidecar sent; null if unknown. */
+  readonly attempts: number | null;
 }
 export declare class InvalidArgumentError extends SidecarError {}
 export declare class NotFoundError extends SidecarError {}

@@ -145,6 +145,7 @@ async def test_open_breaker_is_a_typed_error_with_reason_and_retry_delay(
         "UNAVAILABLE", "CIRCUIT_OPEN", "integration-sidecar")
     assert err.retry_delay is not None and 0 < err.retry_delay <= 30
     assert str(err).startswith("CIRCUIT_OPEN: ")
+    assert (err.upstream_reached, err.attempts) == ("no", 0)
     assert len(upstream.seen) == 2
 
 

@@ -53,6 +53,21 @@ class SidecarError extends Error {
   get name() {
     return this.constructor.name;
   }
+
+  /**
+   * For a failed call: whether the upstream may have received the request, 'no',
+   * 'maybe' or 'yes'. 'no' means trying again (or another way) cannot repeat a side
+   * effect. Errors that did not come from the sidecar's Call say 'maybe'.
+   */
+  get upstreamReached() {
+    return this.metadata.upstream_reached || 'maybe';
+  }
+
+  /** For a failed call: how many attempts the sidecar sent; null if unknown. */
+  get attempts() {
+    const value = this.metadata.attempts;
+    return value !== undefined && /^[0-9]+$/.test(value) ? Number(value) : null;
+  }
 }
 
 class InvalidArgumentError extends SidecarError {}

@@ -112,6 +112,8 @@ describe('unary RPCs against a real sidecar', { timeout: 60000 }, () => {
     assert.equal(err.domain, 'integration-sidecar');
     assert.ok(err.retryDelayMs > 25000 && err.retryDelayMs <= 30000, `retryDelayMs ${err.retryDelayMs}`);
     assert.equal(upstream.seen.length, before, 'failing fast: nothing reached the upstream');
+    assert.equal(err.upstreamReached, 'no');
+    assert.equal(err.attempts, 0);
   });
 
   it('a bad path is an InvalidArgumentError naming the field', async () => {

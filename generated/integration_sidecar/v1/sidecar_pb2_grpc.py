@@ -86,9 +86,11 @@ class SidecarServiceServicer:
         base URL (the final URL is checked as the upstream will read it),
         malformed headers, a body over the configured limit.
         * UNAVAILABLE (`CIRCUIT_OPEN`, with RetryInfo): the circuit breaker is
-        open; no traffic was sent upstream.
-        * UNAVAILABLE (`UPSTREAM_UNREACHABLE`): every attempt failed at the
-        transport level (connect error, reset, malformed HTTP).
+        open; no attempt of this call was sent upstream.
+        * UNAVAILABLE (`UPSTREAM_UNREACHABLE`): the attempts failed at the
+        transport level (connect error, reset, malformed HTTP), or the last one
+        did and a retry was then refused (`retry_stopped_by` names why, for
+        example `CIRCUIT_OPEN`).
         * UNAVAILABLE (`UPSTREAM_TLS_ERROR`): the upstream's certificate could not
         be verified, or the TLS handshake failed.
         * RESOURCE_EXHAUSTED (`RATE_LIMITED`, with RetryInfo): the integration's
@@ -104,6 +106,15 @@ class SidecarServiceServicer:
         is still in flight.
         * FAILED_PRECONDITION (`IDEMPOTENCY_KEY_REUSED`): the idempotency key was
         used before with a different request.
+
+        Every Call error's ErrorInfo metadata holds `attempts` (how many attempts
+        went out) and `upstream_reached`, whether the upstream may have received
+        the request, so a caller knows whether trying again, or another way, can
+        repeat a side effect: `no` (nothing was sent: a refusal before any
+        attempt, a refused connection, a failed TLS handshake), `maybe` (a reset,
+        a timeout or a malformed answer after the request was sent), `yes` (an
+        answer came). `CIRCUIT_OPEN`, `RATE_LIMITED` and `BULKHEAD_FULL` are only
+        ever answered with `attempts` = 0.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

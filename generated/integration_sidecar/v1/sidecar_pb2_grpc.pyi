@@ -77,9 +77,11 @@ class SidecarServiceStub:
       base URL (the final URL is checked as the upstream will read it),
       malformed headers, a body over the configured limit.
     * UNAVAILABLE (`CIRCUIT_OPEN`, with RetryInfo): the circuit breaker is
-      open; no traffic was sent upstream.
-    * UNAVAILABLE (`UPSTREAM_UNREACHABLE`): every attempt failed at the
-      transport level (connect error, reset, malformed HTTP).
+      open; no attempt of this call was sent upstream.
+    * UNAVAILABLE (`UPSTREAM_UNREACHABLE`): the attempts failed at the
+      transport level (connect error, reset, malformed HTTP), or the last one
+      did and a retry was then refused (`retry_stopped_by` names why, for
+      example `CIRCUIT_OPEN`).
     * UNAVAILABLE (`UPSTREAM_TLS_ERROR`): the upstream's certificate could not
       be verified, or the TLS handshake failed.
     * RESOURCE_EXHAUSTED (`RATE_LIMITED`, with RetryInfo): the integration's
@@ -95,6 +97,15 @@ class SidecarServiceStub:
       is still in flight.
     * FAILED_PRECONDITION (`IDEMPOTENCY_KEY_REUSED`): the idempotency key was
       used before with a different request.
+
+    Every Call error's ErrorInfo metadata holds `attempts` (how many attempts
+    went out) and `upstream_reached`, whether the upstream may have received
+    the request, so a caller knows whether trying again, or another way, can
+    repeat a side effect: `no` (nothing was sent: a refusal before any
+    attempt, a refused connection, a failed TLS handshake), `maybe` (a reset,
+    a timeout or a malformed answer after the request was sent), `yes` (an
+    answer came). `CIRCUIT_OPEN`, `RATE_LIMITED` and `BULKHEAD_FULL` are only
+    ever answered with `attempts` = 0.
     """
     VerifyWebhook: _grpc.UnaryUnaryMultiCallable[_sidecar_pb2.VerifyWebhookRequest, _sidecar_pb2.VerifyWebhookResponse]
     """VerifyWebhook checks a webhook the application received itself, with the
@@ -173,9 +184,11 @@ class SidecarServiceAsyncStub(SidecarServiceStub):
       base URL (the final URL is checked as the upstream will read it),
       malformed headers, a body over the configured limit.
     * UNAVAILABLE (`CIRCUIT_OPEN`, with RetryInfo): the circuit breaker is
-      open; no traffic was sent upstream.
-    * UNAVAILABLE (`UPSTREAM_UNREACHABLE`): every attempt failed at the
-      transport level (connect error, reset, malformed HTTP).
+      open; no attempt of this call was sent upstream.
+    * UNAVAILABLE (`UPSTREAM_UNREACHABLE`): the attempts failed at the
+      transport level (connect error, reset, malformed HTTP), or the last one
+      did and a retry was then refused (`retry_stopped_by` names why, for
+      example `CIRCUIT_OPEN`).
     * UNAVAILABLE (`UPSTREAM_TLS_ERROR`): the upstream's certificate could not
       be verified, or the TLS handshake failed.
     * RESOURCE_EXHAUSTED (`RATE_LIMITED`, with RetryInfo): the integration's
@@ -191,6 +204,15 @@ class SidecarServiceAsyncStub(SidecarServiceStub):
       is still in flight.
     * FAILED_PRECONDITION (`IDEMPOTENCY_KEY_REUSED`): the idempotency key was
       used before with a different request.
+
+    Every Call error's ErrorInfo metadata holds `attempts` (how many attempts
+    went out) and `upstream_reached`, whether the upstream may have received
+    the request, so a caller knows whether trying again, or another way, can
+    repeat a side effect: `no` (nothing was sent: a refusal before any
+    attempt, a refused connection, a failed TLS handshake), `maybe` (a reset,
+    a timeout or a malformed answer after the request was sent), `yes` (an
+    answer came). `CIRCUIT_OPEN`, `RATE_LIMITED` and `BULKHEAD_FULL` are only
+    ever answered with `attempts` = 0.
     """
     VerifyWebhook: _aio.UnaryUnaryMultiCallable[_sidecar_pb2.VerifyWebhookRequest, _sidecar_pb2.VerifyWebhookResponse]  # type: ignore[assignment]
     """VerifyWebhook checks a webhook the application received itself, with the
@@ -272,9 +294,11 @@ class SidecarServiceServicer(metaclass=_abc_1.ABCMeta):
           base URL (the final URL is checked as the upstream will read it),
           malformed headers, a body over the configured limit.
         * UNAVAILABLE (`CIRCUIT_OPEN`, with RetryInfo): the circuit breaker is
-          open; no traffic was sent upstream.
-        * UNAVAILABLE (`UPSTREAM_UNREACHABLE`): every attempt failed at the
-          transport level (connect error, reset, malformed HTTP).
+          open; no attempt of this call was sent upstream.
+        * UNAVAILABLE (`UPSTREAM_UNREACHABLE`): the attempts failed at the
+          transport level (connect error, reset, malformed HTTP), or the last one
+          did and a retry was then refused (`retry_stopped_by` names why, for
+          example `CIRCUIT_OPEN`).
         * UNAVAILABLE (`UPSTREAM_TLS_ERROR`): the upstream's certificate could not
           be verified, or the TLS handshake failed.
         * RESOURCE_EXHAUSTED (`RATE_LIMITED`, with RetryInfo): the integration's
@@ -290,6 +314,15 @@ class SidecarServiceServicer(metaclass=_abc_1.ABCMeta):
           is still in flight.
         * FAILED_PRECONDITION (`IDEMPOTENCY_KEY_REUSED`): the idempotency key was
           used before with a different request.
+
+        Every Call error's ErrorInfo metadata holds `attempts` (how many attempts
+        went out) and `upstream_reached`, whether the upstream may have received
+        the request, so a caller knows whether trying again, or another way, can
+        repeat a side effect: `no` (nothing was sent: a refusal before any
+        attempt, a refused connection, a failed TLS handshake), `maybe` (a reset,
+        a timeout or a malformed answer after the request was sent), `yes` (an
+        answer came). `CIRCUIT_OPEN`, `RATE_LIMITED` and `BULKHEAD_FULL` are only
+        ever answered with `attempts` = 0.
         """
 
     @_abc_1.abstractmethod

@@ -195,6 +195,42 @@ class _Attempts:
     credential: str = ""
     #: A 401 already made the call fetch a new credential (once per call, no loop).
     reauthorized: bool = False
+    #: How the latest attempt that went out failed without an answer, if it did.
+    last_failure: TransportError | None = None
+    #: Whether the upstream may have received the request, over every attempt so far:
+    #: ``no``, ``maybe`` or ``yes`` (see ``REACHED``).
+    reached: str = "no"
+
+    def went_out(self, outcome: UpstreamResponse | TransportError) -> None:
+        """Record an attempt's outcome: an answer, or a failure without one."""
+        if isinstance(outcome, TransportError):
+            self.last_failure = outcome
+            reached = _REACHED_BY_FAILURE.get(outcome.kind, "maybe")
+        else:
+            self.last_response = outcome
+            self.last_failure = None
+            reached = "yes"
+        if REACHED.index(reached) > REACHED.index(self.reached):
+            self.reached = reached
+
+    def annotate(self, error: SidecarError) -> None:
+        """What every Call error says of its attempts, so that a caller knows whether
+        trying again (or elsewhere) can repeat a side effect."""
+        error.metadata["attempts"] = str(self.attempts)
+        error.metadata["upstream_reached"] = self.reached
+
+
+#: ``upstream_reached`` values, from sure-not to sure.
+REACHED = ("no", "maybe", "yes")
+#: A failure without an answer, and whether the request may have arrived: a refused
+#: connection or a failed TLS handshake sent nothing; a reset, a timeout or a
+#: malformed answer may have come after the upstream read (and acted on) the request;
+#: a body over the limit came after an answer's headers.
+_REACHED_BY_FAILURE = {
+    TransportErrorKind.CONNECT: "no", TransportErrorKind.TLS: "no",
+    TransportErrorKind.RESET: "maybe", TransportErrorKind.TIMEOUT: "maybe",
+    TransportErrorKind.PROTOCOL: "maybe", TransportErrorKind.TOO_LARGE: "yes",
+}
 
 
 class CallPipeline:
@@ -367,22 +403,29 @@ class CallPipeline:
 
     async def call(self, req: CallRequest) -> CallResult:
         start = self._clock.monotonic()
+        state = _Attempts(start, req.trace or new_trace(), span=req.span)
         integ = self._integrations.get(req.integration)
         if integ is None:
-            if not req.integration:
-                raise InvalidArgument.of("integration", "is required")
-            raise NotFound(f"integration {req.integration!r} is not configured",
-                           reason="INTEGRATION_NOT_FOUND",
-                           metadata={"integration": req.integration})
+            error: SidecarError = InvalidArgument.of("integration", "is required")
+            if req.integration:
+                error = NotFound(f"integration {req.integration!r} is not configured",
+                                 reason="INTEGRATION_NOT_FOUND",
+                                 metadata={"integration": req.integration})
+            state.annotate(error)
+            raise error
         integ.active += 1
         try:
-            return await self._call(req, integ, start)
+            return await self._call(req, integ, start, state)
+        except SidecarError as exc:
+            state.annotate(exc)
+            raise
         finally:
             integ.active -= 1
             if integ.retired and not integ.active:
                 self._close_soon(*integ.parts())
 
-    async def _call(self, req: CallRequest, integ: _Integration, start: float) -> CallResult:
+    async def _call(self, req: CallRequest, integ: _Integration, start: float,
+                    state: _Attempts) -> CallResult:
         method = (req.method or "GET").upper()
         self._validate(req, method, integ.config)
         cfg = integ.config
@@ -394,17 +437,18 @@ class CallPipeline:
         deadline = start + policy.timeouts.total
         if req.deadline is not None:
             deadline = min(deadline, req.deadline)
-        trace = req.trace or new_trace()
+        state.deadline = deadline
+        trace = state.trace
         headers = self._headers(req, integ, version, trace)
         outcome = "error"
         result: CallResult | None = None
         try:
             if req.idempotency_key:
                 result = await self._with_key(req, integ, policy, method, url, headers,
-                                              _Attempts(deadline, trace, span=req.span), start)
+                                              state, start)
             else:
                 result = await self._execute(req, integ, policy, method, url, headers,
-                                             _Attempts(deadline, trace, span=req.span), start)
+                                             state, start)
             outcome = _outcome(result)
             return result
         except SidecarError as exc:
@@ -413,7 +457,7 @@ class CallPipeline:
         finally:
             duration = self._clock.monotonic() - start
             status = result.status if result else 0
-            attempts = result.attempts if result else 0
+            attempts = state.attempts
             self._observer.call_finished(cfg.name, policy.name, outcome, status, attempts,
                                          duration)
             if req.span is not None:
@@ -555,17 +599,23 @@ class CallPipeline:
             # usable; otherwise an open breaker may be served from the fallback.
             if state.last_response is not None:
                 response = state.last_response
-            elif not isinstance(exc, BreakerOpenError):
-                raise
             else:
-                stale = self._fallback(policy, method, url)
-                if stale is None:
+                stale = (self._fallback(policy, method, url)
+                         if isinstance(exc, BreakerOpenError) else None)
+                if stale is not None:
+                    if state.span is not None:
+                        state.span.event("sidecar.fallback_served")
+                    return CallResult(stale.status, stale.headers, stale.body,
+                                      attempts=state.attempts, stale=True,
+                                      deprecation=stale.deprecation, route=policy.name,
+                                      duration=self._clock.monotonic() - start)
+                if state.last_failure is None:
                     raise
-                if state.span is not None:
-                    state.span.event("sidecar.fallback_served")
-                return CallResult(stale.status, stale.headers, stale.body, attempts=0,
-                                  stale=True, deprecation=stale.deprecation, route=policy.name,
-                                  duration=self._clock.monotonic() - start)
+                # An attempt of this call went out: a refusal of the next one must not
+                # read as "nothing was sent". The answer is what happened to it.
+                error = self._transport_failure(state.last_failure, cfg.name, state)
+                error.metadata["retry_stopped_by"] = exc.reason
+                raise error from None
         except TransportError as exc:
             raise self._transport_failure(exc, cfg.name, state) from None
         attempts = state.attempts
@@ -735,6 +785,7 @@ class CallPipeline:
             finally:
                 integ.bulkhead.release()
         except TransportError as exc:
+            state.went_out(exc)
             duration = self._clock.monotonic() - (t0 or 0.0)
             self._observer.attempt_finished(cfg.name, policy.name, exc.kind.value, duration)
             if permit is not None:
@@ -761,7 +812,7 @@ class CallPipeline:
             if response.status >= 400:
                 client.fail(str(response.status))
             client.end()
-        state.last_response = response
+        state.went_out(response)
         if response.status == 429 and policy.bucket is not None:
             pause = self._server_hint(response, policy)
             if pause:

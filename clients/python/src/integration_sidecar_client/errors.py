@@ -88,6 +88,20 @@ class SidecarError(Exception):
         label = reason or code.name
         super().__init__(f"{label}: {message}" if message else label)
 
+    @property
+    def upstream_reached(self) -> str:
+        """For a failed ``call``: whether the upstream may have received the request,
+        ``"no"``, ``"maybe"`` or ``"yes"``. ``"no"`` means trying again (or another
+        way) cannot repeat a side effect. Errors that did not come from the sidecar's
+        Call (it was unreachable, this client's deadline passed) say ``"maybe"``."""
+        return self.metadata.get("upstream_reached", "maybe")
+
+    @property
+    def attempts(self) -> int | None:
+        """For a failed ``call``: how many attempts the sidecar sent; None if unknown."""
+        value = self.metadata.get("attempts", "")
+        return int(value) if value.isdigit() else None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(code={self.code.name}, reason={self.reason!r})"
 
