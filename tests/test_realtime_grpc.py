@@ -92,7 +92,7 @@ async def test_publish_assigns_ids_and_per_topic_offsets(env: Env) -> None:
 
 
 async def test_publish_validation(env: Env) -> None:
-    for request, field in [(pb.PublishRequest(topic="bad topic"), "topic"),
+    for request, field in [(pb.PublishRequest(topic="bad\ntopic"), "topic"),
                            (pb.PublishRequest(topic="t", data=b"x" * (1024 * 1024 + 1)),
                             "data"),
                            (pb.PublishRequest(topic="t", type="x" * 201), "type")]:

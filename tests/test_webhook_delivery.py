@@ -175,7 +175,7 @@ async def test_ack_errors(env: Env) -> None:
 
 
 async def test_subscribe_validates(env: Env) -> None:
-    stream = env.stub.Subscribe(pb.SubscribeRequest(topics=["bad topic!"], group="app"))
+    stream = env.stub.Subscribe(pb.SubscribeRequest(topics=["bad\ntopic"], group="app"))
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stream.read()
     assert [f for f, _ in rich_error(info.value).violations] == ["topics[0]"]

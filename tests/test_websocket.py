@@ -200,6 +200,60 @@ async def test_rooms_isolate_users_roles_and_broadcast(env: Env) -> None:
     await bob.close()
 
 
+async def test_rooms_from_any_claim_value_can_be_addressed(env: Env) -> None:
+    # What identity providers really put in tokens: Auth0 subjects, e-mail subjects,
+    # roles with spaces and non-ASCII letters.
+    sub, roles = "auth0|5f3a9c", ["Org Admin", "Équipe/Ops"]
+    ws = await env.connect(env.token(sub, roles=roles))
+    assert await subscribed(ws, 4) == {f"user:{sub}", "role:Org Admin", "role:Équipe/Ops",
+                                       "broadcast"}
+    for topic in (f"user:{sub}", "role:Org Admin", "role:Équipe/Ops"):
+        await env.publish(topic, json.dumps({"to": topic}).encode())
+    assert [f["data"]["to"] for f in await frames(ws, 3)] == [
+        f"user:{sub}", "role:Org Admin", "role:Équipe/Ops"]
+    presence = await env.stub.GetPresence(pb.GetPresenceRequest(topic="role:Org Admin"),
+                                          timeout=5)
+    assert (presence.connections, presence.users) == (1, 1)
+    await ws.close()
+    mail = await env.connect(env.token("alice@example.com"))
+    await subscribed(mail, 2)
+    await env.publish("user:alice@example.com", b'{"to": "mail"}')
+    assert (await frames(mail, 1))[0]["data"] == {"to": "mail"}
+    await mail.close()
+
+
+async def test_a_claim_value_that_cannot_name_a_room_is_refused(env: Env) -> None:
+    for token in (env.token("a\nb"), env.token("alice", roles=["ok", "x" * 257]),
+                  env.token("alice", roles=["bad\x00"])):
+        status, reason = await env.refused({"Authorization": f"Bearer {token}"})
+        assert (status, reason) == (401, "INVALID_CLAIMS"), jwt.decode(
+            token, options={"verify_signature": False})
+
+
+@pytest.mark.parametrize("content_type", [
+    "Application/JSON", "application/json; charset=UTF-8",
+    "application/cloudevents+json; charset=UTF-8", "APPLICATION/VND.API+JSON"])
+async def test_json_is_recognised_as_rfc_9110_compares_media_types(
+        env: Env, content_type: str) -> None:
+    ws = await env.connect(env.token("alice"))
+    await subscribed(ws, 2)
+    await env.publish("user:alice", b'{"n": 1}', content_type)
+    frame = (await frames(ws, 1))[0]
+    assert frame["data"] == {"n": 1} and "data_base64" not in frame
+    await ws.close()
+
+
+async def test_text_in_another_charset_is_sent_whole_not_mangled(env: Env) -> None:
+    ws = await env.connect(env.token("alice"))
+    await subscribed(ws, 2)
+    await env.publish("user:alice", "café".encode("latin-1"), "text/plain; charset=latin-1")
+    await env.publish("user:alice", "café".encode(), "TEXT/plain")
+    latin, utf8 = await frames(ws, 2)
+    assert latin["data_base64"] == "Y2Fm6Q==" and "data" not in latin
+    assert utf8["data"] == "café"
+    await ws.close()
+
+
 async def test_subscribe_only_to_topics_the_token_lists(env: Env) -> None:
     ws = await env.connect(env.token("dave", topics=["orders:*"]))
     await subscribed(ws, 2)

@@ -61,6 +61,7 @@ from sidecar.config.model import (
     redis_urls,
 )
 from sidecar.config.yaml_file import YamlFileError, read_yaml
+from sidecar.core.events.topics import topic_problem
 from sidecar.core.resilience.backoff import BackoffPolicy
 from sidecar.core.resilience.breaker import BreakerPolicy
 from sidecar.core.resilience.rate_limit import RateLimitPolicy
@@ -1007,7 +1008,6 @@ def _optional(sec: _Section, key: str, parse: Callable[[_Section], T]) -> T | No
 
 # --------------------------------------------------------------------------- webhooks
 
-_TOPIC_RE = re.compile(r"^[A-Za-z0-9._:/-]{1,200}$")
 
 
 def _secret_list(sec: _Section, env: Mapping[str, str]) -> tuple[Secret, ...]:
@@ -1048,8 +1048,9 @@ def _webhook_source(name: str, sec: _Section, env: Mapping[str, str],
     id_header, id_path = _extraction(sec, "event_id")
     type_header, type_path = _extraction(sec, "event_type")
     topic = sec.string("topic")
-    if topic and not _TOPIC_RE.match(topic):
-        sec.err("topic", f"must be 1-200 characters of A-Z a-z 0-9 . _ - : /; got {topic!r}")
+    problem = topic_problem(topic) if topic else None
+    if problem:
+        sec.err("topic", f"{problem}; got {topic!r}")
     cfg = WebhookSourceConfig(
         name=name, scheme=scheme, secrets=_secret_list(sec, env),
         tolerance=sec.duration("tolerance", WebhookSourceConfig.tolerance),

@@ -47,6 +47,7 @@ from sidecar.config import WebSocketConfig
 from sidecar.core.events.live import Gap, LiveBus, Subscriber
 from sidecar.core.events.models import StoredEvent
 from sidecar.core.events.presence import Presence
+from sidecar.core.events.topics import BROADCAST, media_kind, role_room, topic_problem, user_room
 from sidecar.edge.jwt_auth import AuthError, Identity, TokenVerifier, topic_allowed
 from sidecar.errors import SidecarError
 from sidecar.http_common import json_error
@@ -69,13 +70,17 @@ def event_frame(event: StoredEvent) -> str:
         "id": event.id, "topic": event.topic, "type": event.type, "offset": event.offset,
         "time": event.time, "attributes": event.attributes,
     }
-    if event.content_type.startswith("application/json") or event.content_type.endswith("+json"):
+    kind = media_kind(event.content_type)
+    if kind == "json":
         try:
             frame["data"] = json.loads(event.data)
         except ValueError:
             frame["data_base64"] = base64.b64encode(event.data).decode()
-    elif event.content_type.startswith("text/"):
-        frame["data"] = event.data.decode("utf-8", "replace")
+    elif kind == "text":
+        try:
+            frame["data"] = event.data.decode("utf-8")
+        except UnicodeDecodeError:  # another charset: sent as it is, not mangled
+            frame["data_base64"] = base64.b64encode(event.data).decode()
     else:
         frame["data_base64"] = base64.b64encode(event.data).decode()
     return json.dumps(frame, separators=(",", ":"))
@@ -251,8 +256,8 @@ class WebSocketEdge:
         self._metrics.ws_connections.inc()
         self._schedule_expiry(conn)
         try:
-            rooms = [f"user:{identity.user}", *(f"role:{r}" for r in identity.roles),
-                     "broadcast"]
+            rooms = [user_room(identity.user), *(role_room(r) for r in identity.roles),
+                     BROADCAST]
             for room in rooms:
                 await self._join(conn, room, offsets.get(room))
             for topic, offset in offsets.items():
@@ -292,6 +297,10 @@ class WebSocketEdge:
                 await self._send_error(conn, "INVALID_ARGUMENT", f"unknown frame type {kind!r}")
 
     async def _client_subscribe(self, conn: _Connection, topic: str, offset: int | None) -> None:
+        problem = topic_problem(topic)
+        if problem:
+            await self._send_error(conn, "INVALID_ARGUMENT", f"topic {problem}", topic[:100])
+            return
         if not topic_allowed(conn.identity, topic):
             await self._send_error(conn, "PERMISSION_DENIED",
                                    f"the token does not allow topic {topic!r}", topic)

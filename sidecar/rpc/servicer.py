@@ -18,11 +18,12 @@ from sidecar import __version__
 from sidecar.clock import Clock, SystemClock
 from sidecar.core.calls.models import CallRequest, CallResult
 from sidecar.core.calls.pipeline import CallPipeline
-from sidecar.core.events.groups import ConsumerGroups, validate_topics
+from sidecar.core.events.groups import ConsumerGroups
 from sidecar.core.events.live import Gap as LiveGap
 from sidecar.core.events.live import LiveBus, Subscribed
 from sidecar.core.events.models import AckOutcome, StoredEvent
 from sidecar.core.events.presence import Presence
+from sidecar.core.events.topics import validate_topic
 from sidecar.core.spans import AttributeValue, Span, SpanRecorder, server_span, start_trace
 from sidecar.core.tracing import (
     TRACEPARENT,
@@ -446,7 +447,7 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
         try:
             if self._presence is None:
                 raise _not_yet("GetPresence", "the WebSocket edge is not configured")
-            problems = validate_topics([request.topic])
+            problems = validate_topic(request.topic)
             if problems:
                 raise InvalidArgument.of("topic", problems[0].description)
             stats = self._presence.stats(request.topic)

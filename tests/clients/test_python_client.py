@@ -155,7 +155,7 @@ async def test_bad_argument_names_the_field(tmp_path: Path, upstream: Upstream) 
         with pytest.raises(InvalidArgumentError) as info:
             await sidecar.call("svc", "GET", "https://elsewhere.example/steal")
         with pytest.raises(InvalidArgumentError) as topic:
-            await sidecar.publish("no spaces allowed")
+            await sidecar.publish("no\ncontrol characters")
     assert info.value.reason == "INVALID_ARGUMENT"
     assert [v.field for v in info.value.field_violations] == ["path"]
     assert [v.field for v in topic.value.field_violations] == ["topic"]
@@ -449,7 +449,7 @@ async def test_subscription_gives_up_after_max_attempts(tmp_path: Path) -> None:
 async def test_subscribe_does_not_retry_a_bad_request(tmp_path: Path) -> None:
     async with running(tmp_path) as (_, sidecar):
         with pytest.raises(InvalidArgumentError) as info:
-            async for _ in sidecar.subscribe(["ok", "not ok"]):
+            async for _ in sidecar.subscribe(["ok", "not\nok"]):
                 pass
     assert [v.field for v in info.value.field_violations] == ["topics[1]"]
 

@@ -168,7 +168,7 @@ describe('subscribe against a real sidecar process', { timeout: 60000 }, () => {
     sub.close();
 
     const reconnects = [];
-    const bad = client.subscribe(['no spaces allowed'], { onReconnect: (r) => reconnects.push(r) });
+    const bad = client.subscribe(['no\ncontrol characters'], { onReconnect: (r) => reconnects.push(r) });
     const err = await bad.next().then(() => assert.fail('expected INVALID_ARGUMENT'), (e) => e);
     assert.ok(err instanceof InvalidArgumentError, `got ${err && err.name}`);
     assert.match(err.fieldViolations[0].field, /^topics/);

@@ -20,14 +20,13 @@ from sidecar.clock import Clock
 from sidecar.config import DeliveryConfig
 from sidecar.core.events.models import AckOutcome, Delivery, GroupPolicy
 from sidecar.core.events.notify import TopicNotifier, wait_for_event
+from sidecar.core.events.topics import validate_topics
 from sidecar.core.resilience.backoff import backoff_delay
 from sidecar.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
 
 log = logging.getLogger("sidecar.groups")
 
 GROUP_RE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
-TOPIC_RE = re.compile(r"^[A-Za-z0-9._:/-]{1,200}$")
-MAX_TOPICS = 100
 MAX_ACK_IDS = 1000
 
 
@@ -60,19 +59,6 @@ class _Member:
     #: event id -> Unix time its ack is due.
     held: dict[str, float] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-def validate_topics(topics: Sequence[str]) -> list[FieldViolation]:
-    problems = []
-    if not topics:
-        problems.append(FieldViolation("topics", "at least one topic is required"))
-    if len(topics) > MAX_TOPICS:
-        problems.append(FieldViolation("topics", f"at most {MAX_TOPICS} topics"))
-    for i, topic in enumerate(topics):
-        if not TOPIC_RE.match(topic):
-            problems.append(FieldViolation(
-                f"topics[{i}]", "must be 1-200 characters of A-Z a-z 0-9 . _ - : /"))
-    return problems
 
 
 class ConsumerGroups:

@@ -24,9 +24,9 @@ from typing import Protocol
 
 from sidecar.clock import Clock, SystemClock
 from sidecar.core.events.follow import EventFeed, EventFollower
-from sidecar.core.events.groups import validate_topics
 from sidecar.core.events.models import NewEvent, StoredEvent, new_event_id
 from sidecar.core.events.notify import wait_for_event
+from sidecar.core.events.topics import topic_class, validate_topic, validate_topics
 from sidecar.core.tracing import TRACEPARENT, TRACESTATE
 from sidecar.errors import (
     Aborted,
@@ -203,18 +203,6 @@ class _IdleTimer:
         self._handle.cancel()
 
 
-def topic_class(topic: str) -> str:
-    if topic.startswith("user:"):
-        return "user"
-    if topic.startswith("role:"):
-        return "role"
-    if topic == "broadcast":
-        return "broadcast"
-    if topic.startswith("webhooks."):
-        return "webhooks"
-    return "other"
-
-
 class LiveBus:
     def __init__(self, store: LiveStore, clock: Clock, policy: LivePolicy,
                  observer: LiveObserver, notify: Callable[[str], None]) -> None:
@@ -231,7 +219,7 @@ class LiveBus:
 
     def _validate(self, topic: str, type_: str, data: bytes, attributes: Mapping[str, str],
                   key: str) -> None:
-        problems = [FieldViolation("topic", v.description) for v in validate_topics([topic])]
+        problems = validate_topic(topic)
         if len(type_) > MAX_TYPE:
             problems.append(FieldViolation("type", f"at most {MAX_TYPE} characters"))
         if len(data) > self._policy.max_data_bytes:
