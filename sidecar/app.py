@@ -23,6 +23,7 @@ from sidecar import __version__
 from sidecar.admin import Readiness, build_admin_app, event_routes
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config, ConfigError, IntegrationConfig, load_config
+from sidecar.config.policies import webhook_settings
 from sidecar.core.calls.credentials import CredentialFactory, CredentialSource
 from sidecar.core.calls.fan_out import FanOutObserver
 from sidecar.core.calls.health_window import CallHealth
@@ -165,7 +166,7 @@ class Sidecar:
         if getattr(self.storage, "follows_events", False):
             # Shared backend: every replica's events reach this one's subscribers.
             self.live.follow(self.storage, self.notifier.topics)  # type: ignore[arg-type]
-        self.webhooks = WebhookIngest(config.webhooks, self.storage, self.clock,
+        self.webhooks = WebhookIngest(webhook_settings(config.webhooks), self.storage, self.clock,
                                       self.event_metrics, self.live.deliver)
         self.groups = ConsumerGroups(self.storage, self.clock, config.webhooks.delivery,
                                      self.notifier, self.event_metrics,
@@ -383,7 +384,7 @@ class Sidecar:
         for listener, material in tls:
             listener.reload_tls(material)
         if effective.webhooks != running.webhooks:
-            self.webhooks.update(effective.webhooks)
+            self.webhooks.update(webhook_settings(effective.webhooks))
             self.webhook_edge.update(effective.webhooks)
         websocket = effective.realtime.websocket
         if self.websocket is not None and websocket != running.realtime.websocket:

@@ -14,8 +14,20 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-from sidecar.config.model import ServerTlsConfig
+
+class TlsFiles(Protocol):
+    """The files of one listener's TLS (the config's ``server.*.tls`` is one)."""
+
+    @property
+    def cert_file(self) -> str: ...
+
+    @property
+    def key_file(self) -> str: ...
+
+    @property
+    def client_ca_file(self) -> str: ...
 
 
 class TlsFileError(Exception):
@@ -86,7 +98,7 @@ def server_context(material: TlsMaterial) -> ssl.SSLContext:
     return context
 
 
-def read_material(config: ServerTlsConfig, field_prefix: str) -> TlsMaterial:
+def read_material(config: TlsFiles, field_prefix: str) -> TlsMaterial:
     """Read and check one listener's files; raises ``TlsFileError`` naming the field."""
     material = TlsMaterial(
         cert_chain=_read(config.cert_file, f"{field_prefix}.cert_file"),

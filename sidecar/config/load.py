@@ -60,12 +60,15 @@ from sidecar.config.model import (
     parse_key_values,
     redis_urls,
 )
+from sidecar.config.policies import scheme_config
 from sidecar.config.yaml_file import YamlFileError, read_yaml
 from sidecar.core.events.topics import topic_problem
 from sidecar.core.resilience.backoff import BackoffPolicy
 from sidecar.core.resilience.breaker import BreakerPolicy
 from sidecar.core.resilience.rate_limit import RateLimitPolicy
 from sidecar.core.resilience.retry_budget import RetryBudgetPolicy
+from sidecar.core.webhooks import validate_scheme_config
+from sidecar.server_tls import TlsFileError, read_material
 
 T = TypeVar("T")
 
@@ -343,9 +346,6 @@ def _server_tls(sec: _Section, base_dir: Path, *, client_ca: bool) -> ServerTlsC
     sec.finish({"client_ca_file": "client certificates are checked on the gRPC listener "
                                   "only"} if not client_ca else None)
     if cfg.cert_file and cfg.key_file:
-        # Imported here: the TLS module imports this package's models.
-        from sidecar.server_tls import TlsFileError, read_material
-
         try:
             read_material(cfg, sec.path)
         except TlsFileError as exc:
@@ -1072,10 +1072,6 @@ def _webhook_source(name: str, sec: _Section, env: Mapping[str, str],
     sec.finish({"secrets": "secrets come from the environment: use secrets_env",
                 "secret": "secrets come from the environment: use secrets_env"})
     if scheme and cfg.secrets:
-        # Imported here: the core imports this package's models at import time.
-        from sidecar.core.webhooks import validate_scheme_config
-        from sidecar.core.webhooks.ingest import scheme_config
-
         for problem in validate_scheme_config(scheme_config(cfg)):
             sec.problems.add(sec.path, problem)
     return cfg

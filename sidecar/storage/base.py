@@ -1,40 +1,23 @@
-"""The storage interface every backend implements (SQLite and Redis).
+"""The storage interface every backend implements (SQLite and Redis): the ports core
+declares (idempotency records, the event log, durable groups, webhook records) plus
+what operators and the process need.
 
-It holds idempotency records now; webhook events and the event log join it
-with the features that need them. Times are Unix seconds passed in by the
-caller, so backends never read a clock of their own.
+Times are Unix seconds passed in by the caller, so backends never read a clock of
+their own.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from sidecar.core.events.groups import GroupStore
 from sidecar.core.events.models import DeliveryRecord, DeliveryStatus, NewEvent, StoredEvent
+from sidecar.core.idempotency import ClaimStatus, IdempotencyClaim, IdempotencyStore
 from sidecar.core.webhooks.ingest import EventStore
 
 
-class ClaimStatus(enum.Enum):
-    #: The key was free (or its old in-flight lease ran out): the caller owns it.
-    CLAIMED = "claimed"
-    #: Another call with this key and request is still running.
-    IN_FLIGHT = "in_flight"
-    #: The key was used with a different request fingerprint.
-    CONFLICT = "conflict"
-    #: The key completed before with this request; ``response`` holds the answer.
-    COMPLETED = "completed"
-
-
-@dataclass(frozen=True)
-class IdempotencyClaim:
-    status: ClaimStatus
-    response: bytes | None = None
-
-
-class Storage(EventStore, GroupStore, Protocol):
+class Storage(EventStore, GroupStore, IdempotencyStore, Protocol):
     """Durable state shared by the sidecar's features."""
 
     #: Short name for logs and metrics, e.g. ``sqlite``.
@@ -51,23 +34,6 @@ class Storage(EventStore, GroupStore, Protocol):
 
     async def schema_version(self) -> int:
         """The schema version the store is at."""
-
-    async def idempotency_claim(
-        self, scope: str, key: str, fingerprint: str, *, now: float, lease: float
-    ) -> IdempotencyClaim:
-        """Atomically claim ``key`` in ``scope`` for a request with ``fingerprint``.
-
-        A claim is in flight for ``lease`` seconds (so a crashed caller does not
-        block the key forever).
-        """
-
-    async def idempotency_complete(
-        self, scope: str, key: str, response: bytes, *, now: float, ttl: float
-    ) -> None:
-        """Store the final response for a claimed key."""
-
-    async def idempotency_release(self, scope: str, key: str) -> None:
-        """Drop an in-flight claim whose call produced no storable answer."""
 
     async def append_event(self, event: NewEvent, *, now: float,
                            durable: bool = True) -> StoredEvent:
@@ -101,3 +67,6 @@ class Storage(EventStore, GroupStore, Protocol):
         ``events_before`` or beyond ``max_per_topic`` per topic, except topics in
         ``durable_topics``, which keep events until their own cutoff (a time).
         Returns how many records went."""
+
+
+__all__ = ["ClaimStatus", "IdempotencyClaim", "Storage"]

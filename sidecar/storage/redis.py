@@ -61,9 +61,9 @@ from typing import Any
 from redis import exceptions as redis_errors
 
 from sidecar.clock import Clock
+from sidecar.core.idempotency import ClaimStatus, IdempotencyClaim
 from sidecar.core.resilience.rate_limit import RateLimiter, RateLimitPolicy
 from sidecar.errors import StorageUnavailable
-from sidecar.storage.base import ClaimStatus, IdempotencyClaim
 from sidecar.storage.migrations import SchemaTooNew
 from sidecar.storage.redis_endpoint import Client, RedisEndpoint, cluster_prefix
 from sidecar.storage.redis_events import RedisEventsMixin

@@ -43,8 +43,8 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
+from sidecar.core.idempotency import ClaimStatus, IdempotencyClaim
 from sidecar.errors import StorageUnavailable
-from sidecar.storage.base import ClaimStatus, IdempotencyClaim
 from sidecar.storage.migrations import MIGRATIONS, Migration, current_version, migrate
 from sidecar.storage.sqlite_events import SqliteEventsMixin
 

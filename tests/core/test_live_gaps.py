@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from sidecar.core.events import live
 from sidecar.core.events.live import Gap, Item, LiveBus, LivePolicy, Subscribed
 from sidecar.core.events.models import NewEvent, StoredEvent
-from sidecar.storage.base import IdempotencyClaim
+from sidecar.core.idempotency import IdempotencyClaim
 from tests.clocks import SkippingClock
 from tests.fuzzing import examples
 

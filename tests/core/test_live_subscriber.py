@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sidecar.core.events.live import Subscriber, topic_class
+from sidecar.core.events.live import Subscriber
+from sidecar.core.events.topics import topic_class
 from sidecar.core.events.models import StoredEvent
 
 

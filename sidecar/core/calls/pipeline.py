@@ -40,6 +40,7 @@ from sidecar.core.calls.models import (
 from sidecar.core.calls.observer import CallObserver, NullObserver
 from sidecar.core.calls.paths import build_url, route_matches, safe_path
 from sidecar.core.calls.stored import decode_result, encode_result, fingerprint
+from sidecar.core.idempotency import ClaimStatus, IdempotencyStore
 from sidecar.core.resilience import (
     BreakerOpenError,
     CircuitBreaker,
@@ -71,7 +72,6 @@ from sidecar.errors import (
     Unavailable,
     UpstreamAuthFailed,
 )
-from sidecar.storage.base import ClaimStatus, Storage
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
@@ -237,7 +237,7 @@ class CallPipeline:
     def __init__(
         self,
         config: Config,
-        storage: Storage,
+        storage: IdempotencyStore,
         transport_factory: TransportFactory,
         clock: Clock,
         *,

@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from sidecar.clock import Clock
-from sidecar.config import DeliveryConfig
 from sidecar.core.events.models import AckOutcome, Delivery, GroupPolicy
 from sidecar.core.events.notify import TopicNotifier, wait_for_event
 from sidecar.core.events.topics import validate_topics
-from sidecar.core.resilience.backoff import backoff_delay
+from sidecar.core.resilience.backoff import BackoffPolicy, backoff_delay
 from sidecar.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
 
 log = logging.getLogger("sidecar.groups")
@@ -61,8 +60,37 @@ class _Member:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+class DeliverySettings(Protocol):
+    """What durable groups read of the operator's delivery settings (the config's
+    ``webhooks.delivery`` is one)."""
+
+    @property
+    def ack_timeout(self) -> float:
+        """Seconds a member has to ack before the event goes to another delivery."""
+
+    @property
+    def max_attempts(self) -> int:
+        """Deliveries before an event is dead-lettered."""
+
+    @property
+    def backoff(self) -> BackoffPolicy:
+        """Delay before redelivering an event acked with "retry" (grows per attempt)."""
+
+    @property
+    def default_in_flight(self) -> int:
+        """Unacked events per member when the subscriber does not ask."""
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most unacked events per member a subscriber may ask for."""
+
+    @property
+    def heartbeat(self) -> float:
+        """Seconds between heartbeats on an idle stream."""
+
+
 class ConsumerGroups:
-    def __init__(self, store: GroupStore, clock: Clock, config: DeliveryConfig,
+    def __init__(self, store: GroupStore, clock: Clock, config: DeliverySettings,
                  notifier: TopicNotifier, observer: GroupObserver,
                  interest: Callable[[Sequence[str]], Awaitable[None]] | None = None) -> None:
         self._store = store

@@ -27,6 +27,7 @@ from sidecar.core.events.follow import EventFeed, EventFollower
 from sidecar.core.events.models import NewEvent, StoredEvent, new_event_id
 from sidecar.core.events.notify import wait_for_event
 from sidecar.core.events.topics import topic_class, validate_topic, validate_topics
+from sidecar.core.idempotency import ClaimStatus, IdempotencyClaim
 from sidecar.core.tracing import TRACEPARENT, TRACESTATE
 from sidecar.errors import (
     Aborted,
@@ -35,7 +36,6 @@ from sidecar.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from sidecar.storage.base import ClaimStatus, IdempotencyClaim
 
 log = logging.getLogger("sidecar.live")
 

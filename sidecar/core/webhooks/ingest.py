@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from sidecar.clock import Clock
-from sidecar.config import WebhooksConfig, WebhookSourceConfig
 from sidecar.core.events.models import IngestResult, NewEvent, StoredEvent, new_event_id
 from sidecar.core.tracing import TraceContext, from_headers, new_trace
 from sidecar.core.webhooks.schemes import SchemeConfig, verify
@@ -30,16 +29,24 @@ AUDIT_HEADERS = frozenset({
 })
 
 
-def scheme_config(source: WebhookSourceConfig) -> SchemeConfig:
-    return SchemeConfig(
-        scheme=source.scheme, secrets=tuple(s.value for s in source.secrets),
-        tolerance=source.tolerance, algorithm=source.algorithm,
-        signature_header=source.signature_header, encoding=source.encoding,
-        prefix=source.prefix, signed_content=source.signed_content,
-        timestamp_header=source.timestamp_header, id_header=source.id_header,
-        event_id_header=source.event_id_header, event_id_path=source.event_id_path,
-        event_type_header=source.event_type_header, event_type_path=source.event_type_path,
-    )
+@dataclass(frozen=True)
+class WebhookSource:
+    """One webhook source as ingest sees it (``sidecar.config.policies`` builds it from
+    the operator's config)."""
+
+    name: str
+    #: The topic its events are stored on.
+    topic: str
+    #: Bodies over this many bytes are refused before they are read.
+    max_body_bytes: int
+    scheme: SchemeConfig
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    sources: Mapping[str, WebhookSource] = field(default_factory=dict)
+    #: Seconds provider event ids are remembered for de-duplication.
+    retention: float = 7 * 86400.0
 
 
 class IngestObserver(Protocol):
@@ -73,21 +80,19 @@ class IngestOutcome:
 
 
 class WebhookIngest:
-    def __init__(self, config: WebhooksConfig, store: EventStore, clock: Clock,
+    def __init__(self, config: WebhookSettings, store: EventStore, clock: Clock,
                  observer: IngestObserver, notify: Callable[[StoredEvent], None]) -> None:
         self._config = config
-        self._schemes = {name: scheme_config(src) for name, src in config.sources.items()}
         self._store = store
         self._clock = clock
         self._observer = observer
         self._notify = notify
 
-    def update(self, config: WebhooksConfig) -> None:
+    def update(self, config: WebhookSettings) -> None:
         """Reload: sources, secrets and retention apply from the next request on."""
-        self._schemes = {name: scheme_config(src) for name, src in config.sources.items()}
         self._config = config
 
-    def source(self, name: str) -> WebhookSourceConfig:
+    def source(self, name: str) -> WebhookSource:
         src = self._config.sources.get(name)
         if src is None:
             raise NotFound(f"webhook source {name!r} is not configured",
@@ -105,7 +110,7 @@ class WebhookIngest:
         start = self._clock.monotonic()
         source = self.source(source_name)
         now = self._clock.time()
-        verdict = verify(self._schemes[source_name], request, now)
+        verdict = verify(source.scheme, request, now)
         outcome = IngestOutcome(verdict)
         if verdict.valid and verdict.challenge is None and record:
             event_trace = hop or from_headers(request.headers) or trace or new_trace()
@@ -126,14 +131,14 @@ class WebhookIngest:
         return outcome
 
     @staticmethod
-    def _event(source: WebhookSourceConfig, request: WebhookRequest, verdict: Verdict,
+    def _event(source: WebhookSource, request: WebhookRequest, verdict: Verdict,
                now: float, trace: TraceContext) -> NewEvent:
         attributes = {"source": source.name, **trace.attributes()}
         if verdict.event_id:
             attributes["provider_event_id"] = verdict.event_id
         content_type = as_text(next((v for k, v in request.headers
                                      if k.lower() == "content-type"), ""))
-        return NewEvent(id=new_event_id(now), topic=source.topic_name, type=verdict.event_type,
+        return NewEvent(id=new_event_id(now), topic=source.topic, type=verdict.event_type,
                         data=request.body, content_type=content_type, attributes=attributes)
 
 
@@ -146,4 +151,4 @@ def _content_key(body: bytes) -> str:
     return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
-__all__ = ["IngestOutcome", "VerifyResult", "WebhookIngest", "scheme_config"]
+__all__ = ["IngestOutcome", "VerifyResult", "WebhookIngest", "WebhookSettings", "WebhookSource"]
