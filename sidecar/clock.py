@@ -10,7 +10,13 @@ import asyncio
 import heapq
 import itertools
 import time
+from collections.abc import Callable
 from typing import Protocol
+
+
+class Timer(Protocol):
+    def cancel(self) -> None:
+        """The callback will not run (if it has not yet)."""
 
 
 class Clock(Protocol):
@@ -22,6 +28,10 @@ class Clock(Protocol):
 
     async def sleep(self, seconds: float) -> None:
         """Wait ``seconds`` on this clock."""
+
+    def call_later(self, seconds: float, callback: Callable[[], object]) -> Timer:
+        """Run ``callback`` once ``seconds`` have passed on this clock: a timer, not a
+        task, for things that wait for most of their life (heartbeats, expiries)."""
 
 
 class SystemClock:
@@ -36,6 +46,20 @@ class SystemClock:
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
 
+    def call_later(self, seconds: float, callback: Callable[[], object]) -> Timer:
+        return asyncio.get_running_loop().call_later(max(0.0, seconds), callback)
+
+
+class _FakeTimer:
+    __slots__ = ("callback", "cancelled")
+
+    def __init__(self, callback: Callable[[], object]) -> None:
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
 
 class FakeClock:
     """A clock that moves only when told to; sleepers wake when it passes them."""
@@ -44,6 +68,7 @@ class FakeClock:
         self._now = start
         self._wall_offset = wall_offset
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._timers: list[tuple[float, int, _FakeTimer]] = []
         self._seq = itertools.count()
 
     def monotonic(self) -> float:
@@ -60,6 +85,12 @@ class FakeClock:
         heapq.heappush(self._sleepers, (self._now + seconds, next(self._seq), fut))
         await fut
 
+    def call_later(self, seconds: float, callback: Callable[[], object]) -> Timer:
+        """The callback runs inside the :meth:`advance` that passes its time."""
+        timer = _FakeTimer(callback)
+        heapq.heappush(self._timers, (self._now + max(0.0, seconds), next(self._seq), timer))
+        return timer
+
     @property
     def sleepers(self) -> int:
         """How many sleeps are pending."""
@@ -72,3 +103,8 @@ class FakeClock:
             _, _, fut = heapq.heappop(self._sleepers)
             if not fut.done():
                 fut.set_result(None)
+        while self._timers and self._timers[0][0] <= self._now:
+            _, _, timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                timer.cancelled = True  # runs once
+                timer.callback()

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import Mapping
@@ -42,7 +43,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
-from sidecar.clock import Clock, SystemClock
+from sidecar.clock import Clock, Timer
 from sidecar.config import WebSocketConfig
 from sidecar.core.events.live import Gap, LiveBus, Subscriber
 from sidecar.core.events.models import StoredEvent
@@ -147,7 +148,7 @@ class _Connection:
     #: topic -> this connection's place in the topic's room.
     members: dict[str, _Member] = field(default_factory=dict)
     #: The token-expiry timer, then the task closing the connection with 4001.
-    expiry: asyncio.TimerHandle | asyncio.Task[None] | None = None
+    expiry: Timer | asyncio.Task[None] | None = None
     #: The task closing the connection as a slow consumer.
     closer: asyncio.Task[bool] | None = None
     #: Frames fanned out in this turn of the event loop, written together at its end.
@@ -541,19 +542,12 @@ class WebSocketEdge:
         exp = conn.identity.expires_at
         if exp is None:
             return
-        if type(self._clock) is SystemClock:
-            # A timer handle, not a sleeping task, for every connection's lifetime.
-            conn.expiry = asyncio.get_running_loop().call_later(
-                max(0.0, exp - self._clock.time()), self._close_expired, conn)
-        else:
-            conn.expiry = asyncio.ensure_future(self._expire(conn, exp))
+        # A timer, not a sleeping task, for every connection's lifetime.
+        conn.expiry = self._clock.call_later(max(0.0, exp - self._clock.time()),
+                                             functools.partial(self._close_expired, conn))
 
     def _close_expired(self, conn: _Connection) -> None:
         conn.expiry = asyncio.ensure_future(self._close_token_expired(conn))
-
-    async def _expire(self, conn: _Connection, exp: float) -> None:
-        await self._clock.sleep(max(0.0, exp - self._clock.time()))
-        await self._close_token_expired(conn)
 
     async def _close_token_expired(self, conn: _Connection) -> None:
         self._leave_all(conn)

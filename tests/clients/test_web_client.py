@@ -25,7 +25,7 @@ from integration_sidecar.v1 import sidecar_pb2 as pb
 from integration_sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 from sidecar.app import Sidecar
-from sidecar.clock import FakeClock
+from sidecar.clock import FakeClock, Timer
 from tests.conftest import make_config
 from tests.system_tools import CHROMIUM_ARGS, chromium_path
 
@@ -360,19 +360,19 @@ async def test_topics_with_no_event_yet_resume_and_refused_topics_are_dropped(
 class ExpiryClock(FakeClock):
     """The sidecar's clock for token expiry: wall time as the test starts (so PyJWT, on
     the real clock, and the sidecar agree at first), then it moves only when told.
-    ``expiry_timers`` waits until that many long sleeps (the connections' expiry
-    timers) are pending, so time moves on only once every connection has one."""
+    ``expiry_timers`` waits until that many long timers (the connections' token
+    expiries) are pending, so time moves on only once every connection has one."""
 
     def __init__(self) -> None:
         super().__init__(start=0.0, wall_offset=time.time())
         self._asked = asyncio.Event()
         self._long: list[float] = []
 
-    async def sleep(self, seconds: float) -> None:
+    def call_later(self, seconds: float, callback: Callable[[], object]) -> Timer:
         if seconds > TOKEN_TTL / 2:
             self._long.append(self.monotonic() + seconds)
             self._asked.set()
-        await super().sleep(seconds)
+        return super().call_later(seconds, callback)
 
     async def expiry_timers(self, count: int) -> None:
         while sum(1 for due in self._long if due > self.monotonic()) < count:

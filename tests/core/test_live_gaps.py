@@ -3,9 +3,9 @@ start is delivered or reported in a Gap, once, in order; drops made while the
 subscriber is handing out a Gap, replaying or reading its start are not lost, and a
 Gap never covers an offset the subscriber delivers.
 
-Driven step by step: the log answers without suspending, and the clock's sleeps return
-at once, so a read that finds nothing to hand out yields a heartbeat (None) instead of
-waiting: the schedule alone decides what happens when.
+Driven step by step: the log answers without suspending, and the clock's timers fire
+as soon as the loop turns, so a read that finds nothing to hand out yields a heartbeat
+(None) instead of waiting: the schedule alone decides what happens when.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from sidecar.core.events import live
 from sidecar.core.events.live import Gap, Item, LiveBus, LivePolicy, Subscribed
 from sidecar.core.events.models import NewEvent, StoredEvent
 from sidecar.core.idempotency import IdempotencyClaim
-from tests.clocks import SkippingClock
+from tests.clocks import JumpingClock
 from tests.fuzzing import examples
 
 
@@ -96,7 +96,7 @@ class _Observer:
 
 
 def _bus(log: _Log, queue_size: int, observer: _Observer | None = None) -> LiveBus:
-    return LiveBus(log, SkippingClock(), LivePolicy(queue_size=queue_size,
+    return LiveBus(log, JumpingClock(), LivePolicy(queue_size=queue_size,
                                                     slow_consumer="drop_oldest"),
                    observer or _Observer(), lambda topic: None)
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from sidecar.core.events.live import Subscriber
-from sidecar.core.events.topics import topic_class
 from sidecar.core.events.models import StoredEvent
+from sidecar.core.events.topics import topic_class
 
 
 def ev(offset: int, topic: str = "t") -> StoredEvent:

@@ -17,15 +17,13 @@ import json
 import logging
 import math
 import re
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sidecar.clock import Clock, SystemClock
+from sidecar.clock import Clock
 from sidecar.core.events.follow import EventFeed, EventFollower
 from sidecar.core.events.models import NewEvent, StoredEvent, new_event_id
-from sidecar.core.events.notify import wait_for_event
 from sidecar.core.events.topics import topic_class, validate_topic, validate_topics
 from sidecar.core.idempotency import ClaimStatus, IdempotencyClaim
 from sidecar.core.tracing import TRACEPARENT, TRACESTATE
@@ -170,34 +168,34 @@ class Subscriber:
 
 
 class _IdleTimer:
-    """A live subscriber's heartbeat on the real clock: ``due`` (and ``wake`` set) once
-    ``interval`` seconds pass with no :meth:`active`. One timer handle per interval, not
-    one per wait: a subscriber that keeps up waits once per delivery, and idle ones
-    spend their life waiting."""
+    """A live subscriber's heartbeat: ``due`` (and ``wake`` set) once ``interval``
+    seconds pass on the clock with no :meth:`active`. One timer per interval, not one
+    per wait: a subscriber that keeps up waits once per delivery, and idle ones spend
+    their life waiting."""
 
-    __slots__ = ("_handle", "_interval", "_last", "_loop", "_wake", "due")
+    __slots__ = ("_clock", "_handle", "_interval", "_last", "_wake", "due")
 
-    def __init__(self, wake: asyncio.Event, interval: float) -> None:
-        self._loop = asyncio.get_running_loop()
+    def __init__(self, wake: asyncio.Event, interval: float, clock: Clock) -> None:
+        self._clock = clock
         self._wake = wake
         self._interval = interval
-        self._last = self._loop.time()
+        self._last = clock.monotonic()
         self.due = False
-        self._handle = self._loop.call_at(self._last + interval, self._check)
+        self._handle = clock.call_later(interval, self._check)
 
     def active(self) -> None:
-        self._last = self._loop.time()
+        self._last = self._clock.monotonic()
         self.due = False
 
     def _check(self) -> None:
-        now = self._loop.time()
+        now = self._clock.monotonic()
         at = self._last + self._interval
         if now >= at - 0.001:  # timers may fire a little early
             self.due = True
             self._wake.set()
             self._last = now
             at = now + self._interval
-        self._handle = self._loop.call_at(at, self._check)
+        self._handle = self._clock.call_later(at - now, self._check)
 
     def cancel(self) -> None:
         self._handle.cancel()
@@ -431,10 +429,9 @@ class LiveBus:
                     yield item
             # Tail live events (inline, not a nested generator: this runs per delivery).
             beat = heartbeat or self._policy.heartbeat
-            idle = (_IdleTimer(sub.wake, beat)
-                    if type(self._clock) is SystemClock and beat != math.inf else None)
+            idle = _IdleTimer(sub.wake, beat, self._clock) if beat != math.inf else None
             delivered = self._observer.delivery_recorder(transport)
-            now = time.time if type(self._clock) is SystemClock else self._clock.time
+            now = self._clock.time
             try:
                 while True:
                     if sub.closed_reason == "slow consumer":
@@ -464,17 +461,12 @@ class LiveBus:
                             idle.active()
                         yield item
                         continue
-                    if idle is not None:
-                        if idle.due:
-                            idle.due = False
-                            yield None
-                            continue
-                        sub.wake.clear()
-                        await sub.wake.wait()
+                    if idle is not None and idle.due:
+                        idle.due = False
+                        yield None
                         continue
                     sub.wake.clear()
-                    if not await self._wait(sub.wake, beat):
-                        yield None
+                    await sub.wake.wait()
             finally:
                 if idle is not None:
                     idle.cancel()
@@ -546,14 +538,6 @@ class LiveBus:
                 after = e.offset
             if len(batch) < REPLAY_BATCH:
                 return
-
-    async def _wait(self, wake: asyncio.Event, heartbeat: float) -> bool:
-        """Wait for ``wake`` at most ``heartbeat`` seconds; True if woken."""
-        if type(self._clock) is not SystemClock:
-            # Another clock (tests): its sleep is the only way to wait on it.
-            return await wait_for_event(wake, self._clock, self._clock.time() + heartbeat)
-        await wake.wait()  # the real clock with no heartbeat (else: _IdleTimer)
-        return True
 
     async def close(self) -> None:
         for subs in list(self._by_topic.values()):
