@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
 
 from aiohttp import web
@@ -69,12 +68,11 @@ class HttpListener:
         site = web.TCPSite(self._runner, self._host, self._port, reuse_port=False,
                            ssl_context=self._ssl)
         await site.start()
-        # aiohttp exposes the bound socket only on the site's asyncio server.
-        sockets = getattr(site._server, "sockets", None) or ()
-        sock = sockets[0] if sockets else None
-        if sock is not None:
-            host, port = sock.getsockname()[:2]
-            if sock.family == socket.AF_INET6:
+        # The bound address (the port, when 0 was asked for), from the public API.
+        bound = self._runner.addresses
+        if bound:
+            host, port = bound[0][:2]
+            if ":" in host:
                 host = f"[{host}]"
             self.address = f"{host}:{port}"
         return self.address

@@ -8,17 +8,16 @@ keys, topics or ids.
 from __future__ import annotations
 
 import platform
-from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.values import MutexValue
 
 from sidecar import __version__
 from sidecar.core.calls.models import DeprecationInfo
+from sidecar.fast_paths import fast_count_and_observe, fast_inc, fast_observe, observe_many
 
 #: Latency buckets (seconds) from 0.5 ms to 30 s: a local RPC answers in
 #: well under a millisecond, a slow third-party API in tens of seconds.
@@ -253,79 +252,6 @@ class Metrics:
 BREAKER_STATES = ("closed", "open", "half_open")
 
 
-def _adder(value: Any) -> Callable[[float], None]:
-    """``value.inc`` (one of prometheus_client's values), without its lock where it is
-    the in-process kind: every write to a metric comes from the event loop's thread,
-    and the lock only keeps writers apart (a scrape reads a float, before or after)."""
-    if type(value) is MutexValue:
-        def add(amount: float) -> None:
-            value._value += amount
-
-        return add
-    return value.inc  # type: ignore[no-any-return]  # e.g. multiprocess mode: its own way
-
-
-def fast_observe(histogram: Any) -> Callable[[float], None]:
-    """``histogram.observe`` (a label child's) without prometheus_client's per-call
-    checks and linear bucket scan: one binary search. For the Call path and live
-    deliveries."""
-    bounds = getattr(histogram, "_upper_bounds", None)
-    buckets = getattr(histogram, "_buckets", None)
-    total = getattr(histogram, "_sum", None)
-    if bounds is None or buckets is None or total is None:
-        return histogram.observe  # type: ignore[no-any-return]  # another prometheus_client
-    add_to_sum = _adder(total)
-    counts = [_adder(bucket) for bucket in buckets]
-
-    def observe(value: float) -> None:
-        add_to_sum(value)
-        counts[bisect_left(bounds, value)](1)
-
-    return observe
-
-
-def fast_inc(counter: Any) -> Callable[[], None]:
-    """``counter.inc`` (a label child's) without prometheus_client's per-call checks."""
-    value = getattr(counter, "_value", None)
-    if value is None or not callable(getattr(value, "inc", None)):
-        return counter.inc  # type: ignore[no-any-return]  # another prometheus_client
-    if type(value) is MutexValue:
-        def inc() -> None:
-            value._value += 1
-
-        return inc
-    add = value.inc
-    return lambda: add(1)
-
-
-def fast_count_and_observe(counter: Any, histogram: Any) -> Callable[[float], None]:
-    """One increment of ``counter`` and one observation of ``histogram`` (label children)
-    in a single call: a live delivery records both. Where both hold prometheus_client's
-    in-process values, they are added to directly (see ``_adder``)."""
-    value = getattr(counter, "_value", None)
-    bounds = getattr(histogram, "_upper_bounds", None)
-    buckets = getattr(histogram, "_buckets", None)
-    total = getattr(histogram, "_sum", None)
-    if (bounds is None or buckets is None or total is None
-            or not all(type(v) is MutexValue for v in (value, total, *buckets))):
-        inc, observe = fast_inc(counter), fast_observe(histogram)
-
-        def both(amount: float) -> None:
-            inc()
-            observe(amount)
-
-        return both
-
-    count: Any = value
-
-    def record(amount: float) -> None:
-        count._value += 1
-        total._value += amount
-        buckets[bisect_left(bounds, amount)]._value += 1
-
-    return record
-
-
 #: A label set's counter increment and histogram observation.
 _Recorders = tuple[Callable[[], None], Callable[[float], None]]
 
@@ -426,20 +352,6 @@ class EventMetrics:
         self._m.events_by_status.clear()
         for (group, topic, status), n in counts.items():
             self._m.events_by_status.labels(group, topic, status).set(n)
-
-
-def observe_many(histogram: Any, value: float, count: int) -> None:
-    """``count`` observations of ``value`` at the cost of one (a WebSocket room hands one
-    event to all its connections at once: one observation per delivery)."""
-    bounds = getattr(histogram, "_upper_bounds", None)
-    buckets = getattr(histogram, "_buckets", None)
-    total = getattr(histogram, "_sum", None)
-    if count == 1 or bounds is None or buckets is None or total is None:
-        for _ in range(count):  # another prometheus_client: the public way
-            histogram.observe(value)
-        return
-    total.inc(value * count)
-    buckets[bisect_left(bounds, value)].inc(count)
 
 
 class LiveMetrics:

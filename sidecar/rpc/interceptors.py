@@ -13,7 +13,8 @@ from typing import Any, Protocol
 import grpc
 
 from sidecar.errors import Unauthenticated
-from sidecar.metrics import Metrics, fast_inc, fast_observe
+from sidecar.fast_paths import fast_inc, fast_observe
+from sidecar.metrics import Metrics
 from sidecar.rpc.status import abort_with
 
 HEALTH_SERVICE_PREFIX = "/grpc.health.v1.Health/"

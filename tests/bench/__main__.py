@@ -12,7 +12,7 @@ import importlib
 import sys
 from pathlib import Path
 
-BENCHMARKS = ("call", "webhooks", "realtime", "replicas")
+BENCHMARKS = ("call", "webhooks", "realtime", "replicas", "fast_paths")
 
 
 def main(argv: list[str] | None = None) -> int:

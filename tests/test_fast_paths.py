@@ -1,11 +1,14 @@
-"""The fast recorders (Call path, live deliveries) give exactly what prometheus_client's own
-calls give."""
+"""The fast paths (``sidecar.fast_paths``) record exactly what prometheus_client's own
+calls record, and step aside for the public API when switched off or on a version
+they were not checked against."""
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from sidecar.metrics import fast_count_and_observe, fast_inc, fast_observe
+from sidecar import fast_paths
+from sidecar.fast_paths import enabled, fast_count_and_observe, fast_inc, fast_observe
 
 BUCKETS = (0.005, 0.01, 0.1, 1.0)
 # Below, on and between the bounds, and past the last one (+Inf).
@@ -57,3 +60,25 @@ def test_count_and_observe_falls_back_to_the_public_methods() -> None:
     counter, histogram = _Elsewhere(), _Elsewhere()
     fast_count_and_observe(counter, histogram)(0.25)
     assert counter.calls == [("inc", 1)] and histogram.calls == [("observe", 0.25)]
+
+
+def test_the_switch_and_the_version_guard_decide() -> None:
+    assert fast_paths.ENABLED  # the locked prometheus_client is one they were checked on
+    assert enabled({}, (0, 26))
+    assert not enabled({"SIDECAR_FAST_PATHS": "0"}, (0, 26))
+    assert not enabled({}, (1, 0)) and not enabled({}, (0, 19)) and not enabled({}, ())
+
+
+def test_switched_off_every_recorder_is_the_public_method(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fast_paths, "ENABLED", False)
+    registry = CollectorRegistry()
+    counter = Counter("c", "c", ["l"], registry=registry).labels("x")
+    histogram = Histogram("h", "h", ["l"], registry=registry).labels("x")
+    assert fast_inc(counter) == counter.inc
+    assert fast_observe(histogram) == histogram.observe
+    fast_count_and_observe(counter, histogram)(0.25)
+    fast_paths.observe_many(histogram, 0.5, 3)
+    assert counter._value.get() == 1  # recorded all the same, the public way
+    assert histogram._sum.get() == 1.75
+    assert exposition(fast=False) == exposition(fast=True)
