@@ -40,6 +40,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -147,8 +148,14 @@ class _Connection:
     identity: Identity
     #: topic -> this connection's place in the topic's room.
     members: dict[str, _Member] = field(default_factory=dict)
-    #: The token-expiry timer, then the task closing the connection with 4001.
-    expiry: Timer | asyncio.Task[None] | None = None
+    #: The token-expiry timer.
+    expiry: Timer | None = None
+    #: The token expired: the connection's own handler closes it with 4001.
+    expired: bool = False
+    #: The handler is waiting in ``receive()`` (the expiry interrupts it there).
+    receiving: bool = False
+    #: The task handling the connection (the aiohttp request handler).
+    handler: asyncio.Task[Any] | None = None
     #: The task closing the connection as a slow consumer.
     closer: asyncio.Task[bool] | None = None
     #: Frames fanned out in this turn of the event loop, written together at its end.
@@ -253,6 +260,7 @@ class WebSocketEdge:
         if transport is None:  # the client left during the upgrade
             return ws
         conn = _Connection(ws, transport, identity)
+        conn.handler = asyncio.current_task()
         self._connections.add(conn)
         self._metrics.ws_connections.inc()
         self._schedule_expiry(conn)
@@ -265,6 +273,8 @@ class WebSocketEdge:
                 if topic not in conn.members:
                     await self._client_subscribe(conn, topic, offset)
             await self._read(conn)
+            if conn.expired:
+                await self._close_token_expired(conn)
         finally:
             if conn.expiry is not None:
                 conn.expiry.cancel()
@@ -276,7 +286,24 @@ class WebSocketEdge:
         return ws
 
     async def _read(self, conn: _Connection) -> None:
-        async for msg in conn.ws:
+        """Handle the client's frames until it closes, or its token expires."""
+        while not conn.expired:
+            conn.receiving = True
+            try:
+                msg = await conn.ws.receive()
+            except asyncio.CancelledError:
+                # The expiry interrupts a receive() this way, so that the close with 4001
+                # happens in this task: aiohttp's close() from another task cuts the
+                # connection without waiting for the client's close reply.
+                task = asyncio.current_task()
+                if not conn.expired or task is None or task.uncancel() > 0:
+                    raise
+                return
+            finally:
+                conn.receiving = False
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED,
+                            WSMsgType.ERROR):
+                return
             if msg.type != WSMsgType.TEXT:
                 continue
             try:
@@ -319,7 +346,7 @@ class WebSocketEdge:
         """Put ``conn`` in ``topic``'s room: live from now, or replaying after ``offset``."""
         # With a shared log, fix where this process follows the topic first.
         await self._live.ensure_following([topic])
-        if topic in conn.members or conn.ws.closed or conn.closer is not None:
+        if topic in conn.members or conn.ws.closed or conn.closer is not None or conn.expired:
             return
         member = _Member(conn, topic)
         room = self._rooms.get(topic)
@@ -547,7 +574,11 @@ class WebSocketEdge:
                                              functools.partial(self._close_expired, conn))
 
     def _close_expired(self, conn: _Connection) -> None:
-        conn.expiry = asyncio.ensure_future(self._close_token_expired(conn))
+        """The token's time is up: the handler closes the connection with 4001, now if
+        it is waiting for a frame, else once it is done with what it is doing."""
+        conn.expired = True
+        if conn.receiving and conn.handler is not None:
+            conn.handler.cancel()
 
     async def _close_token_expired(self, conn: _Connection) -> None:
         self._leave_all(conn)
