@@ -26,10 +26,11 @@ WebSocket edge writing whole frames to the connection's transport
 
 from __future__ import annotations
 
-import importlib.metadata
+import itertools
 import os
 from bisect import bisect_left
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.values import MutexValue
@@ -38,16 +39,20 @@ from prometheus_client.values import MutexValue
 PROMETHEUS_TESTED = ((0, 20), (1, 0))
 
 
-def _version(package: str) -> tuple[int, ...]:
-    try:
-        text = importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return ()
-    parts = []
-    for part in text.split(".")[:2]:
-        digits = "".join(c for c in part if c.isdigit())
-        parts.append(int(digits or 0))
-    return tuple(parts)
+def _version() -> tuple[int, ...]:
+    """The installed prometheus_client's version, from its ``dist-info`` folder's name
+    (importlib.metadata would cost the start-up an import it otherwise avoids)."""
+    import prometheus_client
+
+    site = Path(prometheus_client.__file__).resolve().parent.parent
+    for info in site.glob("prometheus_client-*.dist-info"):
+        text = info.name.removeprefix("prometheus_client-").removesuffix(".dist-info")
+        parts = []
+        for part in text.split(".")[:2]:
+            digits = "".join(itertools.takewhile(str.isdigit, part))
+            parts.append(int(digits or 0))
+        return tuple(parts)
+    return ()
 
 
 def enabled(environ: dict[str, str] | None = None, version: tuple[int, ...] | None = None
@@ -57,7 +62,7 @@ def enabled(environ: dict[str, str] | None = None, version: tuple[int, ...] | No
     env = os.environ if environ is None else environ
     if env.get("SIDECAR_FAST_PATHS", "1") == "0":
         return False
-    have = _version("prometheus-client") if version is None else version
+    have = _version() if version is None else version
     low, high = PROMETHEUS_TESTED
     return bool(have) and low <= have < high
 
