@@ -17,17 +17,20 @@ Server -> client frames (JSON):
 Resume on connect: ``?offsets={"user:alice": 12}`` (JSON) replays what was missed.
 Close codes: 4001 token expired, 4008 slow consumer, 1001 server shutting down.
 
-Fan-out: the connections in one topic on this process form a room, one sink on
-the live bus. An event's frame is built once (JSON and WebSocket framing) and
-written straight to every socket whose send buffer is under the high-water
-mark, with no task or queue per connection; frames for one socket within one
-turn of the event loop (a group commit releases several events at once) go out
-in one write. A socket over the mark gets a
-bounded backlog (the live bus's slow-consumer queue: disconnect, or drop the
-oldest with a gap marker) and a task that drains it with backpressure, after
-which the connection writes directly again. A resume (``offset``) replays into
-the same kind of backlog. Frames are not compressed: one frame for every
-socket is the point (permessage-deflate is not negotiated).
+Fan-out is the live bus's (``sidecar.core.events.feed``): each subscription of a
+connection is a feed, with the connection as its outlet. This module frames (an
+event's frame is built once for every connection: JSON and WebSocket framing) and
+writes: while a socket's send buffer is under the high-water mark, frames go
+straight into it, with no task or queue per connection, and frames for one socket
+within one turn of the event loop (a group commit releases several events at once)
+go out in one write; otherwise the feed sends its replay or backlog with
+backpressure. Frames are not compressed: one frame for every socket is the point
+(permessage-deflate is not negotiated).
+
+Closing: every close (token expiry 4001, slow consumer 4008, shutdown 1001) only
+marks the connection and interrupts its handler's ``receive()``; the handler closes
+the socket itself. aiohttp's ``close()`` from another task while the handler waits in
+``receive()`` cuts the connection without waiting for the client's close reply.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ from aiohttp import WSMsgType, web
 
 from sidecar.clock import Clock, Timer
 from sidecar.config import WebSocketConfig
-from sidecar.core.events.live import Gap, LiveBus, Subscriber
+from sidecar.core.events.feed import Feed, FrameCache, Gap, SlowConsumer
+from sidecar.core.events.live import LiveBus
 from sidecar.core.events.models import StoredEvent
 from sidecar.core.events.presence import Presence
 from sidecar.core.events.topics import BROADCAST, media_kind, role_room, topic_problem, user_room
@@ -59,6 +63,7 @@ log = logging.getLogger("sidecar.ws")
 
 CLOSE_TOKEN_EXPIRED = 4001
 CLOSE_SLOW_CONSUMER = 4008
+CLOSE_GOING_AWAY = 1001
 MAX_SUBSCRIPTIONS = 100
 #: Bytes a socket's send buffer may hold before its events wait in a bounded backlog
 #: (the transport's usual high-water mark).
@@ -113,93 +118,79 @@ def frame_payload(wire: bytes) -> bytes:
     return wire[2 if size < 126 else 4 if size == 126 else 10:]
 
 
-class _FrameCache:
-    """Frames of the latest events: an event goes to every connection in its room, so
-    its frame is serialised once, not once per connection.
+class _Frames:
+    """The WebSocket wire format of a feed: whole frames (:func:`wire_frame`), an
+    event's built once for every connection it goes to."""
 
-    Holds frames only, never events: a frame depends on nothing but the event, and an
-    event id names one immutable event. Frames are whole WebSocket frames
-    (:func:`wire_frame`). Bounded by entries and by bytes, the oldest going first.
-    """
+    def __init__(self) -> None:
+        self.event = FrameCache(_event_wire, entries=64)
 
-    def __init__(self, entries: int = 64, chars: int = 8 * 1024 * 1024) -> None:
-        self._entries = entries
-        self._chars = chars
-        self._frames: dict[str, bytes] = {}
-        self._held = 0
+    @staticmethod
+    def gap(gap: Gap) -> bytes:
+        return wire_frame(json.dumps({"control": "gap", "topic": gap.topic,
+                                      "from_offset": gap.from_offset,
+                                      "to_offset": gap.to_offset, "reason": gap.reason}))
 
-    def frame(self, event: StoredEvent) -> bytes:
-        wire = self._frames.get(event.id)
-        if wire is not None:
-            return wire
-        wire = wire_frame(event_frame(event))
-        if len(wire) <= self._chars // 2:  # a default max-size event (1 MiB) fits
-            self._frames[event.id] = wire
-            self._held += len(wire)
-            while len(self._frames) > self._entries or self._held > self._chars:
-                self._held -= len(self._frames.pop(next(iter(self._frames))))
-        return wire
+    @staticmethod
+    def subscribed(offsets: Mapping[str, int]) -> bytes:
+        ((topic, offset),) = offsets.items()  # one topic a feed
+        return wire_frame(_subscribed(topic, offset))
+
+    @staticmethod
+    def heartbeat() -> bytes:
+        return _PING  # feeds with an outlet have none: aiohttp pings (``ping_interval``)
+
+
+def _event_wire(event: StoredEvent) -> bytes:
+    return wire_frame(event_frame(event))
+
+
+_PING = bytes((0x89, 0))
 
 
 @dataclass(eq=False, slots=True)
 class _Connection:
+    """One client: the outlet its feeds write to."""
+
+    edge: WebSocketEdge
     ws: web.WebSocketResponse
     transport: asyncio.Transport
     identity: Identity
-    #: topic -> this connection's place in the topic's room.
-    members: dict[str, _Member] = field(default_factory=dict)
+    #: topic -> the feed of this connection's subscription to it.
+    members: dict[str, Feed[bytes]] = field(default_factory=dict)
     #: The token-expiry timer.
     expiry: Timer | None = None
-    #: The token expired: the connection's own handler closes it with 4001.
-    expired: bool = False
-    #: The handler is waiting in ``receive()`` (the expiry interrupts it there).
+    #: (code, message) once the connection is to be closed: its handler closes it.
+    closing: tuple[int, bytes] | None = None
+    #: The handler is waiting in ``receive()`` (a close interrupts it there).
     receiving: bool = False
     #: The task handling the connection (the aiohttp request handler).
     handler: asyncio.Task[Any] | None = None
-    #: The task closing the connection as a slow consumer.
-    closer: asyncio.Task[bool] | None = None
+    #: Set once the handler is done with the connection.
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
     #: Frames fanned out in this turn of the event loop, written together at its end.
     pending: list[bytes] | None = None
 
+    def ready(self) -> bool:
+        transport = self.transport
+        # A closing socket takes frames and drops them (its handler is leaving).
+        return (transport.get_write_buffer_size() <= WRITE_HIGH_WATER
+                or transport.is_closing() or self.ws.closed)
 
-class _Member:
-    """One connection in one room."""
+    def write(self, frame: bytes) -> None:
+        pending = self.pending
+        if pending is None:
+            self.pending = [frame]
+            self.edge.unflushed(self)
+        else:
+            pending.append(frame)
 
-    __slots__ = ("backlog", "conn", "sent", "task", "topic")
+    async def send(self, frame: bytes) -> None:
+        self.edge.flush(self)  # what is pending goes first
+        await self.ws.send_frame(frame_payload(frame), WSMsgType.TEXT)
 
-    def __init__(self, conn: _Connection, topic: str) -> None:
-        self.conn = conn
-        self.topic = topic
-        #: The last offset a backlog sent (or a replay): an event fanned out later at or
-        #: below it (committed while the replay read it) is not sent again.
-        self.sent = 0
-        #: None while the socket keeps up: events are written to it directly. Else the
-        #: bounded queue they wait in (replaying, or the socket backed up), and the task
-        #: sending it.
-        self.backlog: Subscriber | None = None
-        self.task: asyncio.Task[None] | None = None
-
-
-class _Room:
-    """The connections of this process in one topic: the live bus's sink for it."""
-
-    __slots__ = ("edge", "head_known", "members", "top", "topic")
-
-    def __init__(self, edge: WebSocketEdge, topic: str) -> None:
-        self.edge = edge
-        self.topic = topic
-        self.members: dict[_Member, None] = {}
-        #: The highest offset fanned out to the room, and (once ``head_known``) at least
-        #: the topic's last offset read after the room was attached: every later event
-        #: comes through the room, so a member joining live starts after ``top``.
-        self.top = 0
-        self.head_known = False
-
-    def __len__(self) -> int:
-        return len(self.members)
-
-    def deliver(self, event: StoredEvent) -> None:
-        self.edge.fan_out(self, event)
+    def ended(self, feed: Feed[Any], error: SidecarError) -> None:
+        self.edge.feed_ended(self, feed, error)
 
 
 class WebSocketEdge:
@@ -212,9 +203,7 @@ class WebSocketEdge:
         self._metrics = metrics
         self._verifier = TokenVerifier(config.jwt)
         self._connections: set[_Connection] = set()
-        self._frames = _FrameCache()
-        self._rooms: dict[str, _Room] = {}
-        self._observer = live.observer
+        self._frames = _Frames()
         #: Connections with pending frames, and whether their flush is scheduled.
         self._unflushed: list[_Connection] = []
         self._flush_due = False
@@ -259,7 +248,7 @@ class WebSocketEdge:
         transport = request.transport
         if transport is None:  # the client left during the upgrade
             return ws
-        conn = _Connection(ws, transport, identity)
+        conn = _Connection(self, ws, transport, identity)
         conn.handler = asyncio.current_task()
         self._connections.add(conn)
         self._metrics.ws_connections.inc()
@@ -273,8 +262,10 @@ class WebSocketEdge:
                 if topic not in conn.members:
                     await self._client_subscribe(conn, topic, offset)
             await self._read(conn)
-            if conn.expired:
-                await self._close_token_expired(conn)
+            if conn.closing is not None:
+                self._leave_all(conn)
+                code, message = conn.closing
+                await ws.close(code=code, message=message)
         finally:
             if conn.expiry is not None:
                 conn.expiry.cancel()
@@ -283,20 +274,19 @@ class WebSocketEdge:
                     await task
             self._connections.discard(conn)
             self._metrics.ws_connections.dec()
+            conn.finished.set()
         return ws
 
     async def _read(self, conn: _Connection) -> None:
-        """Handle the client's frames until it closes, or its token expires."""
-        while not conn.expired:
+        """Handle the client's frames until it closes, or the connection is to be closed."""
+        while conn.closing is None:
             conn.receiving = True
             try:
                 msg = await conn.ws.receive()
             except asyncio.CancelledError:
-                # The expiry interrupts a receive() this way, so that the close with 4001
-                # happens in this task: aiohttp's close() from another task cuts the
-                # connection without waiting for the client's close reply.
+                # A close interrupts a receive() this way (see :meth:`_close`).
                 task = asyncio.current_task()
-                if not conn.expired or task is None or task.uncancel() > 0:
+                if conn.closing is None or task is None or task.uncancel() > 0:
                     raise
                 return
             finally:
@@ -319,7 +309,7 @@ class WebSocketEdge:
                 await self._client_subscribe(conn, topic, offset)
             elif kind == "unsubscribe":
                 self._leave(conn, topic)
-                self._flush(conn)
+                self.flush(conn)
                 await conn.ws.send_str(json.dumps({"control": "unsubscribed", "topic": topic}))
             else:
                 await self._send_error(conn, "INVALID_ARGUMENT", f"unknown frame type {kind!r}")
@@ -340,118 +330,63 @@ class WebSocketEdge:
         if topic not in conn.members:
             await self._join(conn, topic, offset)
 
-    # ------------------------------------------------------------------ rooms
+    # ------------------------------------------------------------------ feeds
 
     async def _join(self, conn: _Connection, topic: str, offset: int | None) -> None:
-        """Put ``conn`` in ``topic``'s room: live from now, or replaying after ``offset``."""
+        """Subscribe ``conn`` to ``topic``: live from now, or replaying after ``offset``."""
         # With a shared log, fix where this process follows the topic first.
         await self._live.ensure_following([topic])
-        if topic in conn.members or conn.ws.closed or conn.closer is not None or conn.expired:
+        if topic in conn.members or conn.ws.closed or conn.closing is not None:
             return
-        member = _Member(conn, topic)
-        room = self._rooms.get(topic)
-        if offset is None and room is not None and room.head_known:
-            # In the room and told so in one step: every event after this frame follows it.
-            member.sent = room.top
-            self._enter(member)
-            self._flush(conn)
-            conn.transport.write(wire_frame(_subscribed(topic, room.top)))
-            return
-        member.backlog = self._new_backlog(topic)
         if offset is not None:
             self._metrics.resumes.labels("ws").inc()
-            member.backlog.seen[topic] = offset
-        self._enter(member)
-        member.task = asyncio.ensure_future(self._replay(member, offset))
-
-    def _new_backlog(self, topic: str) -> Subscriber:
-        policy = self._live.policy
-        return Subscriber(frozenset((topic,)), "ws", policy.queue_size, policy.slow_consumer)
-
-    def _enter(self, member: _Member) -> None:
-        conn, topic = member.conn, member.topic
-        conn.members[topic] = member
-        room = self._rooms.get(topic)
-        if room is None:
-            room = self._rooms[topic] = _Room(self, topic)
-            self._live.attach(topic, room)
-        room.members[member] = None
+        feed = conn.members[topic] = Feed(self._live, (topic,), "ws", self._frames, conn)
         self._presence.join(topic, conn.identity.user)
-        self._observer.subscribers_changed("ws", 1)
+        feed.start({} if offset is None else {topic: offset})
 
     def _leave(self, conn: _Connection, topic: str) -> asyncio.Task[None] | None:
-        """Take ``conn`` out of ``topic``'s room; the member's task (cancelled) if any."""
-        member = conn.members.pop(topic, None)
-        if member is None:
+        """Take ``conn`` off ``topic``; the feed's task (cancelled) if it had one."""
+        feed = conn.members.pop(topic, None)
+        if feed is None:
             return None
-        room = self._rooms.get(topic)
-        if room is not None:
-            room.members.pop(member, None)
-            if not room.members:
-                del self._rooms[topic]
-                self._live.detach(topic, room)
         self._presence.leave(topic, conn.identity.user)
-        self._observer.subscribers_changed("ws", -1)
-        task, member.task = member.task, None
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            return task
-        return None
+        return feed.close()
 
     def _leave_all(self, conn: _Connection) -> list[asyncio.Task[None]]:
         tasks = [self._leave(conn, topic) for topic in list(conn.members)]
         return [t for t in tasks if t is not None]
 
-    def fan_out(self, room: _Room, event: StoredEvent) -> None:
-        """One live event to everyone in ``room``: the same bytes to every socket that
-        keeps up, the bounded backlog for the others."""
-        wire = self._frames.frame(event)
-        if event.offset > room.top:
-            room.top = event.offset
-        sent = 0
-        slow: list[_Member] = []
-        unflushed = self._unflushed
-        for member in room.members:
-            backlog = member.backlog
-            if backlog is None:
-                if event.offset <= member.sent:
-                    continue  # already sent by its replay: the seam
-                conn = member.conn
-                transport = conn.transport
-                if conn.ws.closed or transport.is_closing():
-                    continue  # leaving: its handler takes it out of the room
-                if transport.get_write_buffer_size() <= WRITE_HIGH_WATER:
-                    pending = conn.pending
-                    if pending is None:
-                        conn.pending = [wire]
-                        unflushed.append(conn)
-                    else:
-                        pending.append(wire)
-                    sent += 1
-                    continue
-                self._flush(conn)  # what is pending goes before the backlog
-                backlog = member.backlog = self._new_backlog(member.topic)
-                backlog.seen[member.topic] = member.sent
-                member.task = asyncio.ensure_future(self._send_backlog(member))
-            if not backlog.offer(event):
-                slow.append(member)
-        if sent:
-            self._observer.delivered_live("ws", sent, self._live.latency(event))
-            if not self._flush_due:
-                self._flush_due = True
-                asyncio.get_running_loop().call_soon(self._flush_all)
-        for member in slow:
-            self._slow_consumer(member)
+    def feed_ended(self, conn: _Connection, feed: Feed[Any], error: SidecarError) -> None:
+        """A feed of ``conn`` was ended by the bus, or its replay failed."""
+        if isinstance(error, SlowConsumer):
+            log.warning("closing slow WebSocket client", extra={"user": conn.identity.user})
+            self._close(conn, CLOSE_SLOW_CONSUMER, b"slow consumer")
+        elif error.reason == "SHUTTING_DOWN":
+            self._close(conn, CLOSE_GOING_AWAY, b"server shutting down")
+        else:  # e.g. storage unavailable: this subscription ends
+            (topic,) = feed.topics
+            if conn.members.get(topic) is feed:
+                self._leave(conn, topic)
+                self._write_error(conn, error.reason, error.message, topic)
+
+    # ------------------------------------------------------------------ writing
+
+    def unflushed(self, conn: _Connection) -> None:
+        """``conn`` has pending frames: written together at the end of this turn."""
+        self._unflushed.append(conn)
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush_all)
 
     def _flush_all(self) -> None:
         """End of the turn: each connection's frames in one write."""
         self._flush_due = False
         unflushed, self._unflushed = self._unflushed, []
         for conn in unflushed:
-            self._flush(conn)
+            self.flush(conn)
 
     @staticmethod
-    def _flush(conn: _Connection) -> None:
+    def flush(conn: _Connection) -> None:
         pending = conn.pending
         if pending is None:
             return
@@ -467,102 +402,38 @@ class WebSocketEdge:
             for wire in pending:
                 transport.write(wire)
 
-    def _slow_consumer(self, member: _Member) -> None:
-        conn = member.conn
-        assert member.backlog is not None
-        self._observer.slow_consumer("ws", member.backlog.policy)
-        log.warning("closing slow WebSocket client", extra={"user": conn.identity.user})
-        self._leave_all(conn)
-        if conn.closer is None:
-            conn.closer = asyncio.ensure_future(
-                conn.ws.close(code=CLOSE_SLOW_CONSUMER, message=b"slow consumer"))
+    @staticmethod
+    def _error_frame(reason: str, message: str, topic: str | None) -> str:
+        frame = {"control": "error", "reason": reason, "message": message}
+        if topic is not None:
+            frame["topic"] = topic
+        return json.dumps(frame)
 
-    async def _replay(self, member: _Member, offset: int | None) -> None:
-        """Resume: the retained events after ``offset``, then what queued meanwhile.
-        Without an offset: the room's head (read once per room), then what queued."""
-        ws, backlog, topic = member.conn.ws, member.backlog, member.topic
-        assert backlog is not None
-        try:
-            if offset is None:
-                head = await self._live.head(topic)
-                room = self._rooms.get(topic)
-                if room is not None and member in room.members:
-                    room.top = max(room.top, head)
-                    room.head_known = True
-                    head = room.top
-                backlog.seen[topic] = head
-                await ws.send_str(_subscribed(topic, head))
-                await self._send_backlog(member)
-                return
-            await ws.send_str(_subscribed(topic, offset))
-            async for item in self._live.history(member.topic, offset):
-                if isinstance(item, Gap):
-                    backlog.seen[item.topic] = item.to_offset
-                    await self._send_gap(ws, item.topic, item.from_offset, item.to_offset,
-                                         item.reason)
-                else:
-                    backlog.seen[item.topic] = item.offset
-                    await ws.send_frame(frame_payload(self._frames.frame(item)),
-                                        WSMsgType.TEXT)
-        except SidecarError as exc:  # e.g. storage unavailable: this subscription ends
-            self._leave(member.conn, member.topic)
-            await self._send_error(member.conn, exc.reason, exc.message, member.topic)
-            return
-        except (ConnectionResetError, RuntimeError):
-            return  # the client went away mid-send
-        await self._send_backlog(member)
-
-    async def _send_backlog(self, member: _Member) -> None:
-        """Send ``member``'s backlog with backpressure (gap markers for what the
-        drop-oldest policy dropped; events already replayed skipped); once it is empty,
-        the connection is written to directly again."""
-        ws, backlog, topic = member.conn.ws, member.backlog, member.topic
-        assert backlog is not None
-        try:
-            while True:
-                if backlog.dropped:
-                    spans = sorted(backlog.dropped.items())
-                    backlog.dropped.clear()
-                    for gap_topic, (lo, hi) in spans:
-                        # Less what the client has from the log (replayed, or at or below
-                        # its subscribed offset): dropped events it had anyway.
-                        last = backlog.seen.get(gap_topic, 0)
-                        if hi <= last:
-                            continue
-                        backlog.seen[gap_topic] = hi
-                        self._observer.gap("slow_consumer")
-                        await self._send_gap(ws, gap_topic, max(lo, last + 1), hi,
-                                             "slow_consumer")
-                    continue
-                if not backlog.queue:
-                    break
-                item = backlog.queue.popleft()
-                if not isinstance(item, StoredEvent) or item.offset <= backlog.seen.get(topic, 0):
-                    continue  # already replayed: the seam
-                backlog.seen[topic] = item.offset
-                await ws.send_frame(frame_payload(self._frames.frame(item)), WSMsgType.TEXT)
-                self._observer.delivered_live("ws", 1, self._live.latency(item))
-        except (ConnectionResetError, RuntimeError):
-            return  # the client went away mid-send
-        # Empty, and no await since: later events go straight to the socket again.
-        member.sent = backlog.seen.get(topic, member.sent)
-        member.backlog = None
-        member.task = None
-
-    async def _send_gap(self, ws: web.WebSocketResponse, topic: str, lo: int, hi: int,
-                        reason: str) -> None:
-        await ws.send_str(json.dumps({"control": "gap", "topic": topic, "from_offset": lo,
-                                      "to_offset": hi, "reason": reason}))
+    def _write_error(self, conn: _Connection, reason: str, message: str, topic: str) -> None:
+        if conn.closing is None and not conn.ws.closed:
+            conn.write(wire_frame(self._error_frame(reason, message, topic)))
 
     async def _send_error(self, conn: _Connection, reason: str, message: str,
                           topic: str | None = None) -> None:
         """An error frame; ``topic`` names the subscription a refusal or failure ended."""
-        self._flush(conn)
-        frame = {"control": "error", "reason": reason, "message": message}
-        if topic is not None:
-            frame["topic"] = topic
+        self.flush(conn)
         with contextlib.suppress(ConnectionResetError, RuntimeError):
-            await conn.ws.send_str(json.dumps(frame))
+            await conn.ws.send_str(self._error_frame(reason, message, topic))
+
+    # ------------------------------------------------------------------ closing
+
+    def _close(self, conn: _Connection, code: int, message: bytes) -> None:
+        """Close ``conn`` with ``code``: its feeds end now, and its handler closes the
+        socket, at once if it is waiting for a frame, else once it is done with what it
+        is doing. Never ``ws.close()`` from here: from another task than the handler's,
+        aiohttp cuts the connection without waiting for the client's close reply (or
+        the handler's own ending cancels the close mid-handshake)."""
+        if conn.closing is not None:
+            return
+        conn.closing = (code, message)
+        self._leave_all(conn)
+        if conn.receiving and conn.handler is not None:
+            conn.handler.cancel()
 
     def _schedule_expiry(self, conn: _Connection) -> None:
         """Close the connection with 4001 when its token expires."""
@@ -570,31 +441,19 @@ class WebSocketEdge:
         if exp is None:
             return
         # A timer, not a sleeping task, for every connection's lifetime.
-        conn.expiry = self._clock.call_later(max(0.0, exp - self._clock.time()),
-                                             functools.partial(self._close_expired, conn))
-
-    def _close_expired(self, conn: _Connection) -> None:
-        """The token's time is up: the handler closes the connection with 4001, now if
-        it is waiting for a frame, else once it is done with what it is doing."""
-        conn.expired = True
-        if conn.receiving and conn.handler is not None:
-            conn.handler.cancel()
-
-    async def _close_token_expired(self, conn: _Connection) -> None:
-        self._leave_all(conn)
-        await conn.ws.close(code=CLOSE_TOKEN_EXPIRED, message=b"token expired")
+        conn.expiry = self._clock.call_later(
+            max(0.0, exp - self._clock.time()),
+            functools.partial(self._close, conn, CLOSE_TOKEN_EXPIRED, b"token expired"))
 
     async def close_all(self) -> None:
-        """Close every connection with 1001, all at once: each close waits for the
-        client's answer (up to aiohttp's close timeout), so one at a time a few silent
-        clients would use up the shutdown grace before the rest heard anything."""
-
-        async def close(conn: _Connection) -> None:
-            self._leave_all(conn)
-            with contextlib.suppress(Exception):
-                await conn.ws.close(code=1001, message=b"server shutting down")
-
-        await asyncio.gather(*(close(conn) for conn in list(self._connections)))
+        """Close every connection with 1001, all at once (each handler closes its own):
+        each close waits for the client's answer (up to aiohttp's close timeout), so one
+        at a time a few silent clients would use up the shutdown grace before the rest
+        heard anything."""
+        connections = list(self._connections)
+        for conn in connections:
+            self._close(conn, CLOSE_GOING_AWAY, b"server shutting down")
+        await asyncio.gather(*(conn.finished.wait() for conn in connections))
 
     def presence(self, topic: str) -> Mapping[str, int]:
         stats = self._presence.stats(topic)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -18,9 +18,9 @@ from sidecar import __version__
 from sidecar.clock import Clock, SystemClock
 from sidecar.core.calls.models import CallRequest, CallResult
 from sidecar.core.calls.pipeline import CallPipeline
+from sidecar.core.events.feed import FrameCache, Gap
 from sidecar.core.events.groups import ConsumerGroups
-from sidecar.core.events.live import Gap as LiveGap
-from sidecar.core.events.live import LiveBus, Subscribed
+from sidecar.core.events.live import LiveBus
 from sidecar.core.events.models import AckOutcome, StoredEvent
 from sidecar.core.events.presence import Presence
 from sidecar.core.events.topics import validate_topic
@@ -210,42 +210,30 @@ def _heartbeat() -> pb.SubscribeResponse:
     return beat
 
 
-def _live_control(item: LiveGap | Subscribed | None) -> pb.SubscribeResponse:
-    """The response for a live subscription's item other than an event."""
-    if item is None:
-        return _heartbeat()
-    if isinstance(item, LiveGap):
-        return pb.SubscribeResponse(gap=pb.Gap(
-            topic=item.topic, from_offset=item.from_offset, to_offset=item.to_offset,
-            reason=pb.GAP_REASON_RETENTION if item.reason == "retention"
-            else pb.GAP_REASON_SLOW_CONSUMER))
-    return pb.SubscribeResponse(subscribed=pb.Subscribed(offsets=item.offsets))
-
-
-class _Responses:
-    """The live ``SubscribeResponse`` of the latest events, built and serialised once for
-    all the streams an event goes to (Subscribe's serialiser passes bytes through: see
-    ``rpc.interceptors``). Bounded by entries and by event data bytes, the oldest going
-    first."""
+class SubscribeFrames:
+    """Subscribe's wire format for live feeds: an event's response is built and
+    serialised once for every stream it goes to (Subscribe's serialiser passes bytes
+    through: see ``rpc.interceptors``)."""
 
     def __init__(self, entries: int = 256, data_bytes: int = 8 * 1024 * 1024) -> None:
-        self._entries = entries
-        self._data_bytes = data_bytes
-        self._items: dict[str, tuple[bytes, int]] = {}
-        self._held = 0
+        self.event = FrameCache(_event_response, entries, data_bytes)
 
-    def get(self, event: StoredEvent) -> bytes:
-        item = self._items.get(event.id)
-        if item is not None:
-            return item[0]
-        msg = pb.SubscribeResponse(event=event_message(event)).SerializeToString()
-        size = len(event.data)
-        if size <= self._data_bytes // 2:
-            self._items[event.id] = (msg, size)
-            self._held += size
-            while len(self._items) > self._entries or self._held > self._data_bytes:
-                self._held -= self._items.pop(next(iter(self._items)))[1]
-        return msg
+    @staticmethod
+    def gap(gap: Gap) -> pb.SubscribeResponse:
+        return pb.SubscribeResponse(gap=pb.Gap(
+            topic=gap.topic, from_offset=gap.from_offset, to_offset=gap.to_offset,
+            reason=pb.GAP_REASON_RETENTION if gap.reason == "retention"
+            else pb.GAP_REASON_SLOW_CONSUMER))
+
+    @staticmethod
+    def subscribed(offsets: Mapping[str, int]) -> pb.SubscribeResponse:
+        return pb.SubscribeResponse(subscribed=pb.Subscribed(offsets=offsets))
+
+    heartbeat = staticmethod(_heartbeat)
+
+
+def _event_response(event: StoredEvent) -> bytes:
+    return pb.SubscribeResponse(event=event_message(event)).SerializeToString()
 
 
 class SidecarServicer(pb_grpc.SidecarServiceServicer):
@@ -256,7 +244,7 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
         #: Where the RPCs' spans go when export is on; None (the default): no spans.
         self._recorder = recorder
         self._live = live
-        self._responses = _Responses()
+        self._frames = SubscribeFrames()
         self._presence = presence
         self._calls = calls
         self._webhooks = webhooks
@@ -395,18 +383,15 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
                 if not request.group:
                     if self._live is None:
                         raise _not_yet("Subscribe", "the event bus is not configured")
-                    responses = self._responses
-                    # The bus's items straight to the stream (no generator in between:
-                    # this loop runs per delivery), events first.
-                    async for item in self._live.subscribe(
+                    # The feed's frames straight to the stream.
+                    async for frame in self._live.subscribe(
                             # A value this proto does not know is refused by the bus.
                             list(request.topics), start=_START_POSITIONS.get(
                                 request.start, f"START_POSITION {request.start}"),
                             after_offsets=dict(request.after_offsets),
                             after_event_id=request.after_event_id, transport="grpc",
-                            announce=True):
-                        yield (responses.get(item) if isinstance(item, StoredEvent)
-                               else _live_control(item))
+                            announce=True, encoder=self._frames):
+                        yield frame
                     return
                 if self._groups is None:
                     raise _not_yet("Subscribe", "durable groups are not configured")

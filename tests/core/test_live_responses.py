@@ -6,7 +6,7 @@ from __future__ import annotations
 from integration_sidecar.v1 import sidecar_pb2 as pb
 
 from sidecar.core.events.models import StoredEvent
-from sidecar.rpc.servicer import _Responses
+from sidecar.rpc.servicer import SubscribeFrames
 
 
 def ev(offset: int, data: bytes = b"{}") -> StoredEvent:
@@ -15,9 +15,9 @@ def ev(offset: int, data: bytes = b"{}") -> StoredEvent:
 
 
 def test_one_message_per_event_with_every_field() -> None:
-    responses = _Responses()
-    first = responses.get(ev(1))
-    assert responses.get(ev(1)) is first
+    responses = SubscribeFrames()
+    first = responses.event(ev(1))
+    assert responses.event(ev(1)) is first
     e = pb.SubscribeResponse.FromString(first).event
     assert (e.id, e.topic, e.offset, e.type, e.data, e.content_type, dict(e.attributes)) == (
         "evt_1", "orders", 1, "created", b"{}", "application/json", {"k": "v"})
@@ -25,17 +25,17 @@ def test_one_message_per_event_with_every_field() -> None:
 
 
 def test_bounded_by_entries() -> None:
-    responses = _Responses(entries=2)
-    kept = [responses.get(ev(i)) for i in (1, 2, 3)]
-    assert responses.get(ev(3)) is kept[2] and responses.get(ev(2)) is kept[1]
-    assert responses.get(ev(1)) is not kept[0]  # the oldest went first
+    responses = SubscribeFrames(entries=2)
+    kept = [responses.event(ev(i)) for i in (1, 2, 3)]
+    assert responses.event(ev(3)) is kept[2] and responses.event(ev(2)) is kept[1]
+    assert responses.event(ev(1)) is not kept[0]  # the oldest went first
 
 
 def test_bounded_by_data_bytes() -> None:
-    responses = _Responses(entries=10, data_bytes=100)
-    big = responses.get(ev(4, b"x" * 60))  # over half the bound: never kept
-    assert responses.get(ev(4, b"x" * 60)) is not big
-    a, b = responses.get(ev(5, b"x" * 45)), responses.get(ev(6, b"x" * 45))
-    c = responses.get(ev(7, b"x" * 45))  # 135 bytes would be over 100: the oldest goes
-    assert responses.get(ev(7, b"x" * 45)) is c and responses.get(ev(6, b"x" * 45)) is b
-    assert responses.get(ev(5, b"x" * 45)) is not a
+    responses = SubscribeFrames(entries=10, data_bytes=100)
+    big = responses.event(ev(4, b"x" * 60))  # over half the bound: never kept
+    assert responses.event(ev(4, b"x" * 60)) is not big
+    a, b = responses.event(ev(5, b"x" * 45)), responses.event(ev(6, b"x" * 45))
+    c = responses.event(ev(7, b"x" * 45))  # 135 bytes would be over 100: the oldest goes
+    assert responses.event(ev(7, b"x" * 45)) is c and responses.event(ev(6, b"x" * 45)) is b
+    assert responses.event(ev(5, b"x" * 45)) is not a

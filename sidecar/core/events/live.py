@@ -1,39 +1,40 @@
-"""Live fan-out: Publish appends to the log and pushes to every live subscriber.
+"""Live fan-out: Publish appends to the log and hands each event to every live feed.
 
-A subscriber registers *before* it replays history, so events published while
-it catches up wait in its queue; at the seam, queued events at or below the
-last replayed offset are dropped: no gap, no duplicate. A subscription that
-asks for it is first told where it starts per topic (:class:`Subscribed`), so a
-client can resume after a break that came before any event. Each subscriber's
-queue is bounded; one that falls behind is disconnected or loses its oldest
-events with a gap marker, so it never slows publishers or other subscribers.
+The bus owns what all subscribers share: publishing, the registry of feeds per
+topic, where a subscription starts (and each topic's last offset, known without
+reading the log while a feed stays on it) and reading the log to replay. What
+each subscriber sees -- replay, seam, bounded backlog, slow-consumer policy, gaps,
+its transport's encoding -- is its :class:`~sidecar.core.events.feed.Feed`, the
+same for gRPC streams and WebSocket connections.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import logging
-import math
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from sidecar.clock import Clock
+from sidecar.core.events.feed import (
+    Encoder,
+    Feed,
+    Gap,
+    SlowConsumer,
+    Subscribed,
+    shutting_down,
+)
 from sidecar.core.events.follow import EventFeed, EventFollower
 from sidecar.core.events.models import NewEvent, StoredEvent, new_event_id
 from sidecar.core.events.topics import topic_class, validate_topic, validate_topics
 from sidecar.core.idempotency import ClaimStatus, IdempotencyClaim
 from sidecar.core.tracing import TRACEPARENT, TRACESTATE
-from sidecar.errors import (
-    Aborted,
-    FieldViolation,
-    InvalidArgument,
-    ResourceExhausted,
-    Unavailable,
-)
+from sidecar.errors import Aborted, FieldViolation, InvalidArgument
+
+__all__ = ["Gap", "Item", "LiveBus", "LivePolicy", "Published", "SlowConsumer", "Subscribed"]
 
 log = logging.getLogger("sidecar.live")
 
@@ -61,18 +62,6 @@ class LiveStore(Protocol):
                                    ttl: float) -> None: ...
 
     async def idempotency_release(self, scope: str, key: str) -> None: ...
-
-
-class Sink(Protocol):
-    """Takes every live event of one topic as it is published, in the publisher's call.
-
-    For edges that write to many connections at once (the WebSocket rooms): one sink
-    per topic instead of a subscriber (a queue and a task) per connection.
-    """
-
-    def deliver(self, event: StoredEvent) -> None: ...
-
-    def __len__(self) -> int: ...
 
 
 class LiveObserver(Protocol):
@@ -107,98 +96,36 @@ class LivePolicy:
 
 
 @dataclass(frozen=True)
-class Gap:
-    topic: str
-    reason: str  # "retention" | "slow_consumer"
-    from_offset: int
-    to_offset: int
-
-
-@dataclass(frozen=True)
-class Subscribed:
-    """Where a live subscription starts: per topic, the offset it continues after (it
-    yields every later event, or a gap for it, and nothing at or below it)."""
-
-    offsets: Mapping[str, int]
-
-
-@dataclass(frozen=True)
 class Published:
     event_id: str
     offset: int
     replayed: bool
 
 
-class SlowConsumer(ResourceExhausted):
-    default_reason = "SLOW_CONSUMER"
-
-
 Item = StoredEvent | Gap | Subscribed | None  # None: heartbeat
 
 
-@dataclass(eq=False)
-class Subscriber:
-    topics: frozenset[str]
-    transport: str
-    capacity: int
-    policy: str
-    queue: collections.deque[StoredEvent | Gap] = field(default_factory=collections.deque)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    closed_reason: str = ""
-    #: topic -> last offset handed out or reported in a Gap (seam de-duplication).
-    seen: dict[str, int] = field(default_factory=dict)
-    dropped: dict[str, list[int]] = field(default_factory=dict)
+class _Items:
+    """The encoder of :meth:`LiveBus.subscribe` by default: the items themselves."""
 
-    def offer(self, event: StoredEvent) -> bool:
-        """Queue ``event``; False when the subscriber must be disconnected."""
-        if self.closed_reason:
-            return True
-        if len(self.queue) >= self.capacity:
-            if self.policy != "drop_oldest":
-                self.closed_reason = "slow consumer"
-                self.wake.set()
-                return False
-            old = self.queue.popleft()
-            if isinstance(old, StoredEvent):
-                span = self.dropped.setdefault(old.topic, [old.offset, old.offset])
-                span[0], span[1] = min(span[0], old.offset), max(span[1], old.offset)
-        self.queue.append(event)
-        self.wake.set()
-        return True
+    @staticmethod
+    def event(event: StoredEvent) -> Item:
+        return event
+
+    @staticmethod
+    def gap(gap: Gap) -> Item:
+        return gap
+
+    @staticmethod
+    def subscribed(offsets: Mapping[str, int]) -> Item:
+        return Subscribed(offsets)
+
+    @staticmethod
+    def heartbeat() -> Item:
+        return None
 
 
-class _IdleTimer:
-    """A live subscriber's heartbeat: ``due`` (and ``wake`` set) once ``interval``
-    seconds pass on the clock with no :meth:`active`. One timer per interval, not one
-    per wait: a subscriber that keeps up waits once per delivery, and idle ones spend
-    their life waiting."""
-
-    __slots__ = ("_clock", "_handle", "_interval", "_last", "_wake", "due")
-
-    def __init__(self, wake: asyncio.Event, interval: float, clock: Clock) -> None:
-        self._clock = clock
-        self._wake = wake
-        self._interval = interval
-        self._last = clock.monotonic()
-        self.due = False
-        self._handle = clock.call_later(interval, self._check)
-
-    def active(self) -> None:
-        self._last = self._clock.monotonic()
-        self.due = False
-
-    def _check(self) -> None:
-        now = self._clock.monotonic()
-        at = self._last + self._interval
-        if now >= at - 0.001:  # timers may fire a little early
-            self.due = True
-            self._wake.set()
-            self._last = now
-            at = now + self._interval
-        self._handle = self._clock.call_later(at - now, self._check)
-
-    def cancel(self) -> None:
-        self._handle.cancel()
+ITEMS: Encoder[Item] = _Items()
 
 
 class LiveBus:
@@ -209,8 +136,12 @@ class LiveBus:
         self._policy = policy
         self._observer = observer
         self._notify = notify
-        self._by_topic: dict[str, set[Subscriber]] = collections.defaultdict(set)
-        self._sinks: dict[str, list[Sink]] = {}
+        #: topic -> its feeds in this process (a dict: ordered, and one lookup to remove).
+        self._feeds: dict[str, dict[Feed[Any], None]] = {}
+        #: topic -> its last offset, while known without reading the log (see heads()).
+        self._heads: dict[str, int] = {}
+        #: Feeds that overflowed their backlog in the fan-out under way.
+        self._overflowed: list[Feed[Any]] = []
         self._follower: EventFollower | None = None
 
     # ------------------------------------------------------------------ publish
@@ -283,7 +214,7 @@ class LiveBus:
         """
         self._follower = EventFollower(
             feed, self._fan_out,
-            lambda: [*self._by_topic, *self._sinks, *more_interest()])
+            lambda: [*self._feeds, *more_interest()])
 
     async def start(self) -> None:
         if self._follower is not None:
@@ -304,20 +235,40 @@ class LiveBus:
             self._fan_out(event)
 
     def _fan_out(self, event: StoredEvent) -> None:
-        """Hand ``event`` to this process's live subscribers and wake group members."""
-        self._notify(event.topic)
-        subs = self._by_topic.get(event.topic)
-        if subs:
-            for sub in list(subs):
-                if not sub.offer(event):
-                    self._observer.slow_consumer(sub.transport, sub.policy)
-                    self._remove(sub)
-        sinks = self._sinks.get(event.topic)
-        if sinks:
-            for sink in list(sinks):
-                sink.deliver(event)
+        """Hand ``event`` to this process's live feeds and wake group members."""
+        topic = event.topic
+        self._notify(topic)
+        feeds = self._feeds.get(topic)
+        if not feeds:
+            return
+        heads = self._heads
+        if topic in heads and event.offset > heads[topic]:
+            heads[topic] = event.offset
+        # Feeds that write straight to their transport are counted per transport, once
+        # per event (not once per subscriber: this loop runs per delivery).
+        written, transport = 0, ""
+        for feed in feeds:
+            if feed.offer(event):
+                if feed.transport != transport:
+                    if written:
+                        self._observer.delivered_live(transport, written, self.latency(event))
+                    written, transport = 0, feed.transport
+                written += 1
+        if written:
+            self._observer.delivered_live(transport, written, self.latency(event))
+        if self._overflowed:
+            overflowed, self._overflowed = self._overflowed, []
+            for feed in overflowed:
+                self._observer.slow_consumer(feed.transport, feed.backlog.policy)
+                self.unregister(feed)
+                if feed.closed is not None:
+                    feed.end(feed.closed)
 
-    # ------------------------------------------------------------------ sinks
+    def overflowed(self, feed: Feed[Any]) -> None:
+        """``feed`` overflowed its backlog in this fan-out: it is ended after it."""
+        self._overflowed.append(feed)
+
+    # ------------------------------------------------------------------ feeds
 
     @property
     def observer(self) -> LiveObserver:
@@ -327,170 +278,116 @@ class LiveBus:
     def policy(self) -> LivePolicy:
         return self._policy
 
-    def attach(self, topic: str, sink: Sink) -> None:
-        """Hand every live event of ``topic`` to ``sink`` from now on."""
-        self._sinks.setdefault(topic, []).append(sink)
-
-    def detach(self, topic: str, sink: Sink) -> None:
-        sinks = self._sinks.get(topic)
-        if sinks is not None and sink in sinks:
-            sinks.remove(sink)
-            if not sinks:
-                del self._sinks[topic]
+    @property
+    def clock(self) -> Clock:
+        return self._clock
 
     def latency(self, event: StoredEvent) -> float:
         """Seconds from publish to now (for the publish-to-delivery histogram)."""
         return max(0.0, self._clock.time() - event.time)
 
-    async def history(self, topic: str, after: int) -> AsyncIterator[StoredEvent | Gap]:
-        """Retained events of ``topic`` after offset ``after`` (a gap first if some left
-        the log). A sink attached before this is called sees every later event: the
-        overlap is the caller's to drop (offsets at or below the last one replayed)."""
-        if self._follower is not None:
-            await self._follower.ensure([topic])
-        async for item in self._replay(topic, after):
-            yield item
+    def register(self, feed: Feed[Any]) -> None:
+        """Hand ``feed`` every live event of its topics from now on."""
+        for t in feed.topics:
+            self._feeds.setdefault(t, {})[feed] = None
+        self._observer.subscribers_changed(feed.transport, 1)
 
-    # ------------------------------------------------------------------ subscribe
-
-    def _add(self, sub: Subscriber) -> None:
-        for t in sub.topics:
-            self._by_topic[t].add(sub)
-        self._observer.subscribers_changed(sub.transport, 1)
-
-    def _remove(self, sub: Subscriber) -> None:
+    def unregister(self, feed: Feed[Any]) -> None:
         removed = False
-        for t in sub.topics:
-            subs = self._by_topic.get(t)
-            if subs is not None and sub in subs:
-                subs.discard(sub)
+        for t in feed.topics:
+            feeds = self._feeds.get(t)
+            if feeds is not None and feed in feeds:
+                del feeds[feed]
                 removed = True
-                if not subs:
-                    del self._by_topic[t]
+                if not feeds:
+                    del self._feeds[t]
+                    self._heads.pop(t, None)  # no longer fanned out here: unknown
         if removed:
-            self._observer.subscribers_changed(sub.transport, -1)
+            self._observer.subscribers_changed(feed.transport, -1)
 
     def subscriber_count(self, topic: str) -> int:
-        """Live subscribers of ``topic``: streams, plus the connections of its sinks."""
-        return (len(self._by_topic.get(topic, ()))
-                + sum(len(s) for s in self._sinks.get(topic, ())))
+        """Live feeds of ``topic`` in this process (streams and WebSocket rooms alike)."""
+        return len(self._feeds.get(topic, ()))
 
-    async def subscribe(self, topics: Sequence[str], *, start: str = "latest",
-                        after_offsets: Mapping[str, int] | None = None,
-                        after_event_id: str = "", transport: str = "grpc",
-                        heartbeat: float | None = None, announce: bool = False
-                        ) -> AsyncGenerator[Item, None]:
-        """Replay from ``start``, then tail live. Yields events, gaps and None (heartbeat).
+    def subscribe(self, topics: Sequence[str], *, start: str = "latest",
+                  after_offsets: Mapping[str, int] | None = None,
+                  after_event_id: str = "", transport: str = "grpc",
+                  heartbeat: float | None = None, announce: bool = False,
+                  encoder: Encoder[Any] = ITEMS) -> AsyncGenerator[Any, None]:
+        """Replay from ``start``, then tail live: a :class:`Feed` pulled as a stream of
+        ``encoder``'s frames; by default the items themselves (events, gaps, a
+        :class:`Subscribed` first with ``announce``, None for a heartbeat)."""
+        return Feed(self, topics, transport, encoder).stream(
+            start, after_offsets, after_event_id, heartbeat=heartbeat, announce=announce)
 
-        ``heartbeat``: seconds of idleness before a None; ``math.inf`` for none at all.
-        ``announce``: yield a :class:`Subscribed` first. Topics that start at the latest
-        position then start after their last offset read once the subscriber is
-        registered (one storage read each), and events at or below it that reach the
-        queue are dropped, so the announced offsets are exact.
-        """
+    def check(self, topics: Sequence[str], start: str, after_offsets: Mapping[str, int],
+              after_event_id: str) -> None:
+        """Refuse a subscription that names no valid start (every problem at once)."""
         problems = validate_topics(topics)
         if start not in ("latest", "earliest", "after_offset", "after_event_id"):
             problems.append(FieldViolation("start", f"unknown start position {start!r}"))
         if start == "after_event_id" and not after_event_id:
             problems.append(FieldViolation("after_event_id", "is required with "
                                                              "START_POSITION_AFTER_EVENT_ID"))
-        unknown = set(after_offsets or {}) - set(topics)
+        unknown = set(after_offsets) - set(topics)
         if unknown:
             problems.append(FieldViolation("after_offsets", "names topics not subscribed to: "
                                                             + ", ".join(sorted(unknown))))
         if problems:
             raise InvalidArgument("; ".join(f"{p.field}: {p.description}" for p in problems),
                                   violations=problems)
-        sub = Subscriber(frozenset(topics), transport, self._policy.queue_size,
-                         self._policy.slow_consumer)
-        self._add(sub)
-        try:
-            if self._follower is not None:
-                # Fix where following starts before replaying, so the replay and
-                # the feed overlap (duplicates are dropped at the seam) with no gap.
-                await self._follower.ensure(topics)
-            positions = await self._positions(list(topics), start, dict(after_offsets or {}),
-                                              after_event_id)
-            if announce:
-                latest = [t for t in topics if positions.get(t) is None]
-                # Read after registering: every event past these offsets reaches the queue.
-                heads = await asyncio.gather(*(self.head(t) for t in latest))
-                sub.seen.update(zip(latest, heads, strict=True))
-                yield Subscribed({t: sub.seen[t] if (p := positions.get(t)) is None else p
-                                  for t in topics})
-            for topic in topics:
-                after = positions.get(topic)
-                if after is None:
-                    continue
-                sub.seen[topic] = after
-                async for item in self._replay(topic, after):
-                    sub.seen[topic] = (item.offset if isinstance(item, StoredEvent)
-                                       else item.to_offset)
-                    yield item
-            # Tail live events (inline, not a nested generator: this runs per delivery).
-            beat = heartbeat or self._policy.heartbeat
-            idle = _IdleTimer(sub.wake, beat, self._clock) if beat != math.inf else None
-            delivered = self._observer.delivery_recorder(transport)
-            now = self._clock.time
-            try:
-                while True:
-                    if sub.closed_reason == "slow consumer":
-                        raise SlowConsumer(
-                            f"subscriber fell more than {sub.capacity} events behind and was "
-                            "disconnected; resubscribe from the last offset received",
-                            metadata={"queue_size": str(sub.capacity)})
-                    if sub.closed_reason:
-                        raise Unavailable("the sidecar is shutting down; resubscribe",
-                                          reason="SHUTTING_DOWN")
-                    if sub.dropped:
-                        # Taken before yielding: what is dropped while a Gap is handed
-                        # out goes to a fresh record, reported before any queued event.
-                        dropped, sub.dropped = sub.dropped, {}
-                        for topic, (lo, hi) in sorted(dropped.items()):
-                            if (gap := self._slow_gap(sub, topic, lo, hi)) is not None:
-                                yield gap
-                        continue
-                    if sub.queue:
-                        item = sub.queue.popleft()
-                        if type(item) is StoredEvent:
-                            if item.offset <= sub.seen.get(item.topic, 0):
-                                continue  # already replayed: the seam
-                            sub.seen[item.topic] = item.offset
-                            delivered(max(0.0, now() - item.time))
-                        if idle is not None:
-                            idle.active()
-                        yield item
-                        continue
-                    if idle is not None and idle.due:
-                        idle.due = False
-                        yield None
-                        continue
-                    sub.wake.clear()
-                    await sub.wake.wait()
-            finally:
-                if idle is not None:
-                    idle.cancel()
-        finally:
-            self._remove(sub)
 
-    def _slow_gap(self, sub: Subscriber, topic: str, lo: int, hi: int) -> Gap | None:
-        """The Gap for ``topic``'s dropped offsets ``lo``..``hi``, less those at or below
-        the last one ``sub`` handed out (events queued while it replayed or read its
-        start, then dropped, that it had from the log anyway); None if that is all."""
-        last = sub.seen.get(topic, 0)
-        if hi <= last:
-            return None
-        sub.seen[topic] = hi
-        self._observer.gap("slow_consumer")
-        return Gap(topic, "slow_consumer", max(lo, last + 1), hi)
+    def known_heads(self, topics: Sequence[str]) -> dict[str, int] | None:
+        """Each topic's last offset without reading the log, when this process has fanned
+        out every event of every one of them since it last read it; else None."""
+        heads = self._heads
+        if all(t in heads for t in topics):
+            return {t: heads[t] for t in topics}
+        return None
+
+    async def heads(self, topics: Sequence[str]) -> dict[str, int]:
+        """Each topic's last offset, for a feed registered on them: every later event
+        reaches it. Read from the log (once, while a feed stays on the topic)."""
+        if not topics:
+            return {}
+        known = self.known_heads(topics)
+        if known is not None:
+            return known
+        if self._follower is not None:
+            # Fix where following starts before reading, so the read and the feed
+            # overlap (duplicates are dropped at the seam) with no gap.
+            await self._follower.ensure(topics)
+        registries = [self._feeds.get(t) for t in topics]
+        read = await asyncio.gather(*(self.head(t) for t in topics))
+        out = {}
+        for topic, registry, head in zip(topics, registries, read, strict=True):
+            if registry is not None and self._feeds.get(topic) is registry:
+                # A feed stayed on the topic throughout: every event past the read
+                # was fanned out here, so the head is known from now on.
+                head = self._heads[topic] = max(self._heads.get(topic, 0), head)
+            out[topic] = head
+        return out
+
+    async def history(self, topic: str, after: int) -> AsyncIterator[StoredEvent | Gap]:
+        """Retained events of ``topic`` after offset ``after`` (a gap first if some left
+        the log). A feed registered before this is called sees every later event: the
+        overlap is dropped at its seam."""
+        if self._follower is not None:
+            await self._follower.ensure([topic])
+        async for item in self._replay(topic, after):
+            yield item
 
     async def head(self, topic: str) -> int:
         """The last offset of ``topic`` (0 before its first event)."""
         return (await self._store.topic_bounds(topic))[1]
 
-    async def _positions(self, topics: list[str], start: str, offsets: dict[str, int],
-                         after_event_id: str) -> dict[str, int | None]:
+    async def positions(self, topics: Sequence[str], start: str, offsets: dict[str, int],
+                        after_event_id: str) -> dict[str, int | None]:
         """Per topic: replay after this offset, or None for 'latest' (no replay)."""
+        if self._follower is not None:
+            # Fix where following starts before replaying, so the replay and the feed
+            # overlap (duplicates are dropped at the seam) with no gap.
+            await self._follower.ensure(topics)
         out: dict[str, int | None] = {}
         for topic in topics:
             if start == "earliest":
@@ -507,7 +404,7 @@ class LiveBus:
             out[found.topic] = found.offset
         return out
 
-    async def _find(self, topics: list[str], event_id: str) -> StoredEvent | None:
+    async def _find(self, topics: Sequence[str], event_id: str) -> StoredEvent | None:
         for topic in topics:
             after = 0
             while True:
@@ -540,7 +437,9 @@ class LiveBus:
                 return
 
     async def close(self) -> None:
-        for subs in list(self._by_topic.values()):
-            for sub in list(subs):
-                sub.closed_reason = "shutting down"
-                sub.wake.set()
+        """Shutting down: every feed ends (``SHUTTING_DOWN``), so clients resubscribe
+        elsewhere instead of holding the drain open."""
+        feeds = {feed: None for registry in self._feeds.values() for feed in registry}
+        for feed in feeds:
+            self.unregister(feed)
+            feed.end(shutting_down())
