@@ -17,17 +17,19 @@ import signal
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from sidecar import __version__
 from sidecar.admin import Readiness, build_admin_app, event_routes
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config, ConfigError, IntegrationConfig, load_config
-from sidecar.config.policies import webhook_settings
+from sidecar.config.policies import integration_specs, webhook_settings
 from sidecar.core.calls.credentials import CredentialFactory, CredentialSource
 from sidecar.core.calls.fan_out import FanOutObserver
 from sidecar.core.calls.health_window import CallHealth
-from sidecar.core.calls.pipeline import CallPipeline, Transport, TransportFactory
+from sidecar.core.calls.models import Transport
+from sidecar.core.calls.pipeline import CallPipeline, TransportFactory
+from sidecar.core.calls.policy import IntegrationSpec
 from sidecar.core.events.groups import ConsumerGroups
 from sidecar.core.events.live import LiveBus, LivePolicy
 from sidecar.core.events.models import DeliveryStatus
@@ -99,17 +101,19 @@ EXIT_MARGIN = 0.5
 EXIT_OVERDUE = 3
 
 
-def _aiohttp_transport(config: IntegrationConfig) -> Transport:
-    return AiohttpTransport(config, max_connections=config.bulkhead.max_concurrent)
+def _aiohttp_transport(spec: IntegrationSpec) -> Transport:
+    config = cast(IntegrationConfig, spec.source)
+    return AiohttpTransport(config, max_connections=spec.bulkhead_limit)
 
 
 def _token_sources(clock: Clock, metrics: Metrics) -> CredentialFactory:
     """Builds each OAuth2 integration's token source (the module loads on first use)."""
 
-    def build(config: IntegrationConfig) -> CredentialSource:
+    def build(spec: IntegrationSpec) -> CredentialSource:
         from sidecar.upstream.oauth2 import OAuth2TokenSource
 
-        return OAuth2TokenSource(config, clock, TokenMetrics(metrics))
+        return OAuth2TokenSource(cast(IntegrationConfig, spec.source), clock,
+                                 TokenMetrics(metrics))
 
     return build
 
@@ -148,7 +152,8 @@ class Sidecar:
         self.call_health = CallHealth(self.clock)
         self.call_observer = FanOutObserver(CallMetrics(self.metrics), self.call_health)
         self.calls = CallPipeline(
-            config, self.storage, transport_factory or _aiohttp_transport, self.clock,
+            integration_specs(config), self.storage, transport_factory or _aiohttp_transport,
+            self.clock,
             observer=self.call_observer,
             # With a shared backend every replica draws from one bucket per integration.
             rate_limiter=(lambda name, policy: shared(name, policy, self.clock)) if shared
@@ -333,8 +338,9 @@ class Sidecar:
                 new = config if config is not None else await asyncio.to_thread(
                     load_config, self.config_path)
                 effective = effective_config(self.config, new)
-                transports = await asyncio.to_thread(self.calls.transports_for, effective)
-                outcome = self._apply(new, effective, transports)
+                specs = integration_specs(effective)
+                transports = await asyncio.to_thread(self.calls.transports_for, specs)
+                outcome = self._apply(new, effective, specs, transports)
             except ConfigError as exc:
                 outcome = ReloadOutcome(False, tuple(str(p) for p in exc.problems))
             except TlsFileError as exc:
@@ -359,7 +365,7 @@ class Sidecar:
                             extra={"fields": list(outcome.restart_required)})
             return outcome
 
-    def _apply(self, new: Config, effective: Config,
+    def _apply(self, new: Config, effective: Config, specs: Mapping[str, IntegrationSpec],
                transports: Mapping[str, Transport]) -> ReloadOutcome:
         """Everything that can fail first, then the swap: no await, so no call,
         stream or request ever sees half of a reload."""
@@ -373,7 +379,7 @@ class Sidecar:
             if tls_config is not None:
                 tls.append((listener, read_material(tls_config, field)))
         breakers_before = set(self.calls.breakers())
-        changes = self.calls.reconfigure(effective, transports)
+        changes = self.calls.reconfigure(specs, transports)
         # From here on nothing can fail on bad input: it was all checked above.
         for name in breakers_before - set(self.calls.breakers()):
             # A removed breaker's gauge must not keep an alert firing.

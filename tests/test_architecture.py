@@ -21,13 +21,6 @@ CORE_MAY_USE = {"sidecar.core", "sidecar.errors", "sidecar.clock"}
 #: Libraries of the adapters around core (transports, stores, metrics, config files).
 ADAPTER_LIBRARIES = {"grpc", "aiohttp", "yarl", "sqlite3", "sqlite_utils", "redis",
                      "prometheus_client", "yaml", "google"}
-#: Imports of adapters that core still makes, to be removed (the Call pipeline still
-#: reads the config's integration types). The list may only shrink: an entry that is
-#: gone fails the test too, so that it is taken off here.
-NOT_YET_PORTED = {
-    ("sidecar.core.calls.pipeline", "sidecar.config"),
-    ("sidecar.core.calls.credentials", "sidecar.config"),
-}
 
 
 def module_name(path: Path, top: Path = ROOT) -> str:
@@ -155,5 +148,4 @@ def test_core_imports_no_adapter() -> None:
                     found.add((name, owner))
             elif top in ADAPTER_LIBRARIES:
                 found.add((name, top))
-    assert found - NOT_YET_PORTED == set(), "core imports an adapter"
-    assert NOT_YET_PORTED - found == set(), "ported: take it off NOT_YET_PORTED"
+    assert found == set(), "core imports an adapter"

@@ -7,7 +7,27 @@ config, at start-up and on every reload.
 
 from __future__ import annotations
 
-from sidecar.config.model import WebhooksConfig, WebhookSourceConfig
+from sidecar.config.model import (
+    ApiVersionConfig,
+    BreakerConfig,
+    Config,
+    FallbackConfig,
+    IntegrationConfig,
+    RetryConfig,
+    RouteConfig,
+    TimeoutsConfig,
+    WebhooksConfig,
+    WebhookSourceConfig,
+)
+from sidecar.core.calls.policy import (
+    ApiVersion,
+    BreakerSettings,
+    FallbackPolicy,
+    IntegrationSpec,
+    RetryPolicy,
+    RouteSpec,
+    Timeouts,
+)
 from sidecar.core.webhooks.ingest import WebhookSettings, WebhookSource
 from sidecar.core.webhooks.schemes import SchemeConfig
 
@@ -34,3 +54,60 @@ def webhook_settings(config: WebhooksConfig) -> WebhookSettings:
                  for name, src in config.sources.items()},
         retention=config.retention,
     )
+
+
+def integration_specs(config: Config) -> dict[str, IntegrationSpec]:
+    """Every configured integration, with its routes, as the Call path sees it."""
+    return {name: integration_spec(cfg, [r for r in config.routes if r.integration == name])
+            for name, cfg in config.integrations.items()}
+
+
+def integration_spec(cfg: IntegrationConfig, routes: list[RouteConfig]) -> IntegrationSpec:
+    auth = cfg.auth
+    return IntegrationSpec(
+        name=cfg.name, base_url=cfg.base_url, timeouts=_timeouts(cfg.timeouts),
+        retry=_retry(cfg.retry), breaker=_breaker(cfg.circuit_breaker),
+        fallback=_fallback(cfg.fallback), api_version=_api_version(cfg.api_version),
+        headers=cfg.headers, auth_header=auth.header, static_auth=auth.static_value(),
+        fetched_auth=auth.oauth2 is not None, idempotency_header=cfg.idempotency.header,
+        idempotency_retention=cfg.idempotency.retention,
+        max_request_bytes=cfg.max_request_bytes, retry_budget=cfg.retry_budget,
+        rate_limit=cfg.rate_limit, bulkhead_limit=cfg.bulkhead.max_concurrent,
+        bulkhead_max_wait=cfg.bulkhead.max_wait,
+        routes=tuple(_route(r) for r in routes),
+        # The transport and the OAuth2 token source are built from the whole config
+        # (TLS files, token endpoint); comparing it tells a reload what changed.
+        source=cfg,
+    )
+
+
+def _route(r: RouteConfig) -> RouteSpec:
+    return RouteSpec(
+        name=r.name, method=r.method, path=r.path,
+        timeouts=_timeouts(r.timeouts) if r.timeouts else None,
+        retry=_retry(r.retry) if r.retry else None,
+        breaker=_breaker(r.circuit_breaker) if r.circuit_breaker else None,
+        rate_limit=r.rate_limit, fallback=_fallback(r.fallback) if r.fallback else None,
+        unlimited=r.unlimited)
+
+
+def _timeouts(t: TimeoutsConfig) -> Timeouts:
+    return Timeouts(connect=t.connect, attempt=t.attempt, total=t.total)
+
+
+def _retry(r: RetryConfig) -> RetryPolicy:
+    return RetryPolicy(max_attempts=r.max_attempts, backoff=r.backoff, on_status=r.on_status,
+                       on_errors=r.on_errors, honor_retry_after=r.honor_retry_after)
+
+
+def _breaker(b: BreakerConfig) -> BreakerSettings:
+    return BreakerSettings(enabled=b.enabled, policy=b.policy,
+                           failure_statuses=b.failure_statuses)
+
+
+def _fallback(f: FallbackConfig) -> FallbackPolicy:
+    return FallbackPolicy(enabled=f.enabled, max_age=f.max_age, max_entries=f.max_entries)
+
+
+def _api_version(v: ApiVersionConfig) -> ApiVersion:
+    return ApiVersion(version=v.version, location=v.location, header=v.header)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from sidecar.config import IntegrationConfig
+from sidecar.core.calls.policy import IntegrationSpec
 from sidecar.core.spans import Span
 
 
@@ -30,4 +30,4 @@ class CredentialSource(Protocol):
 
 
 #: Builds the source of an integration whose credentials are fetched at run time.
-CredentialFactory = Callable[[IntegrationConfig], CredentialSource]
+CredentialFactory = Callable[[IntegrationSpec], CredentialSource]

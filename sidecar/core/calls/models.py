@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from sidecar.core.spans import Span
 from sidecar.core.tracing import TraceContext
@@ -98,3 +99,12 @@ class TransportError(Exception):
 
     def __str__(self) -> str:
         return f"{self.kind.value}: {self.detail}" if self.detail else self.kind.value
+
+
+class Transport(Protocol):
+    """The port to the upstream: one HTTP exchange per ``send``."""
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        """The upstream's answer, or ``TransportError`` when there was none."""
+
+    async def close(self) -> None: ...

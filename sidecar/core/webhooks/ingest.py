@@ -31,7 +31,7 @@ AUDIT_HEADERS = frozenset({
 
 @dataclass(frozen=True)
 class WebhookSource:
-    """One webhook source as ingest sees it (``sidecar.config.policies`` builds it from
+    """One webhook source as ingest sees it (the config adapter builds it from
     the operator's config)."""
 
     name: str

@@ -1,0 +1,3 @@
+"""The layers of the Call path, one concept each, all with the signature
+``layer(context, next)`` (see ``sidecar.core.calls.context``). ``stack`` puts them in
+order, once per route."""

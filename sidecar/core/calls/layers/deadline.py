@@ -1,0 +1,20 @@
+"""Deadline: the call's time runs out at the route's total timeout or at the caller's
+deadline, whichever comes first. Layers further in start no attempt after it and cut
+each attempt's timeout to fit."""
+
+from __future__ import annotations
+
+from sidecar.core.calls.context import CallContext, Handler
+from sidecar.core.calls.models import UpstreamResponse
+
+
+class DeadlineLayer:
+    def __init__(self, total: float) -> None:
+        self._total = total
+
+    async def __call__(self, ctx: CallContext, next: Handler) -> UpstreamResponse:
+        deadline = ctx.start + self._total
+        if ctx.request.deadline is not None:
+            deadline = min(deadline, ctx.request.deadline)
+        ctx.deadline = deadline
+        return await next(ctx)
