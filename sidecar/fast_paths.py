@@ -16,12 +16,14 @@ of these, a live delivery one, a WebSocket room's fan-out one per event
 (``observe_many``); against ~900 µs of sidecar CPU per Call the saving is ~1%, and
 ~5% of a live delivery's ~60 µs.
 
-The sidecar's other reaches are not for speed and have no public switch, so they
-stay where they are and are listed here: aiohttp's hidden resend of an idempotent
-request (``ClientSession._retry_connection``, turned off in
-``sidecar.upstream.transport`` so that every attempt is counted and budgeted), and the
-WebSocket edge writing whole frames to the connection's transport
-(``sidecar.edge.websocket``, serialise-once fan-out).
+aiohttp (``without_hidden_resend``): not for speed but for the count. aiohttp resends
+an idempotent request once, silently, when a kept-alive connection turns out closed;
+the Call path's retries must see (count, budget, back off from) every attempt, so the
+upstream transport turns that resend off through ``ClientSession._retry_connection``,
+for the aiohttp versions it was checked against (``AIOHTTP_TESTED``). Switched off (or
+another version), aiohttp keeps its resend: an attempt may then reach the upstream
+twice while counted once. The WebSocket edge's serialise-once fan-out uses aiohttp's
+public ``send_frame``, so it has no entry here.
 """
 
 from __future__ import annotations
@@ -69,6 +71,28 @@ def enabled(environ: dict[str, str] | None = None, version: tuple[int, ...] | No
 
 #: Decided once, at import: the recorders are built when metrics are first used.
 ENABLED = enabled()
+#: aiohttp versions whose ``ClientSession._retry_connection`` was checked.
+AIOHTTP_TESTED = ((3, 9), (4, 0))
+
+
+def without_hidden_resend(session: Any, version: str | None = None,
+                          environ: dict[str, str] | None = None) -> bool:
+    """Turn off aiohttp's silent resend on ``session``; False when it stays on (switched
+    off, another aiohttp version, or the attribute is gone)."""
+    env = os.environ if environ is None else environ
+    if env.get("SIDECAR_FAST_PATHS", "1") == "0":
+        return False
+    if version is None:
+        import aiohttp
+
+        version = aiohttp.__version__
+    have = tuple(int("".join(itertools.takewhile(str.isdigit, p)) or 0)
+                 for p in version.split(".")[:2])
+    low, high = AIOHTTP_TESTED
+    if not low <= have < high or not hasattr(session, "_retry_connection"):
+        return False
+    session._retry_connection = False
+    return True
 
 
 def _adder(value: Any) -> Callable[[float], None]:

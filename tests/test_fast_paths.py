@@ -4,6 +4,9 @@ they were not checked against."""
 
 from __future__ import annotations
 
+import asyncio
+
+import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
@@ -81,3 +84,65 @@ def test_switched_off_every_recorder_is_the_public_method(
     fast_paths.observe_many(histogram, 0.5, 3)
     assert counter._value.get() == 1  # recorded all the same, the public way
     assert histogram._sum.get() == 1.75
+
+
+# ---------------------------------------------------------------- aiohttp's hidden resend
+
+async def _drop_second_request(requests: list[int]) -> asyncio.Server:
+    """An HTTP/1.1 server that answers a connection's first request (keeping it alive)
+    and closes the connection, unanswered, on its second: what an upstream's idle
+    timeout does to a pooled connection."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served = 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                requests.append(len(head))
+                served += 1
+                if served == 2:
+                    break
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+                             b"Connection: keep-alive\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize("switched_off", [False, True])
+async def test_without_hidden_resend_every_request_is_one_attempt(switched_off: bool) -> None:
+    requests: list[int] = []
+    server = await _drop_second_request(requests)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with aiohttp.ClientSession() as session:
+            env = {"SIDECAR_FAST_PATHS": "0"} if switched_off else {}
+            assert fast_paths.without_hidden_resend(session, environ=env) is not switched_off
+            async with session.get(f"http://127.0.0.1:{port}/a") as first:
+                assert await first.read() == b"ok"
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/b") as second:
+                    await second.read()
+                resent = True
+            except aiohttp.ClientError:
+                resent = False
+    finally:
+        server.close()
+        await server.wait_closed()
+    # Switched off, aiohttp resends /b on a new connection by itself: three requests.
+    assert (resent, len(requests)) == ((True, 3) if switched_off else (False, 2))
+
+
+def test_hidden_resend_is_left_alone_on_an_unchecked_aiohttp() -> None:
+    class Session:
+        _retry_connection = True
+
+    session = Session()
+    assert not fast_paths.without_hidden_resend(session, version="4.0.0", environ={})
+    assert not fast_paths.without_hidden_resend(session, version="3.8.6", environ={})
+    assert session._retry_connection is True
+    assert fast_paths.without_hidden_resend(session, version="3.14.5", environ={})
+    assert session._retry_connection is False

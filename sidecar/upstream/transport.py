@@ -21,6 +21,7 @@ from sidecar.core.calls.models import (
     UpstreamRequest,
     UpstreamResponse,
 )
+from sidecar.fast_paths import without_hidden_resend
 
 #: Connection-level headers (RFC 9110 §7.6.1) never forwarded in either direction.
 HOP_BY_HOP = frozenset({
@@ -85,11 +86,8 @@ class AiohttpTransport:
                 skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
                 cookie_jar=aiohttp.DummyCookieJar(),
             )
-            # aiohttp silently resends an idempotent request once when the
-            # connection drops; our retries must see (count, budget, back off
-            # from) every attempt, so that hidden retry is turned off.
-            if hasattr(self._session, "_retry_connection"):
-                self._session._retry_connection = False
+            # Every attempt must be counted: no hidden resend (see fast_paths).
+            without_hidden_resend(self._session)
         return self._session
 
     def _timeout(self, total: float, connect: float) -> aiohttp.ClientTimeout:
