@@ -11,7 +11,8 @@ from typing import Any
 
 import yaml
 
-from sidecar.config.load import ENV_OVERRIDES, _as_duration
+from sidecar.config.durations import parse_duration as _as_duration
+from sidecar.config.load import ENV_OVERRIDES
 from sidecar.config.model import (
     AuthConfig,
     BreakerConfig,
