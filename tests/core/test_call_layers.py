@@ -22,6 +22,14 @@ from sidecar.core.calls.layers.retry import RetryLayer
 from sidecar.core.calls.layers.transport import TransportLayer
 from sidecar.core.calls.models import CallRequest, TransportError, UpstreamResponse
 from sidecar.core.calls.observer import NullObserver
+from sidecar.core.calls.policy import (
+    ApiVersion,
+    BreakerSettings,
+    FallbackPolicy,
+    IntegrationSpec,
+    RouteSpec,
+)
+from sidecar.core.calls.stack import StackBuilder
 from sidecar.core.resilience import BreakerOpenError, CircuitBreaker, RetryBudget
 from sidecar.core.resilience.breaker import BreakerPolicy
 from sidecar.core.resilience.bulkhead import Bulkhead, BulkheadFullError
@@ -445,3 +453,56 @@ async def test_deprecation_is_parsed_and_logged_once(clock: VirtualClock,
         assert ctx.deprecation is not None and ctx.deprecation.deprecated
         assert ctx.deprecation.sunset_at is not None
     assert [r.message for r in caplog.records].count("upstream announced deprecation") == 1
+
+
+# ---------------------------------------------------------------- the stacks built
+
+def _spec(**overrides: object) -> IntegrationSpec:
+    fields: dict[str, object] = dict(
+        name="pay", base_url="https://pay.example", timeouts=TIMEOUTS, retry=retry_policy(),
+        breaker=BreakerSettings(True, BreakerPolicy(), frozenset({503})),
+        fallback=FallbackPolicy(False, 60.0, 10), api_version=ApiVersion("", "header", "V"))
+    fields.update(overrides)
+    return IntegrationSpec(**fields)  # type: ignore[arg-type]
+
+
+def _builder(clock: VirtualClock) -> StackBuilder:
+    return StackBuilder(MemoryIdempotency(), clock, NullObserver(), lambda: 0.5,
+                        lambda name, policy: TokenBucket(policy, clock),
+                        lambda spec: Tokens())
+
+
+def test_every_layer_in_the_documented_order(clock: VirtualClock) -> None:
+    spec = _spec(rate_limit=RateLimitPolicy(rate=10.0, burst=10), fetched_auth=True,
+                 auth_header="Authorization", fallback=FallbackPolicy(True, 60.0, 10))
+    built = _builder(clock).integration(spec, ScriptedTransport([answer(200)]))
+    assert built.default.layers == (
+        "DeadlineLayer", "IdempotencyLayer", "FallbackLayer", "DeprecationLayer", "RetryLayer",
+        "RateLimitLayer", "BreakerLayer", "CredentialsLayer", "BulkheadLayer",
+        "TransportLayer")
+
+
+def test_what_is_not_configured_is_not_in_the_stack(clock: VirtualClock) -> None:
+    spec = _spec(breaker=BreakerSettings(False, BreakerPolicy(), frozenset()))
+    built = _builder(clock).integration(spec, ScriptedTransport([answer(200)]))
+    assert built.default.layers == ("DeadlineLayer", "IdempotencyLayer", "DeprecationLayer",
+                                    "RetryLayer", "BulkheadLayer", "TransportLayer")
+    assert built.default.breaker is None
+
+
+def test_routes_share_what_they_do_not_override(clock: VirtualClock) -> None:
+    own = RouteSpec("refunds", "POST", "/v1/refunds",
+                    breaker=BreakerSettings(True, BreakerPolicy(), frozenset({500})))
+    free = RouteSpec("health", "GET", "/health", unlimited=True)
+    plain = RouteSpec("charges", "*", "/v1/charges/**")
+    spec = _spec(rate_limit=RateLimitPolicy(rate=10.0, burst=10), routes=(own, free, plain))
+    built = _builder(clock).integration(spec, ScriptedTransport([answer(200)]))
+    routes = {r.name: r for _, r in built.routes}
+    assert routes["charges"].breaker is built.default.breaker
+    assert routes["refunds"].breaker is not built.default.breaker
+    assert "RateLimitLayer" not in routes["health"].layers
+    assert "RateLimitLayer" in routes["charges"].layers
+    assert built.match("POST", "/v1/refunds") is routes["refunds"]
+    assert built.match("GET", "/v1/charges/ch_1/capture") is routes["charges"]
+    assert built.match("GET", "/v1/other") is built.default
+    assert {b.name for b in built.breakers()} == {"pay", "pay/refunds"}

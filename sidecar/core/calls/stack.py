@@ -67,6 +67,8 @@ class Route:
     name: str
     run: Handler
     breaker: CircuitBreaker | None
+    #: The layers' names, outermost first (the transport last).
+    layers: tuple[str, ...] = ()
 
 
 @dataclass
@@ -176,7 +178,8 @@ class StackBuilder:
                                            name))
         layers.append(BulkheadLayer(shared.bulkhead, spec.bulkhead_max_wait, clock))
         terminal = TransportLayer(shared.transport, timeouts, clock, observer, spec.name, name)
-        return Route(name, compose(layers, terminal), breaker)
+        return Route(name, compose(layers, terminal), breaker,
+                     tuple(type(layer).__name__ for layer in (*layers, terminal)))
 
     def _breaker(self, integration: str, scope: str,
                  settings: BreakerSettings) -> CircuitBreaker | None:
