@@ -1,11 +1,9 @@
 """Hot reload: which settings apply without a restart, one reload at a time, file watch.
 
-A reload re-reads the config file and the environment. Listener addresses and
-options, storage, the log format, durable delivery, live-subscriber queue
-policies and span export (``tracing``) keep their running values and are
-reported as needing a restart; everything else (integrations and routes,
-webhook sources, WebSocket JWT keys and limits, listener certificates, log
-level, event retention) applies to new work at once.
+A reload re-reads the config file and the environment. Whether a setting applies to
+new work at once or keeps its running value until a restart (and is reported as
+needing one) is declared on the setting itself (``Setting.reload`` in
+``sidecar/config/model.py``; the list is in docs/configuration.md).
 """
 
 from __future__ import annotations
@@ -13,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 from sidecar.config import Config, ServerTlsConfig
-from sidecar.config.dump import to_plain
+from sidecar.config.settings import declared, is_section
 from sidecar.core.tasks import stop_task
 
 log = logging.getLogger("sidecar.reload")
@@ -45,53 +43,55 @@ def _tls(running: ServerTlsConfig | None, new: ServerTlsConfig | None) -> Server
     return new
 
 
+def _switched(running: Any, new: Any) -> Any:
+    """A section that applies live unless it is switched on or off (the ``/ws`` route
+    exists only when the edge was built with it): then all of it waits for a restart."""
+    return new if new.enabled == running.enabled else running
+
+
+#: Settings that apply by a rule of their own (``Setting.reload_rule``).
+RULES: dict[str, Callable[[Any, Any], Any]] = {"tls": _tls, "switched": _switched}
+
+
+def _effective(running: Any, new: Any, cls: type, inherited: str) -> Any:
+    values: dict[str, Any] = {}
+    for d in declared(cls):
+        s = d.setting
+        mode = s.reload or inherited
+        old, now = getattr(running, d.name), getattr(new, d.name)
+        if old is now or old == now:
+            values[d.name] = now
+        elif s.reload_rule:
+            values[d.name] = RULES[s.reload_rule](old, now)
+        elif s.kind == "section" and is_section(old) and is_section(now):
+            values[d.name] = _effective(old, now, type(now), mode)
+        else:
+            values[d.name] = now if mode == "live" else old
+    return replace(new, **values)
+
+
 def effective_config(running: Config, new: Config) -> Config:
-    """``new`` with every restart-only setting kept at its running value."""
-    s = running.server
-    server = replace(s, grpc=replace(s.grpc, tls=_tls(s.grpc.tls, new.server.grpc.tls)),
-                     edge=replace(s.edge, tls=_tls(s.edge.tls, new.server.edge.tls)),
-                     admin=replace(s.admin, tls=_tls(s.admin.tls, new.server.admin.tls)))
-    rt, new_rt = running.realtime, new.realtime
-    # The /ws route exists only when the edge was built with it.
-    websocket = (new_rt.websocket if new_rt.websocket.enabled == rt.websocket.enabled
-                 else rt.websocket)
-    realtime = replace(rt, max_events_per_topic=new_rt.max_events_per_topic,
-                       max_event_age=new_rt.max_event_age, websocket=websocket)
-    return replace(new, server=server, storage=running.storage,
-                   logging=replace(running.logging, level=new.logging.level),
-                   webhooks=replace(new.webhooks, delivery=running.webhooks.delivery),
-                   realtime=realtime, tracing=running.tracing)
+    """``new`` with every restart-only setting kept at its running value, as each
+    setting's declaration (``Setting.reload``, inherited from its section) says."""
+    result: Config = _effective(running, new, Config, "live")
+    return result
 
 
-def _diff(a: Any, b: Any, path: str) -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out: list[str] = []
-        for key in sorted({*a, *b}):
-            out += _diff(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
-        return out
-    return [] if a == b else [path]
+def _changed(a: Any, b: Any, cls: type, path: str) -> Iterator[str]:
+    for d in declared(cls):
+        old, now = getattr(a, d.name), getattr(b, d.name)
+        if old is now or old == now:
+            continue
+        where = path if d.setting.flatten else f"{path}.{d.key or d.name}".lstrip(".")
+        if d.setting.kind == "section" and is_section(old) and is_section(now):
+            yield from _changed(old, now, type(now), where)
+        else:
+            yield where  # a secret by its *_env key: its value is never shown
 
 
 def restart_required(effective: Config, new: Config) -> list[str]:
-    """Dotted paths of settings in ``new`` that ``effective`` does not apply."""
-    # Integrations, routes and webhook sources always apply: only the sections
-    # that can hold restart-only settings are compared (cheap with many integrations).
-    paths: list[str] = []
-    for section in ("server", "storage", "logging", "realtime", "tracing"):
-        paths += _diff(to_plain(getattr(effective, section)),
-                       to_plain(getattr(new, section)), section)
-    paths += _diff(to_plain(effective.webhooks.delivery), to_plain(new.webhooks.delivery),
-                   "webhooks.delivery")
-    # Secrets show as their variable name only: compare the values too.
-    for path, old_secret, new_secret in (
-            ("server.grpc.api_token_env", effective.server.grpc.api_token,
-             new.server.grpc.api_token),
-            ("storage.redis.url_env", effective.storage.redis.url, new.storage.redis.url),
-            ("tracing.otlp.headers_env", effective.tracing.otlp.headers,
-             new.tracing.otlp.headers)):
-        if old_secret != new_secret:
-            paths.append(path)
-    return sorted(set(paths))
+    """The file's keys (dotted) of settings in ``new`` that ``effective`` does not apply."""
+    return sorted(set(_changed(effective, new, Config, "")))
 
 
 def watched_files(config: Config, config_path: str | None) -> list[str]:

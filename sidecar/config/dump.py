@@ -1,64 +1,42 @@
-"""The effective configuration written out: in the config file's own schema for
-``config show`` (secrets by variable name only), and in the model's shape for diffs.
+"""The effective configuration written out in the config file's own schema, for
+``config show``: secrets by variable name only, every default filled in.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import yaml
 
-from sidecar.config.durations import parse_duration as _as_duration
+from sidecar.config.durations import format_duration, plain_number
 from sidecar.config.load import ENV_OVERRIDES
 from sidecar.config.model import (
     AuthConfig,
-    BreakerConfig,
+    BulkheadConfig,
     Config,
-    FallbackConfig,
+    EdgeConfig,
+    HttpListenerConfig,
     IntegrationConfig,
+    OAuth2Config,
     RealtimeConfig,
     RetryConfig,
     RouteConfig,
     Secret,
     ServerConfig,
     ServerTlsConfig,
-    StorageConfig,
-    TimeoutsConfig,
-    TracingConfig,
     WebhooksConfig,
     WebhookSourceConfig,
+    WebSocketConfig,
 )
-from sidecar.core.resilience.backoff import BackoffPolicy
-from sidecar.core.resilience.rate_limit import RateLimitPolicy
-from sidecar.core.resilience.retry_budget import RetryBudgetPolicy
+from sidecar.config.settings import declared
 
 REDACTED = "<redacted>"
 
 Tree = dict[str, Any]
 #: A YAML comment for the key at this path (mapping keys; list items by index).
 Notes = dict[tuple[str | int, ...], str]
-
-
-def to_plain(value: Any) -> Any:
-    """The model's own shape (field names of the dataclasses), for comparing configs."""
-    if isinstance(value, Secret):
-        return {"env": value.env, "value": REDACTED}
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): to_plain(v) for k, v in value.items()}
-    if isinstance(value, tuple) and value and all(
-        isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) for v in value
-    ):
-        return {k: to_plain(v) for k, v in value}  # header pairs
-    if isinstance(value, tuple | list):
-        return [to_plain(v) for v in value]
-    if isinstance(value, frozenset | set):
-        return _compact(value)
-    return value
 
 
 def _compact(values: frozenset[object] | set[object]) -> list[object]:
@@ -77,123 +55,59 @@ def _compact(values: frozenset[object] | set[object]) -> list[object]:
 
 # --------------------------------------------------------------------------- file schema
 #
-# Each function below is the inverse of the loader's function of the same name in
-# ``sidecar.config.load``: it writes every key that one reads, so that
-# ``parse_config(to_file_schema(c), env) == c`` for any ``c`` it produced.
-
-_DURATION_UNITS = (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0), ("ms", 0.001))
+# The inverse of the loader, read from the same declarations: every key the loader
+# reads is written with its effective value, so that ``parse_config(to_file_schema(c),
+# env) == c`` for any ``c`` it produced (tests/test_config_show.py).
 
 
-def _duration(seconds: float) -> str | int | float:
-    """The largest whole unit (``7d``, ``250ms``) the loader reads back exactly, else seconds.
-
-    A single day shows as ``24h``, as the documentation writes it.
-    """
-    if seconds == 0:
-        return "0s"
-    if math.isfinite(seconds) and seconds > 0:
-        for unit, size in _DURATION_UNITS:
-            count = round(seconds / size)
-            text = f"{count}{unit}"
-            if count >= (2 if unit == "d" else 1) and _as_duration(text) == seconds:
-                return text
-    return _number(seconds)
+def _value(value: Any, schema: dict[str, Any] | None = None) -> Any:
+    """A value as the file writes it (a mapping where its schema says so)."""
+    if isinstance(value, Secret):
+        return value.env  # only the variable's name
+    if schema is not None and schema.get("type") == "object":
+        return dict(value)  # header pairs, form fields, attributes
+    if isinstance(value, tuple | list):
+        return [_value(v) for v in value]
+    if isinstance(value, frozenset | set):
+        return _compact(value)
+    return value
 
 
-def _number(value: float) -> int | float:
-    """``2`` rather than ``2.0``: the loader reads either as the same float."""
-    return int(value) if float(value).is_integer() and abs(value) < 2**53 else value
-
-
-def _env_name(secret: Secret | None) -> str | None:
-    return secret.env if secret is not None else None
-
-
-def _listener_tls(tls: ServerTlsConfig | None, *, client_ca: bool) -> Tree:
-    if tls is None:
-        return {"enabled": False}
-    out: Tree = {"enabled": True, "cert_file": tls.cert_file, "key_file": tls.key_file}
-    if client_ca:
-        out["client_ca_file"] = tls.client_ca_file
+def _section(value: Any, cls: type, **given: Any) -> Tree:
+    """``value`` (of ``cls``) in the file's schema; the keys in ``given`` as they are."""
+    out: Tree = {}
+    for d in declared(cls):
+        if d.key is None:
+            continue
+        if d.key in given:
+            out[d.key] = given[d.key]
+            continue
+        s, item = d.setting, getattr(value, d.name)
+        if s.kind == "duration":
+            out[d.key] = format_duration(item)
+        elif s.kind == "number":
+            out[d.key] = plain_number(item)
+        elif s.kind == "section" and item is None and not s.switch:
+            out[d.key] = None  # an override a route does not make
+        elif s.kind == "section":
+            sub_cls = s.of or type(item)
+            if s.flatten:
+                out.update(_section(item, sub_cls) if item is not None else {})
+            elif s.switch:
+                out[d.key] = ({"enabled": False} if item is None
+                              else {"enabled": True, **_section(item, sub_cls)})
+            else:
+                out[d.key] = _section(item, sub_cls)
+        else:
+            out[d.key] = _value(item, s.schema)
     return out
 
 
-def _server(s: ServerConfig) -> Tree:
-    grpc, edge, admin = s.grpc, s.edge, s.admin
-    return {
-        "grpc": {"address": grpc.address, "max_message_bytes": grpc.max_message_bytes,
-                 "api_token_env": _env_name(grpc.api_token), "reflection": grpc.reflection,
-                 "tls": _listener_tls(grpc.tls, client_ca=True)},
-        "edge": {"host": edge.host, "port": edge.port, "max_body_bytes": edge.max_body_bytes,
-                 "header_timeout": _duration(edge.header_timeout),
-                 "body_timeout": _duration(edge.body_timeout),
-                 "tls": _listener_tls(edge.tls, client_ca=False)},
-        "admin": {"host": admin.host, "port": admin.port,
-                  "tls": _listener_tls(admin.tls, client_ca=False)},
-        "shutdown_grace": _duration(s.shutdown_grace),
-    }
-
-
-def _storage(s: StorageConfig) -> Tree:
-    # Only the variable's name: the URL may hold a password.
-    sentinel = s.redis.sentinel
-    redis = {"url_env": s.redis.url_env, "mode": s.redis.mode, "key_prefix": s.redis.key_prefix,
-             "socket_timeout": _duration(s.redis.socket_timeout),
-             "sentinel": {"master_name": sentinel.master_name,
-                          "password_env": sentinel.password_env}}
-    return {"backend": s.backend, "data_dir": s.data_dir, "redis": redis}
-
-
-def _timeouts(t: TimeoutsConfig) -> Tree:
-    return {"connect": _duration(t.connect), "attempt": _duration(t.attempt),
-            "total": _duration(t.total)}
-
-
-def _backoff(b: BackoffPolicy) -> Tree:
-    return {"initial": _duration(b.initial), "multiplier": _number(b.multiplier),
-            "max": _duration(b.maximum), "jitter": b.jitter}
-
-
-def _retry(r: RetryConfig) -> Tree:
-    return {"max_attempts": r.max_attempts, "backoff": _backoff(r.backoff),
-            "on_status": _compact(r.on_status), "on_errors": sorted(r.on_errors),
-            "honor_retry_after": r.honor_retry_after}
-
-
-def _retry_budget(b: RetryBudgetPolicy | None) -> Tree:
-    if b is None:
+def _listener_tls(tls: ServerTlsConfig | None) -> Tree:
+    """The HTTP listeners' TLS has no client CA (the loader refuses one)."""
+    if tls is None:
         return {"enabled": False}
-    return {"enabled": True, "ratio": _number(b.ratio),
-            "min_retries_per_second": _number(b.min_retries_per_second),
-            "window": _duration(b.window)}
-
-
-def _breaker(b: BreakerConfig) -> Tree:
-    p = b.policy
-    return {
-        "enabled": b.enabled,
-        "consecutive_failures": p.consecutive_failures,
-        "failure_rate": _number(p.failure_rate_threshold),
-        "slow_call_rate": _number(p.slow_call_rate_threshold),
-        "slow_call_duration": _duration(p.slow_call_duration),
-        "window": _duration(p.window),
-        "minimum_calls": p.minimum_calls,
-        "open_duration": _duration(p.open_duration),
-        "half_open_probes": p.half_open_probes,
-        "close_after": p.close_after,
-        "probe_timeout": _duration(p.probe_timeout),
-        "failure_statuses": _compact(b.failure_statuses),
-    }
-
-
-def _rate_limit(r: RateLimitPolicy | None) -> Tree:
-    if r is None:
-        return {"enabled": False}
-    return {"enabled": True, "rate": _number(r.rate), "burst": r.burst, "on_limit": r.on_limit}
-
-
-def _fallback(f: FallbackConfig) -> Tree:
-    return {"enabled": f.enabled, "max_age": _duration(f.max_age), "max_entries": f.max_entries}
+    return {"enabled": True, "cert_file": tls.cert_file, "key_file": tls.key_file}
 
 
 def _plain_or_env(key: str, value: str, env: str) -> Tree:
@@ -201,68 +115,42 @@ def _plain_or_env(key: str, value: str, env: str) -> Tree:
 
 
 def _auth(a: AuthConfig) -> Tree:
+    """Which keys the loader reads depends on ``type``."""
     auth: Tree = {"type": a.type}
+    secret = a.secret.env if a.secret is not None else None
     if a.type == "bearer":
-        auth["token_env"] = _env_name(a.secret)
+        auth["token_env"] = secret
     elif a.type == "api_key":
-        auth.update(header=a.header, value_env=_env_name(a.secret))
+        auth.update(header=a.header, value_env=secret)
     elif a.type == "basic":
         auth.update(_plain_or_env("username", a.username, a.username_env),
-                    password_env=_env_name(a.secret))
+                    password_env=secret)
     elif a.oauth2 is not None:
         o = a.oauth2
-        auth.update(token_url=o.token_url, **_plain_or_env("client_id", o.client_id,
-                                                            o.client_id_env),
-                    client_secret_env=_env_name(a.secret), scopes=list(o.scopes),
-                    audience=o.audience, params=dict(o.params), client_auth=o.client_auth,
-                    refresh_before=_duration(o.refresh_before),
-                    default_lifetime=_duration(o.default_lifetime),
-                    timeout=_duration(o.timeout))
+        auth.update(_section(o, OAuth2Config, client_id_env=None),
+                    client_secret_env=secret)
+        del auth["client_id_env"], auth["client_id"]
+        auth.update(_plain_or_env("client_id", o.client_id, o.client_id_env))
     return auth
 
 
+def _retry(r: RetryConfig) -> Tree:
+    return _section(r, RetryConfig, on_errors=sorted(r.on_errors))
+
+
 def _integration(i: IntegrationConfig) -> Tree:
-    v, tls, bulkhead = i.api_version, i.tls, i.bulkhead
-    return {
-        "base_url": i.base_url,
-        "allow_insecure_http": i.allow_insecure_http,
-        "headers": dict(i.headers),
-        "auth": _auth(i.auth),
-        "timeouts": _timeouts(i.timeouts),
-        "api_version": {"version": v.version, "location": v.location, "header": v.header},
-        "tls": {"verify": tls.verify, "ca_file": tls.ca_file,
-                "client_cert_file": tls.client_cert_file,
-                "client_key_file": tls.client_key_file},
-        "max_request_bytes": i.max_request_bytes,
-        "max_response_bytes": i.max_response_bytes,
-        "retry": _retry(i.retry),
-        "retry_budget": _retry_budget(i.retry_budget),
-        "circuit_breaker": _breaker(i.circuit_breaker),
-        "rate_limit": _rate_limit(i.rate_limit),
-        "bulkhead": {"max_concurrent": bulkhead.max_concurrent,
-                     "max_wait": None if bulkhead.max_wait is None
-                     else _duration(bulkhead.max_wait)},
-        "idempotency": {"header": i.idempotency.header,
-                        "retention": _duration(i.idempotency.retention)},
-        "fallback": _fallback(i.fallback),
-    }
+    wait = i.bulkhead.max_wait
+    return _section(i, IntegrationConfig, auth=_auth(i.auth), retry=_retry(i.retry),
+                    bulkhead=_section(i.bulkhead, BulkheadConfig, max_wait=None if wait is None
+                                      else format_duration(wait)))
 
 
 def _route(r: RouteConfig) -> Tree:
     """Overrides the route does not set are left out: it inherits the integration's."""
-    out: Tree = {"integration": r.integration, "name": r.name, "method": r.method,
-                 "path": r.path}
-    if r.timeouts is not None:
-        out["timeouts"] = _timeouts(r.timeouts)
-    if r.retry is not None:
-        out["retry"] = _retry(r.retry)
-    if r.circuit_breaker is not None:
-        out["circuit_breaker"] = _breaker(r.circuit_breaker)
-    if r.rate_limit is not None or r.unlimited:
-        out["rate_limit"] = _rate_limit(r.rate_limit)
-    if r.fallback is not None:
-        out["fallback"] = _fallback(r.fallback)
-    return out
+    out = _section(r, RouteConfig, retry=None if r.retry is None else _retry(r.retry))
+    if r.rate_limit is None and not r.unlimited:
+        del out["rate_limit"]
+    return {k: v for k, v in out.items() if v is not None}
 
 
 #: Read for every scheme, meaningful for ``generic_hmac`` only: shown for the
@@ -273,100 +161,42 @@ _SOURCE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(WebhookSourceC
 
 
 def _webhook_source(s: WebhookSourceConfig) -> Tree:
-    out: Tree = {
-        "scheme": s.scheme,
-        "secrets_env": [secret.env for secret in s.secrets],
-        "tolerance": _duration(s.tolerance),
-        "max_body_bytes": s.max_body_bytes,
-        "topic": s.topic,
-        "rate_limit": _rate_limit(s.rate_limit),
-        "event_id": {"header": s.event_id_header, "path": s.event_id_path},
-        "event_type": {"header": s.event_type_header, "path": s.event_type_path},
-    }
+    out = _section(s, WebhookSourceConfig,
+                   secrets_env=[secret.env for secret in s.secrets],
+                   event_id={"header": s.event_id_header, "path": s.event_id_path},
+                   event_type={"header": s.event_type_header, "path": s.event_type_path})
     generic = {name: getattr(s, name) for name in _GENERIC_HMAC_FIELDS}
-    if s.scheme == "generic_hmac" or any(v != _SOURCE_DEFAULTS[k] for k, v in generic.items()):
-        out.update(generic)
+    if s.scheme != "generic_hmac" and all(v == _SOURCE_DEFAULTS[k] for k, v in generic.items()):
+        for name in _GENERIC_HMAC_FIELDS:
+            del out[name]
     return out
-
-
-def _webhooks(w: WebhooksConfig) -> Tree:
-    d = w.delivery
-    return {
-        "sources": {name: _webhook_source(s) for name, s in w.sources.items()},
-        "delivery": {"ack_timeout": _duration(d.ack_timeout), "max_attempts": d.max_attempts,
-                     "backoff": _backoff(d.backoff), "default_in_flight": d.default_in_flight,
-                     "max_in_flight": d.max_in_flight, "heartbeat": _duration(d.heartbeat)},
-        "retention": _duration(w.retention),
-        "per_ip_rate_limit": _rate_limit(w.per_ip_rate_limit),
-        "max_concurrent": w.max_concurrent,
-        "max_headers": w.max_headers,
-    }
 
 
 def _realtime(r: RealtimeConfig) -> Tree:
     ws = r.websocket
-    websocket: Tree = {"enabled": ws.enabled}
-    if ws.enabled:
-        # Read only when the edge is on (the loader ignores it otherwise).
-        jwt = ws.jwt
-        websocket["jwt"] = {
-            "algorithms": list(jwt.algorithms),
-            "hs256_secret_env": _env_name(jwt.hs256_secret),
-            "rs256_public_key_file": jwt.rs256_public_key_file,
-            "audience": jwt.audience,
-            "issuer": jwt.issuer,
-            "roles_claim": jwt.roles_claim,
-            "topics_claim": jwt.topics_claim,
-            "leeway": _duration(jwt.leeway),
-        }
-    websocket.update(allowed_origins=list(ws.allowed_origins),
-                     ping_interval=_duration(ws.ping_interval),
-                     max_connections=ws.max_connections,
-                     max_message_bytes=ws.max_message_bytes)
-    return {
-        "queue_size": r.queue_size,
-        "slow_consumer": r.slow_consumer,
-        "heartbeat": _duration(r.heartbeat),
-        "max_data_bytes": r.max_data_bytes,
-        "idempotency_retention": _duration(r.idempotency_retention),
-        "max_events_per_topic": r.max_events_per_topic,
-        "max_event_age": _duration(r.max_event_age),
-        "durable_publish": r.durable_publish,
-        "websocket": websocket,
-    }
-
-
-def _tracing(t: TracingConfig) -> Tree:
-    otlp = t.otlp
-    return {
-        "enabled": t.enabled,
-        "service_name": t.service_name,
-        "resource_attributes": dict(t.resource_attributes),
-        "sample_ratio": _number(t.sample_ratio),
-        "max_queue": t.max_queue,
-        "max_batch": t.max_batch,
-        "export_interval": _duration(t.export_interval),
-        # The headers hold API keys: only the variable's name.
-        "otlp": {"endpoint": otlp.endpoint, "headers_env": _env_name(otlp.headers),
-                 "compression": otlp.compression, "timeout": _duration(otlp.timeout)},
-    }
+    # jwt is read only when the edge is on (the loader ignores it otherwise).
+    websocket = _section(ws, WebSocketConfig)
+    if not ws.enabled:
+        del websocket["jwt"]
+    return _section(r, RealtimeConfig, websocket=websocket)
 
 
 def to_file_schema(config: Config) -> Tree:
     """``config`` as a config file: every key the loader reads, with its effective value."""
-    return {
-        "version": 1,
-        "server": _server(config.server),
-        "storage": _storage(config.storage),
-        "logging": {"level": config.logging.level, "format": config.logging.format},
-        "reload": {"watch": config.reload.watch,
-                   "watch_interval": _duration(config.reload.watch_interval)},
-        "integrations": {name: _integration(i) for name, i in config.integrations.items()},
-        "routes": [_route(r) for r in config.routes],
-        "webhooks": _webhooks(config.webhooks),
-        "realtime": _realtime(config.realtime),
-        "tracing": _tracing(config.tracing),
-    }
+    server = config.server
+    return {"version": 1, **_section(
+        config, Config,
+        server=_section(server, ServerConfig,
+                        edge=_section(server.edge, EdgeConfig,
+                                      tls=_listener_tls(server.edge.tls)),
+                        admin=_section(server.admin, HttpListenerConfig,
+                                       tls=_listener_tls(server.admin.tls))),
+        integrations={name: _integration(i) for name, i in config.integrations.items()},
+        routes=[_route(r) for r in config.routes],
+        webhooks=_section(config.webhooks, WebhooksConfig,
+                          sources={name: _webhook_source(s)
+                                   for name, s in config.webhooks.sources.items()}),
+        realtime=_realtime(config.realtime))}
 
 
 def _notes(config: Config, env: Mapping[str, str]) -> Notes:

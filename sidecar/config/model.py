@@ -693,6 +693,7 @@ class RealtimeConfig:
                                     doc="SQLite: Publish waits for an fsync (safe from "
                                         "power loss), not only for the write")
     websocket: WebSocketConfig = setting(WebSocketConfig(), kind="section", reload="live",
+                                         reload_rule="switched",
                                          doc="the `/ws` edge (applies to new connections)")
 
 
