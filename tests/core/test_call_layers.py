@@ -22,12 +22,14 @@ from sidecar.core.calls.layers.retry import RetryLayer
 from sidecar.core.calls.layers.transport import TransportLayer
 from sidecar.core.calls.models import CallRequest, TransportError, UpstreamResponse
 from sidecar.core.calls.observer import NullObserver
+from sidecar.core.calls.pipeline import CallPipeline
 from sidecar.core.calls.policy import (
     ApiVersion,
     BreakerSettings,
     FallbackPolicy,
     IntegrationSpec,
     RouteSpec,
+    Timeouts,
 )
 from sidecar.core.calls.stack import StackBuilder
 from sidecar.core.resilience import BreakerOpenError, CircuitBreaker, RetryBudget
@@ -35,7 +37,14 @@ from sidecar.core.resilience.breaker import BreakerPolicy
 from sidecar.core.resilience.bulkhead import Bulkhead, BulkheadFullError
 from sidecar.core.resilience.rate_limit import RateLimitedError, RateLimitPolicy, TokenBucket
 from sidecar.core.resilience.retry_budget import RetryBudgetPolicy
-from sidecar.errors import Aborted, DeadlineExceeded, FailedPrecondition, UpstreamAuthFailed
+from sidecar.errors import (
+    Aborted,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    UpstreamAuthFailed,
+)
 from tests.core.call_layers import (
     TIMEOUTS,
     MemoryIdempotency,
@@ -84,11 +93,11 @@ async def test_compose_runs_layers_outermost_first(clock: VirtualClock) -> None:
 
 async def test_deadline_is_the_earlier_of_total_and_caller(clock: VirtualClock) -> None:
     ctx = context(clock)
-    await DeadlineLayer(30.0)(ctx, handler_of(answer(200)))
+    await DeadlineLayer(30.0, clock)(ctx, handler_of(answer(200)))
     assert ctx.deadline == ctx.start + 30.0
     ctx = context(clock)
     ctx.request = CallRequest("pay", deadline=ctx.start + 2.0)
-    await DeadlineLayer(30.0)(ctx, handler_of(answer(200)))
+    await DeadlineLayer(30.0, clock)(ctx, handler_of(answer(200)))
     assert ctx.deadline == ctx.start + 2.0
 
 
@@ -506,3 +515,39 @@ def test_routes_share_what_they_do_not_override(clock: VirtualClock) -> None:
     assert built.match("GET", "/v1/charges/ch_1/capture") is routes["charges"]
     assert built.match("GET", "/v1/other") is built.default
     assert {b.name for b in built.breakers()} == {"pay", "pay/refunds"}
+
+
+# ---------------------------------------------------------------- one queued attempt
+
+def _pipeline(clock: VirtualClock, transport: ScriptedTransport, **overrides: object
+              ) -> CallPipeline:
+    return CallPipeline({"pay": _spec(**overrides)}, MemoryIdempotency(),
+                        lambda spec: transport, clock, rand=lambda: 0.5)
+
+
+async def test_a_queued_attempt_is_one_attempt(clock: VirtualClock) -> None:
+    transport = ScriptedTransport([answer(503)])
+    pipeline = _pipeline(clock, transport)
+    assert (await pipeline.attempt(CallRequest("pay", path="/x"))).attempts == 1
+    assert (await pipeline.call(CallRequest("pay", path="/x"))).attempts == 3
+
+
+async def test_a_queued_attempt_waits_out_the_rate_limit(clock: VirtualClock) -> None:
+    transport = ScriptedTransport([answer(200)])
+    pipeline = _pipeline(clock, transport, rate_limit=RateLimitPolicy(rate=0.5, burst=1),
+                         timeouts=Timeouts(connect=0.5, attempt=0.5, total=0.5))
+    await pipeline.attempt(CallRequest("pay"))
+    with pytest.raises(RateLimitedError):
+        await pipeline.call(CallRequest("pay"))  # would wait 2 s, over the 0.5 s total
+    assert (await pipeline.attempt(CallRequest("pay"))).status == 200
+    assert clock.sleeps == [2.0] and len(transport.requests) == 2
+
+
+async def test_check_refuses_what_call_would(clock: VirtualClock) -> None:
+    pipeline = _pipeline(clock, ScriptedTransport([answer(200)]))
+    with pytest.raises(NotFound):
+        pipeline.check(CallRequest("nope"))
+    with pytest.raises(InvalidArgument) as caught:
+        pipeline.check(CallRequest("pay", path="https://elsewhere.example/x"))
+    assert caught.value.metadata["upstream_reached"] == "no"
+    pipeline.check(CallRequest("pay", method="post", path="/v1/charges"))

@@ -19,14 +19,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from sidecar.clock import Clock
-from sidecar.core.calls.context import CallContext, transport_failure
+from sidecar.core.calls.context import CallContext, Handler, transport_failure
 from sidecar.core.calls.credentials import CredentialFactory
 from sidecar.core.calls.models import CallRequest, CallResult, Transport, TransportError
 from sidecar.core.calls.observer import CallObserver, NullObserver
 from sidecar.core.calls.paths import build_url, safe_path
 from sidecar.core.calls.policy import IntegrationSpec
 from sidecar.core.calls.request import attempt_headers, validate
-from sidecar.core.calls.stack import Closable, Integration, RateLimiterFactory, StackBuilder
+from sidecar.core.calls.stack import (
+    Closable,
+    Integration,
+    RateLimiterFactory,
+    Route,
+    StackBuilder,
+)
 from sidecar.core.idempotency import IdempotencyStore
 from sidecar.core.resilience import CircuitBreaker, TokenBucket
 from sidecar.core.tracing import new_trace
@@ -145,7 +151,21 @@ class CallPipeline:
 
     # ------------------------------------------------------------------ the call
 
+    def check(self, req: CallRequest) -> None:
+        """Raise what ``call`` would refuse ``req`` for before any attempt (unknown
+        integration, invalid fields, a path that leaves the base URL)."""
+        self._prepare(req, self._integration(req))
+
     async def call(self, req: CallRequest) -> CallResult:
+        """``req`` through its route's stack: retries, breaker, rate limit, ..."""
+        return await self._run(req, queued=False)
+
+    async def attempt(self, req: CallRequest) -> CallResult:
+        """One attempt of a queued call (the route's queued stack): no retry, and the
+        rate limit is waited out, never a refusal."""
+        return await self._run(req, queued=True)
+
+    def _integration(self, req: CallRequest) -> Integration:
         integ = self._integrations.get(req.integration)
         if integ is None:
             error: SidecarError = InvalidArgument.of("integration", "is required")
@@ -154,15 +174,9 @@ class CallPipeline:
                                  reason="INTEGRATION_NOT_FOUND",
                                  metadata={"integration": req.integration})
             raise _nothing_sent(error)
-        integ.active += 1
-        try:
-            return await self._call(req, integ)
-        finally:
-            integ.active -= 1
-            if integ.retired and not integ.active:
-                self._close_soon(*integ.parts())
+        return integ
 
-    async def _call(self, req: CallRequest, integ: Integration) -> CallResult:
+    def _prepare(self, req: CallRequest, integ: Integration) -> tuple[Route, CallContext]:
         start = self._clock.monotonic()
         spec = integ.spec
         method = (req.method or "GET").upper()
@@ -176,22 +190,36 @@ class CallPipeline:
         # Routes match the path as it is sent (dot segments resolved), not as written.
         route = integ.match(method, "/" + safe_path(req.path).lstrip("/"))
         trace = req.trace or new_trace()
-        ctx = CallContext(req, spec.name, route.name, method, url,
-                          attempt_headers(req, spec, version, trace), start, math.inf, trace,
-                          req.span)
+        return route, CallContext(req, spec.name, route.name, method, url,
+                                  attempt_headers(req, spec, version, trace), start, math.inf,
+                                  trace, req.span)
+
+    async def _run(self, req: CallRequest, *, queued: bool) -> CallResult:
+        integ = self._integration(req)
+        integ.active += 1
+        try:
+            route, ctx = self._prepare(req, integ)
+            return await self._through(route.queued if queued and route.queued else route.run,
+                                       ctx)
+        finally:
+            integ.active -= 1
+            if integ.retired and not integ.active:
+                self._close_soon(*integ.parts())
+
+    async def _through(self, run: Handler, ctx: CallContext) -> CallResult:
         outcome = "error"
         result: CallResult | None = None
         try:
             try:
-                response = await route.run(ctx)
+                response = await run(ctx)
             except TransportError as exc:
                 raise transport_failure(exc, ctx, self._clock.monotonic()) from None
             result = CallResult(
                 status=response.status, headers=response.headers, body=response.body,
                 attempts=0 if ctx.served == "replayed" else ctx.attempts,
                 replayed=ctx.served == "replayed", stale=ctx.served == "stale",
-                deprecation=ctx.deprecation, route=route.name,
-                duration=self._clock.monotonic() - start)
+                deprecation=ctx.deprecation, route=ctx.route,
+                duration=self._clock.monotonic() - ctx.start)
             outcome = ctx.served or _outcome(result.status)
             return result
         except SidecarError as exc:

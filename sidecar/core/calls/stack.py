@@ -30,7 +30,7 @@ from sidecar.core.calls.layers.deadline import DeadlineLayer
 from sidecar.core.calls.layers.deprecation import DeprecationLayer
 from sidecar.core.calls.layers.fallback import FallbackLayer, LastGoodCache
 from sidecar.core.calls.layers.idempotency import IdempotencyLayer
-from sidecar.core.calls.layers.rate_limit import RateLimitLayer
+from sidecar.core.calls.layers.rate_limit import DrainLayer, RateLimitLayer
 from sidecar.core.calls.layers.retry import RetryLayer
 from sidecar.core.calls.layers.transport import TransportLayer
 from sidecar.core.calls.models import Transport
@@ -69,6 +69,9 @@ class Route:
     breaker: CircuitBreaker | None
     #: The layers' names, outermost first (the transport last).
     layers: tuple[str, ...] = ()
+    #: One attempt of a queued call: its retries are the queue's schedule, its rate
+    #: limit a wait, not a refusal (see ``queued``).
+    queued: Handler | None = None
 
 
 @dataclass
@@ -158,7 +161,7 @@ class StackBuilder:
                bucket: RateLimiter | None, cache: LastGoodCache | None) -> Route:
         spec, clock, observer = shared.spec, self._clock, self._observer
         layers: list[Layer] = [
-            DeadlineLayer(timeouts.total),
+            DeadlineLayer(timeouts.total, clock),
             IdempotencyLayer(self._store, clock, observer, spec.name,
                              total_timeout=timeouts.total,
                              retention=spec.idempotency_retention),
@@ -179,7 +182,31 @@ class StackBuilder:
         layers.append(BulkheadLayer(shared.bulkhead, spec.bulkhead_max_wait, clock))
         terminal = TransportLayer(shared.transport, timeouts, clock, observer, spec.name, name)
         return Route(name, compose(layers, terminal), breaker,
-                     tuple(type(layer).__name__ for layer in (*layers, terminal)))
+                     tuple(type(layer).__name__ for layer in (*layers, terminal)),
+                     self._queued(shared, name, timeouts, breaker, failure_statuses, bucket,
+                                  terminal))
+
+    def _queued(self, shared: _Shared, name: str, timeouts: Timeouts,
+                breaker: CircuitBreaker | None, failure_statuses: frozenset[int],
+                bucket: RateLimiter | None, terminal: TransportLayer) -> Handler:
+        """The stack of one queued attempt: drain (wait for a rate-limit token as long as
+        it takes) -> deadline -> deprecation -> breaker -> credentials -> bulkhead ->
+        transport. No retry layer (the queue reschedules), no idempotency claim (the
+        queue de-duplicates on enqueue; the key still goes upstream as a header), no
+        fallback (a stale answer is no outcome for work that must happen)."""
+        spec, clock, observer = shared.spec, self._clock, self._observer
+        layers: list[Layer] = []
+        if bucket is not None:
+            layers.append(DrainLayer(bucket, clock, observer, spec.name, name))
+        layers += [DeadlineLayer(timeouts.total, clock),
+                   DeprecationLayer(observer, spec.name, name, shared.deprecations_logged)]
+        if breaker is not None:
+            layers.append(BreakerLayer(breaker, failure_statuses))
+        if shared.credentials is not None:
+            layers.append(CredentialsLayer(shared.credentials, spec.auth_header, spec.name,
+                                           name))
+        layers.append(BulkheadLayer(shared.bulkhead, spec.bulkhead_max_wait, clock))
+        return compose(layers, terminal)
 
     def _breaker(self, integration: str, scope: str,
                  settings: BreakerSettings) -> CircuitBreaker | None:

@@ -40,13 +40,7 @@ class RateLimitLayer:
         self._route = route
 
     async def __call__(self, ctx: CallContext, next: Handler) -> UpstreamResponse:
-        bucket = self._bucket
-        try:
-            waited = await bucket.acquire(ctx.remaining(self._clock.monotonic()))
-        except RateLimitedError as exc:
-            self._observer.rate_limited(self._integration, self._route, "rejected")
-            exc.metadata.setdefault("integration", self._integration)
-            raise
+        waited = await self._take(ctx)
         if waited > 0:
             self._observer.rate_limited(self._integration, self._route, "waited")
             if ctx.span is not None:
@@ -56,5 +50,27 @@ class RateLimitLayer:
         if response.status == 429:
             pause = server_hint(response, self._clock.time())
             if pause:
-                await bucket.pause_for(pause)
+                await self._bucket.pause_for(pause)
         return response
+
+    async def _take(self, ctx: CallContext) -> float:
+        """Seconds waited for a token; refused when it would pass the deadline."""
+        try:
+            return await self._bucket.acquire(ctx.remaining(self._clock.monotonic()))
+        except RateLimitedError as exc:
+            self._observer.rate_limited(self._integration, self._route, "rejected")
+            exc.metadata.setdefault("integration", self._integration)
+            raise
+
+
+#: How long a queued attempt may wait for a token (the queue leases only as many calls
+#: as an integration may run at once, so a wait this long means a stalled limiter).
+MAX_DRAIN_WAIT = 3600.0
+
+
+class DrainLayer(RateLimitLayer):
+    """The rate limit as a queue's drain rate: a queued attempt waits for its token as
+    long as that takes, before its deadline starts; the limit never fails it."""
+
+    async def _take(self, ctx: CallContext) -> float:
+        return await self._bucket.acquire(MAX_DRAIN_WAIT)
