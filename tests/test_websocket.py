@@ -328,7 +328,7 @@ async def test_slow_client_is_disconnected_fast_one_keeps_receiving(
             await env.publish("broadcast", big)
         await reader
         assert received == list(range(1, 61))
-        # the slow client never read: it is cut off with 4008 (or the socket dies)
+        # the slow client never read: it is cut off with 4008, in a whole close handshake
         closed = None
         for _ in range(200):
             msg = await asyncio.wait_for(slow.receive(), 10)
@@ -336,7 +336,7 @@ async def test_slow_client_is_disconnected_fast_one_keeps_receiving(
                             aiohttp.WSMsgType.ERROR):
                 closed = slow.close_code
                 break
-        assert closed in (4008, 1006)
+        assert closed == 4008
         text = env.sc.metrics.exposition().decode()
         assert 'sidecar_slow_consumer_events_total{policy="disconnect",transport="ws"}' in text
         await fast.close()
@@ -617,3 +617,56 @@ async def test_reconnecting_with_the_announced_offset_gets_what_was_missed(
         got = early + await frames(ws, 3 - len(early))
         assert [f["id"] for f in got] == [p.event_id for p in missed]
         await ws.close()
+
+
+# --------------------------------------------------------------------------- close races
+
+
+async def close_codes(clients: list[aiohttp.ClientWebSocketResponse]) -> list[int | None]:
+    """Each client reads until its connection ends: the close code it saw (1006, an
+    abnormal closure, when the server cut the connection without a whole handshake)."""
+
+    async def one(ws: aiohttp.ClientWebSocketResponse) -> int | None:
+        while True:
+            msg = await asyncio.wait_for(ws.receive(), 10)
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                            aiohttp.WSMsgType.ERROR):
+                return ws.close_code
+
+    return list(await asyncio.gather(*(one(ws) for ws in clients)))
+
+
+async def test_shutdown_closes_every_connection_with_a_whole_1001_handshake(
+        env: Env) -> None:
+    # Closing from another task while the handler waits in receive() cut the connection
+    # before the client's close reply: a client busy elsewhere while the sidecar stopped
+    # (it reads afterwards) saw 1006. Half the clients read throughout, half after.
+    clients = [await env.connect(env.token(f"u{i}")) for i in range(40)]
+    for ws in clients:
+        await subscribed(ws, 2)
+    reading = asyncio.ensure_future(close_codes(clients[:20]))
+    await env.sc.stop()
+    codes = await reading + await close_codes(clients[20:])
+    assert codes == [1001] * 40
+
+
+async def test_slow_consumers_are_closed_with_a_whole_4008_handshake(
+        tmp_path: Path, rsa_keys: tuple[bytes, bytes]) -> None:
+    # Clients that read nothing until the sidecar gives up on them, then read: each
+    # gets what was sent, then the 4008 close frame, in a whole close handshake.
+    codes: list[int | None] = []
+    big = json.dumps({"pad": "x" * 200_000}).encode()
+    for round_ in range(3):
+        (tmp_path / str(round_)).mkdir()
+        async with started(tmp_path / str(round_), rsa_keys, queue_size=2) as env:
+            clients = [await env.connect(env.token(f"s{i}"), max_msg_size=0)
+                       for i in range(20)]
+            for ws in clients:
+                await subscribed(ws, 2)
+            for _ in range(500):
+                if env.sc.live.subscriber_count("broadcast") == 0:
+                    break  # every one of them was found slow
+                await env.publish("broadcast", big)
+            assert env.sc.live.subscriber_count("broadcast") == 0
+            codes += await close_codes(clients)
+    assert codes == [4008] * len(codes)

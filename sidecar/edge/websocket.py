@@ -166,6 +166,8 @@ class _Connection:
     receiving: bool = False
     #: The task handling the connection (the aiohttp request handler).
     handler: asyncio.Task[Any] | None = None
+    #: Tasks of feeds that left, still sending a frame: ended with the connection.
+    senders: list[asyncio.Task[None]] = field(default_factory=list)
     #: Set once the handler is done with the connection.
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     #: Frames fanned out in this turn of the event loop, written together at its end.
@@ -263,13 +265,15 @@ class WebSocketEdge:
                     await self._client_subscribe(conn, topic, offset)
             await self._read(conn)
             if conn.closing is not None:
-                self._leave_all(conn)
                 code, message = conn.closing
                 await ws.close(code=code, message=message)
         finally:
             if conn.expiry is not None:
                 conn.expiry.cancel()
-            for task in self._leave_all(conn):
+            self._leave_all(conn)
+            # Only now, with no close handshake left to share their drain wait with.
+            for task in conn.senders:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             self._connections.discard(conn)
@@ -344,17 +348,21 @@ class WebSocketEdge:
         self._presence.join(topic, conn.identity.user)
         feed.start({} if offset is None else {topic: offset})
 
-    def _leave(self, conn: _Connection, topic: str) -> asyncio.Task[None] | None:
-        """Take ``conn`` off ``topic``; the feed's task (cancelled) if it had one."""
+    def _leave(self, conn: _Connection, topic: str) -> None:
+        """Take ``conn`` off ``topic``. The feed's task, if it has one, sends nothing
+        more; the handler ends it when the connection is done (see :meth:`Feed.close`)."""
         feed = conn.members.pop(topic, None)
         if feed is None:
-            return None
+            return
         self._presence.leave(topic, conn.identity.user)
-        return feed.close()
+        task = feed.close()
+        if task is not None and not task.done():
+            conn.senders = [t for t in conn.senders if not t.done()]
+            conn.senders.append(task)
 
-    def _leave_all(self, conn: _Connection) -> list[asyncio.Task[None]]:
-        tasks = [self._leave(conn, topic) for topic in list(conn.members)]
-        return [t for t in tasks if t is not None]
+    def _leave_all(self, conn: _Connection) -> None:
+        for topic in list(conn.members):
+            self._leave(conn, topic)
 
     def feed_ended(self, conn: _Connection, feed: Feed[Any], error: SidecarError) -> None:
         """A feed of ``conn`` was ended by the bus, or its replay failed."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import math
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -196,7 +197,7 @@ class Feed(Generic[F]):
     gap, no duplicate.
     """
 
-    __slots__ = ("_bus", "backlog", "closed", "direct", "encoder", "outlet", "seen",
+    __slots__ = ("_bus", "backlog", "closed", "direct", "encoder", "left", "outlet", "seen",
                  "task", "topics", "transport", "wake")
 
     def __init__(self, bus: LiveBus, topics: Sequence[str], transport: str,
@@ -216,6 +217,8 @@ class Feed(Generic[F]):
         self.closed: SidecarError | None = None
         #: The task sending to the outlet (replay, backlog), while there is one.
         self.task: asyncio.Task[None] | None = None
+        #: The subscriber left (:meth:`close`): nothing more is sent.
+        self.left = False
 
     # ------------------------------------------------------------------ fan-out
 
@@ -305,15 +308,17 @@ class Feed(Generic[F]):
         self.task = asyncio.ensure_future(self._push(dict(after)))
 
     def close(self) -> asyncio.Task[None] | None:
-        """The subscriber leaves: unregister, and stop sending; the sending task
-        (cancelled) if there was one, for the caller to await."""
+        """The subscriber leaves: unregister, and send nothing more; the sending task
+        if there is one, for the caller to await (it ends at its next step).
+
+        Not cancelled: a task waiting for the transport to drain may share that wait
+        with a close handshake under way on the same connection (aiohttp keeps one
+        drain waiter per connection), and cancelling one cancels both."""
         self._bus.unregister(self)
+        self.left = True
         self.direct = False
         task, self.task = self.task, None
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            return task
-        return None
+        return task if task is not asyncio.current_task() else None
 
     async def _push(self, after: dict[str, int] | None) -> None:
         """Send the subscribed frame and replay (``after`` given), then the backlog;
@@ -323,12 +328,18 @@ class Feed(Generic[F]):
         try:
             if after is not None:
                 positions: dict[str, int | None] = {t: after.get(t) for t in self.topics}
-                async for frame in self._catch_up(positions, announce=True):
+                async with contextlib.aclosing(self._catch_up(positions, True)) as frames:
+                    async for frame in frames:
+                        if self.left:
+                            return
+                        await outlet.send(frame)
+            async with contextlib.aclosing(self._drain(None, until_empty=True)) as frames:
+                async for frame in frames:
+                    if self.left:
+                        return
                     await outlet.send(frame)
-            async for frame in self._drain(None, until_empty=True):
-                await outlet.send(frame)
         except SidecarError as exc:  # e.g. storage unavailable: this feed ends
-            if self.closed is None:
+            if self.closed is None and not self.left:
                 self._bus.unregister(self)
                 self.end(exc)
         except (ConnectionError, RuntimeError):
@@ -395,7 +406,8 @@ class Feed(Generic[F]):
                 yield encode(event)
                 continue
             if until_empty:
-                self.direct = True  # empty, and no await since: later events go direct
+                # Empty, and no await since: later events go direct.
+                self.direct = not self.left
                 return
             if idle is not None and idle.due:
                 idle.due = False
