@@ -1,6 +1,8 @@
 """Generate the deploy artefacts that must follow the code: the Grafana dashboard,
-the PrometheusRule wrapping ``deploy/prometheus/rules.yaml``, and the metrics
-reference in ``docs/operations.md`` (read from the sidecar's real registry).
+the PrometheusRule wrapping ``deploy/prometheus/rules.yaml``, the metrics
+reference in ``docs/operations.md`` (read from the sidecar's real registry), and the
+config file's JSON Schema and reference page (``docs/configuration.md``), read from
+the settings' declarations in ``sidecar/config/model.py``.
 
     python deploy/generate.py           rewrite them
     python deploy/generate.py --check   exit 1 when any is stale (tests run this)
@@ -26,6 +28,8 @@ RULES = ROOT / "deploy" / "prometheus" / "rules.yaml"
 PROMETHEUS_RULE = ROOT / "deploy" / "kubernetes" / "base" / "prometheusrule.yaml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboard.json"
 OPERATIONS = ROOT / "docs" / "operations.md"
+CONFIGURATION = ROOT / "docs" / "configuration.md"
+CONFIG_SCHEMA = ROOT / "deploy" / "config" / "sidecar.schema.json"
 
 METRICS_BEGIN = "<!-- BEGIN GENERATED METRICS (python deploy/generate.py) -->"
 METRICS_END = "<!-- END GENERATED METRICS -->"
@@ -314,6 +318,22 @@ def render_dashboard() -> str:
     return json.dumps(dashboard, indent=2) + "\n"
 
 
+# ------------------------------------------------------------------------- config
+
+
+def render_config_reference() -> str:
+    from sidecar.config.reference import render_reference
+
+    return render_reference()
+
+
+def render_config_schema() -> str:
+    from sidecar.config.reference import SCHEMA_PATH, render_schema
+
+    assert ROOT / SCHEMA_PATH == CONFIG_SCHEMA
+    return render_schema()
+
+
 # ------------------------------------------------------------------------------- main
 
 Target = tuple[Path, Callable[[str], str]]
@@ -324,6 +344,8 @@ def targets() -> list[Target]:
         (PROMETHEUS_RULE, lambda _old: render_prometheus_rule()),
         (DASHBOARD, lambda _old: render_dashboard()),
         (OPERATIONS, render_operations),
+        (CONFIGURATION, lambda _old: render_config_reference()),
+        (CONFIG_SCHEMA, lambda _old: render_config_schema()),
     ]
 
 

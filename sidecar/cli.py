@@ -1,4 +1,4 @@
-"""The ``integration-sidecar`` command: serve, config show/check, version."""
+"""The ``integration-sidecar`` command: serve, config show/check/schema, webhooks, version."""
 
 from __future__ import annotations
 
@@ -48,6 +48,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_config_show(args: argparse.Namespace) -> int:
     # The environment too: it marks the fields that environment overrides set.
     sys.stdout.write(dump_redacted(_load(args), os.environ))
+    return 0
+
+
+def _cmd_config_schema(args: argparse.Namespace) -> int:
+    from sidecar.config.reference import render_schema  # not needed to serve
+
+    sys.stdout.write(render_schema())
     return 0
 
 
@@ -139,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
         fn=_cmd_config_show)
     with_config(cfg_sub.add_parser(
         "check", help="validate the config and exit")).set_defaults(fn=_cmd_config_check)
+    cfg_sub.add_parser("schema", help="print the config file's JSON Schema").set_defaults(
+        fn=_cmd_config_schema)
     wh = sub.add_parser("webhooks", help="list and replay received webhooks")
     wh_sub = wh.add_subparsers(dest="webhooks_command", required=True)
     lst = with_config(wh_sub.add_parser("list", help="events and their delivery status"))

@@ -479,12 +479,12 @@ class RouteConfig:
                                             doc="a configured integration"))
     #: Upper-case HTTP method, or ``*`` for any.
     method: str = field(metadata=about(kind="custom", schema={"type": "string"},
-                                       default_text="*", required=False,
+                                       default_text="`*`", required=False,
                                        doc="HTTP method, or `*` for any"))
     #: Path pattern relative to the base URL; ``*`` matches one segment, a
     #: trailing ``**`` any rest.
     path: str = field(metadata=about(kind="custom", schema={"type": "string"},
-                                     default_text="/**", required=False,
+                                     default_text="`/**`", required=False,
                                      doc="path pattern (`*` one segment, `**` the rest)"))
     #: Each override is None when the route inherits the integration's.
     timeouts: TimeoutsConfig | None = setting(
@@ -542,7 +542,7 @@ class WebhookSourceConfig:
                                   doc="body limit (at most `server.edge.max_body_bytes`)")
     #: Topic the events go to; default ``webhooks.<name>``.
     topic: str = setting("", kind="custom", schema={"type": "string"},
-                         default_text="webhooks.<name>", doc="topic the events go to")
+                         default_text="`webhooks.<name>`", doc="topic the events go to")
     #: Per-source request rate on the edge; None: unlimited.
     rate_limit: RateLimitPolicy | None = setting(
         RateLimitPolicy(rate=100.0, burst=200), kind="section", switch=True,
