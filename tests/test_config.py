@@ -296,3 +296,21 @@ def test_hostile_text_stays_one_capped_log_line(text: str) -> None:
         assert "\n" not in line and "\r" not in line
         assert len(line) < 3 * MAX_FIELD_CHARS + 500
     assert json.loads(JsonFormatter().format(record))["header"].startswith(text[:100])
+
+
+def test_each_problem_in_a_file_names_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "sidecar.yaml"
+    path.write_text("server:\n  edge:\n    port: http\n    prot: 3\n"
+                    "integrations:\n  svc:\n    retry:\n      max_attempts: 99\n"
+                    "routes:\n  - integration: svc\n    name: r\n    methd: GET\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {"SIDECAR_ADMIN_PORT": "x"})
+    assert [str(p) for p in info.value.problems] == [
+        "server.edge.port: must be an integer, got a string 'http' (sidecar.yaml, line 3)",
+        "server.edge.prot: unknown field; did you mean 'port'? (sidecar.yaml, line 4)",
+        "server.admin.port (from SIDECAR_ADMIN_PORT): must be an integer, got a string 'x'",
+        # A missing key: the line of its section.
+        "integrations.svc.base_url: is required (sidecar.yaml, line 6)",
+        "integrations.svc.retry.max_attempts: must be at most 20; got 99 (sidecar.yaml, line 8)",
+        "routes[0].methd: unknown field; did you mean 'method'? (sidecar.yaml, line 12)",
+    ]

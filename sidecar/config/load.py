@@ -69,7 +69,7 @@ from sidecar.config.reader import (
     secret_hints,
 )
 from sidecar.config.settings import declared
-from sidecar.config.yaml_file import YamlFileError, read_yaml
+from sidecar.config.yaml_file import YamlFileError, read_yaml_with_lines
 from sidecar.core.events.topics import topic_problem
 from sidecar.core.resilience.rate_limit import RateLimitPolicy
 from sidecar.core.webhooks import validate_scheme_config
@@ -852,8 +852,9 @@ def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> dict[st
 
 
 def parse_config(raw: object, env: Mapping[str, str] | None = None, *, source: str = "",
-                 base_dir: Path | None = None) -> Config:
-    """Validate an already-parsed YAML document (plus the environment)."""
+                 base_dir: Path | None = None, lines: Mapping[str, int] | None = None) -> Config:
+    """Validate an already-parsed YAML document (plus the environment); ``lines`` (the
+    line of each key) puts the file and line on each problem."""
     env = os.environ if env is None else env
     if raw is None:
         raw = {}
@@ -861,7 +862,7 @@ def parse_config(raw: object, env: Mapping[str, str] | None = None, *, source: s
     if isinstance(raw, dict):
         raw = dict(raw)
         origins = _apply_env_overrides(raw, env)
-    problems = Problems(origins, env, base_dir or Path.cwd())
+    problems = Problems(origins, env, base_dir or Path.cwd(), lines, Path(source).name)
     root = Section(raw, "", problems)
     version = root.integer("version", 1)
     if version != 1:
@@ -894,7 +895,7 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
         return parse_config({}, env, source="<defaults>")
     p = Path(path)
     try:
-        raw = read_yaml(p)
+        raw, lines = read_yaml_with_lines(p)
     except YamlFileError as exc:
         raise ConfigError([ConfigProblem(exc.where, exc.description)], str(p)) from None
-    return parse_config(raw, env, source=str(p), base_dir=p.resolve().parent)
+    return parse_config(raw, env, source=str(p), base_dir=p.resolve().parent, lines=lines)

@@ -33,9 +33,12 @@ MISSING: Any = object()
 class ConfigProblem:
     field: str
     message: str
+    #: Where in the file: ``sidecar.yaml, line 12`` (empty: not from a file's key).
+    origin: str = ""
 
     def __str__(self) -> str:
-        return f"{self.field}: {self.message}"
+        where = f" ({self.origin})" if self.origin else ""
+        return f"{self.field}: {self.message}{where}"
 
 
 class ConfigError(Exception):
@@ -54,16 +57,32 @@ class Problems:
     environment and the directory relative paths start from."""
 
     def __init__(self, origins: Mapping[str, str], env: Mapping[str, str],
-                 base_dir: Path) -> None:
+                 base_dir: Path, lines: Mapping[str, int] | None = None,
+                 file_name: str = "") -> None:
         self.items: list[ConfigProblem] = []
         self._origins = origins
+        self._lines = lines or {}
+        self._file_name = file_name
         self.env = env
         self.base_dir = base_dir
 
     def add(self, path: str, message: str) -> None:
         origin = self._origins.get(path)
         label = f"{path} (from {origin})" if origin else path
-        self.items.append(ConfigProblem(label, message))
+        self.items.append(ConfigProblem(label, message, "" if origin else self._line(path)))
+
+    def _line(self, path: str) -> str:
+        """The line of ``path``'s key, else of the nearest enclosing key (a required key
+        that is missing is reported at its section)."""
+        while path and self._lines:
+            if path in self._lines:
+                return f"{self._file_name}, line {self._lines[path]}"
+            # Each step is shorter: a list item's index, else the last dotted key.
+            if path.endswith("]") and "[" in path:
+                path = path[:path.rindex("[")]
+            else:
+                path = path.rpartition(".")[0]
+        return ""
 
 
 def kind_of(value: object) -> str:

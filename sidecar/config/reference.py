@@ -282,10 +282,10 @@ of type *variable name* (ending in `_env`) names the environment variable that h
 the value, and a start-up fails when that variable is unset. Durations take `250ms`,
 `5s`, `2m`, `1h`, `1d` or a number of seconds. Relative file paths start from the
 config file's directory. Unknown keys are errors (with a did-you-mean), and every
-problem is reported at once. `integration-sidecar config check` validates a file,
-`config show` prints the effective configuration (secrets by variable name only), and
-`config schema` prints the file's JSON Schema, committed as
-[`{schema}`](../{schema}): with
+problem is reported at once, each with its key and its line in the file.
+`integration-sidecar config check` validates a file, `config show` prints the
+effective configuration (secrets by variable name only), and `config schema` prints
+the file's JSON Schema, committed as [`{schema}`](../{schema}): with
 
 ```yaml
 # yaml-language-server: $schema=<relative path to {schema}>

@@ -80,8 +80,37 @@ def _line(node: yaml.Node) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<file>"
 
 
+def key_lines(root: yaml.Node) -> dict[str, int]:
+    """The line of each key of the document, by the loader's dotted path
+    (``integrations.svc.retry``, ``routes[0].name``). Each node is visited once."""
+    lines: dict[str, int] = {}
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    seen: set[int] = set()
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    here = f"{path}.{key.value}" if path else str(key.value)
+                    lines.setdefault(here, key.start_mark.line + 1)
+                    stack.append((value, here))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines.setdefault(f"{path}[{i}]", item.start_mark.line + 1)
+                stack.append((item, f"{path}[{i}]"))
+    return lines
+
+
 def read_yaml(path: Path) -> Any:
     """The YAML document in ``path``, or YamlFileError; never a hang or unbounded memory."""
+    return read_yaml_with_lines(path)[0]
+
+
+def read_yaml_with_lines(path: Path) -> tuple[Any, dict[str, int]]:
+    """``read_yaml``, and the line of each key (``key_lines``)."""
     try:
         with path.open("rb") as f:
             data = f.read(MAX_BYTES + 1)
@@ -98,9 +127,9 @@ def read_yaml(path: Path) -> Any:
         loader = yaml.SafeLoader(text)  # refuses characters YAML does not allow
         node = loader.get_single_node()
         if node is None:
-            return None
+            return None, {}
         _measure(node)
-        return loader.construct_document(node)
+        return loader.construct_document(node), key_lines(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<file>"
