@@ -30,6 +30,9 @@ from sidecar.core.calls.health_window import CallHealth
 from sidecar.core.calls.models import Transport
 from sidecar.core.calls.pipeline import CallPipeline, TransportFactory
 from sidecar.core.calls.policy import IntegrationSpec
+from sidecar.core.calls.queue.models import EVENT_TYPES, QueuedCall, QueuePolicy
+from sidecar.core.calls.queue.runner import CallQueue
+from sidecar.core.calls.queue.store import QueueStore
 from sidecar.core.events.groups import ConsumerGroups
 from sidecar.core.events.live import LiveBus, LivePolicy
 from sidecar.core.events.models import DeliveryStatus
@@ -58,6 +61,7 @@ from sidecar.reload import (
     restart_required,
     watched_files,
 )
+from sidecar.rpc.queued_calls import outcome_data
 from sidecar.rpc.server import GrpcServer, ServiceRegistrar
 from sidecar.rpc.servicer import SidecarServicer
 from sidecar.server_tls import TlsFileError, TlsMaterial, read_material
@@ -177,6 +181,11 @@ class Sidecar:
                                      self.notifier, self.event_metrics,
                                      interest=self.live.ensure_following)
         self.presence = Presence()
+        #: Queued calls (EnqueueCall), where the store keeps them (SQLite in this build).
+        self.queue: CallQueue | None = None
+        if hasattr(self.storage, "queue_add"):
+            self.queue = CallQueue(cast(QueueStore, self.storage), self.calls, self.clock,
+                                   lambda integration: QueuePolicy(), self._announce_queued)
         self.websocket: WebSocketEdge | None = None
         if rt.websocket.enabled:
             # Imported only when on: PyJWT and cryptography cost memory otherwise.
@@ -188,7 +197,8 @@ class Sidecar:
                                SidecarServicer(calls=self.calls, webhooks=self.webhooks,
                                                groups=self.groups, live=self.live,
                                                presence=self.presence if self.websocket else None,
-                                               clock=self.clock, recorder=self.tracing),
+                                               clock=self.clock, recorder=self.tracing,
+                                               queue=self.queue),
                                self.metrics, extra_services)
         self.webhook_edge = WebhookEdge(self.webhooks, config.webhooks, self.clock,
                                         self.event_metrics, self.tracing,
@@ -234,6 +244,8 @@ class Sidecar:
         self._started = True
         await self._refresh_readiness()
         await self.live.start()
+        if self.queue is not None:
+            await self.queue.start()
         self._watch = asyncio.create_task(self._watch_readiness(), name="readiness")
         self._pruner = asyncio.create_task(self._prune_forever(), name="prune")
         self.metrics.config_last_reload_success.set(self.clock.time())
@@ -291,6 +303,10 @@ class Sidecar:
         await within(self.live.stop_following(), left(at_least=TASK_STOP_MIN),
                      "the event follower")
         await self.groups.close()
+        if self.queue is not None:
+            # No new attempt starts; those in flight get the grace (one cut short is
+            # attempted again after the restart: at least once upstream).
+            await within(self.queue.stop(), left(at_least=TASK_STOP_MIN), "queued calls")
         if self.websocket is not None:
             await within(self.websocket.close_all(), left(at_least=TASK_STOP_MIN),
                          "closing WebSocket connections")
@@ -316,6 +332,14 @@ class Sidecar:
         await within(self.admin.stop(), left(stop_by, at_least=ADMIN_STOP_RESERVE),
                      "closing the admin listener")
         log.info("sidecar stopped")
+
+    async def _announce_queued(self, call: QueuedCall) -> None:
+        """A finished queued call's outcome event, once per outcome: a repeat after a
+        crash is answered from the publish idempotency record."""
+        await self.live.publish(
+            call.result_topic, EVENT_TYPES[call.state], outcome_data(call), "application/json",
+            {"queued_call_id": call.id},
+            idempotency_key=f"queued-call:{call.id}:{call.state.value}:{call.attempts}")
 
     # ------------------------------------------------------------------ reload
 

@@ -14,7 +14,7 @@ from integration_sidecar.v1 import sidecar_pb2 as pb
 from integration_sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 from sidecar.app import Sidecar
-from sidecar.rpc.servicer import SERVICE_NAME
+from sidecar.rpc.calls import SERVICE_NAME
 from tests.conftest import make_config
 from tests.rpc_support import rich_error
 

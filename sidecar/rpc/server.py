@@ -12,6 +12,7 @@ from integration_sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 from sidecar.config import GrpcListenerConfig
 from sidecar.metrics import Metrics
+from sidecar.rpc.calls import SERVICE_NAME
 from sidecar.rpc.guard import RequestGuard
 from sidecar.rpc.health import NOT_SERVING, SERVING, HealthService
 from sidecar.rpc.interceptors import (
@@ -21,7 +22,7 @@ from sidecar.rpc.interceptors import (
     MetricsInterceptor,
 )
 from sidecar.rpc.reflection import REFLECTION_SERVICE, LazyReflection
-from sidecar.rpc.servicer import SERVICE_NAME, SidecarServicer
+from sidecar.rpc.servicer import SidecarServicer
 from sidecar.server_tls import TlsMaterial, read_material
 
 #: Named health services, as Kubernetes gRPC probes ask for them

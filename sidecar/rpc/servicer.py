@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping
 
 import grpc
-from google.protobuf import timestamp_pb2
 from integration_sidecar.v1 import sidecar_pb2 as pb
 from integration_sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 from sidecar import __version__
 from sidecar.clock import Clock, SystemClock
-from sidecar.core.calls.models import CallRequest, CallResult
 from sidecar.core.calls.pipeline import CallPipeline
+from sidecar.core.calls.queue.runner import CallQueue
 from sidecar.core.events.feed import FrameCache, Gap
 from sidecar.core.events.groups import ConsumerGroups
 from sidecar.core.events.live import LiveBus
@@ -37,12 +36,19 @@ from sidecar.core.tracing import (
 from sidecar.core.webhooks.ingest import WebhookIngest
 from sidecar.core.webhooks.verdict import VerifyResult, WebhookRequest
 from sidecar.errors import InvalidArgument, NotImplementedYet, SidecarError
-from sidecar.rpc.guard import unexpected_error
-from sidecar.rpc.status import abort_with, grpc_code
+from sidecar.rpc.calls import (
+    SERVICE_NAME,
+    call_request,
+    call_response,
+    call_trace,
+    fail,
+    timestamp,
+)
+from sidecar.rpc.queued_calls import QueuedCallsRpc
+from sidecar.rpc.status import grpc_code
 
 log = logging.getLogger("sidecar.rpc")
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SidecarService"].full_name
 
 
 def _not_yet(rpc: str, what: str) -> NotImplementedYet:
@@ -50,15 +56,6 @@ def _not_yet(rpc: str, what: str) -> NotImplementedYet:
         f"{rpc} is not implemented in integration-sidecar {__version__}: {what}",
         metadata={"rpc": rpc},
     )
-
-
-async def _fail(context: grpc.aio.ServicerContext, exc: Exception) -> None:
-    trace = current.get()
-    # Errors carry the trace too: that is when the caller most needs to find the logs.
-    extra = ((TRACEPARENT, trace.traceparent),) if trace is not None else ()
-    if isinstance(exc, SidecarError):
-        await abort_with(context, exc, extra)
-    await abort_with(context, unexpected_error(SERVICE_NAME), extra)
 
 
 def _span_failed(span: Span, exc: Exception) -> None:
@@ -99,79 +96,6 @@ def _traced(trace: TraceContext) -> Iterator[TraceContext]:
 def _trailer(context: grpc.aio.ServicerContext, trace: TraceContext) -> None:
     """Hand the trace back (trailing metadata ``traceparent``), e.g. when the sidecar started it."""
     context.set_trailing_metadata(((TRACEPARENT, trace.traceparent),))
-
-
-def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
-    if seconds is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
-
-
-_TRACE_KEYS = frozenset((TRACEPARENT, TRACESTATE))
-
-
-def call_trace(request: pb.CallRequest, metadata: Sequence[tuple[str, str | bytes]],
-               recorder: SpanRecorder | None = None) -> TraceContext:
-    """Metadata is the place for trace context; a caller that put it in the
-    request's headers instead is understood too. Else the sidecar starts a trace
-    (sampled per ``recorder`` when spans are exported)."""
-    found = [(k, v) for k, v in metadata
-             if k in _TRACE_KEYS and isinstance(v, str)]
-    return ((found and from_headers(found))
-            or (request.headers and from_headers((h.name, h.value) for h in request.headers))
-            or (new_trace() if recorder is None else start_trace(recorder)))
-
-
-def call_request(request: pb.CallRequest, context: grpc.aio.ServicerContext,
-                 metadata: Sequence[tuple[str, str | bytes]], clock: Clock,
-                 trace: TraceContext, span: Span | None = None) -> CallRequest:
-    remaining = context.time_remaining()
-    key = request.idempotency_key
-    if not key:
-        key = next((v for k, v in metadata if k == "idempotency-key" and isinstance(v, str)),
-                   "")
-    # Most calls carry no query and no headers: no generator for those.
-    query, headers = request.query, request.headers
-    return CallRequest(
-        integration=request.integration,
-        method=request.method,
-        path=request.path,
-        query=tuple((q.name, q.value) for q in query) if query else (),
-        headers=tuple((h.name, h.value) for h in headers) if headers else (),
-        body=request.body,
-        idempotency_key=key,
-        api_version=request.api_version,
-        deadline=None if remaining is None else clock.monotonic() + remaining,
-        trace=trace,
-        span=span,
-    )
-
-
-def call_response(result: CallResult) -> pb.CallResponse:
-    resp = pb.CallResponse(
-        status=result.status,
-        body=result.body,
-        attempts=result.attempts,
-        replayed=result.replayed,
-        stale=result.stale,
-        route=result.route,
-        duration_ms=max(0, round(result.duration * 1000)),
-    )
-    # Built in place: a list of Header messages would be made, then copied in.
-    add_header = resp.headers.add
-    for name, value in result.headers:
-        add_header(name=name, value=value)
-    dep = result.deprecation
-    if dep is not None:
-        resp.deprecation.deprecated = dep.deprecated
-        resp.deprecation.link = dep.link
-        if (at := _timestamp(dep.deprecated_at)) is not None:
-            resp.deprecation.deprecated_at.CopyFrom(at)
-        if (sunset := _timestamp(dep.sunset_at)) is not None:
-            resp.deprecation.sunset_at.CopyFrom(sunset)
-    return resp
 
 
 _VERIFY_RESULTS = {
@@ -236,11 +160,12 @@ def _event_response(event: StoredEvent) -> bytes:
     return pb.SubscribeResponse(event=event_message(event)).SerializeToString()
 
 
-class SidecarServicer(pb_grpc.SidecarServiceServicer):
+class SidecarServicer(QueuedCallsRpc, pb_grpc.SidecarServiceServicer):
     def __init__(self, *, calls: CallPipeline | None = None,
                  webhooks: WebhookIngest | None = None, groups: ConsumerGroups | None = None,
                  live: LiveBus | None = None, presence: Presence | None = None,
-                 clock: Clock | None = None, recorder: SpanRecorder | None = None) -> None:
+                 clock: Clock | None = None, recorder: SpanRecorder | None = None,
+                 queue: CallQueue | None = None) -> None:
         #: Where the RPCs' spans go when export is on; None (the default): no spans.
         self._recorder = recorder
         self._live = live
@@ -249,6 +174,7 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
         self._calls = calls
         self._webhooks = webhooks
         self._groups = groups
+        self._queue = queue
         self._clock = clock or SystemClock()
 
     async def Call(self, request: pb.CallRequest, context: grpc.aio.ServicerContext
@@ -271,7 +197,7 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
         except Exception as exc:
             if span is not None:
                 _span_failed(span, exc)
-            await _fail(context, exc)
+            await fail(context, exc)
             raise
         finally:
             current.reset(token)
@@ -328,13 +254,13 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
                 event_id=verdict.event_id, event_type=verdict.event_type,
                 duplicate=outcome.duplicate,
                 recorded=outcome.stored is not None and not outcome.duplicate)
-            if (ts := _timestamp(verdict.timestamp)) is not None:
+            if (ts := timestamp(verdict.timestamp)) is not None:
                 resp.timestamp.CopyFrom(ts)
             return resp
         except Exception as exc:
             if span is not None:
                 _span_failed(span, exc)
-            await _fail(context, exc)
+            await fail(context, exc)
             raise
 
     async def Publish(self, request: pb.PublishRequest, context: grpc.aio.ServicerContext
@@ -367,7 +293,7 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
             except Exception as exc:
                 if span is not None:
                     _span_failed(span, exc)
-                await _fail(context, exc)
+                await fail(context, exc)
                 raise
             finally:
                 if span is not None:
@@ -404,7 +330,7 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
                         yield pb.SubscribeResponse(event=event_message(delivery.event,
                                                                        delivery.attempt))
             except Exception as exc:
-                await _fail(context, exc)
+                await fail(context, exc)
                 raise
 
     async def Ack(self, request: pb.AckRequest, context: grpc.aio.ServicerContext
@@ -424,7 +350,7 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
                                                       outcome, request.error)
             return pb.AckResponse(settled=settled, unknown_event_ids=unknown)
         except Exception as exc:
-            await _fail(context, exc)
+            await fail(context, exc)
             raise
 
     async def GetPresence(self, request: pb.GetPresenceRequest,
@@ -439,5 +365,5 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
             return pb.GetPresenceResponse(topic=stats.topic, connections=stats.connections,
                                           users=stats.users)
         except Exception as exc:
-            await _fail(context, exc)
+            await fail(context, exc)
             raise

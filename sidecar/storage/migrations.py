@@ -89,9 +89,37 @@ def _v2_events(db: sqlite_utils.Database) -> None:
     """)
 
 
+def _v3_queued_calls(db: sqlite_utils.Database) -> None:
+    # ``doc`` is the whole call (sidecar.core.calls.queue.codec); the columns are what
+    # the queue looks calls up by. ``seq`` is the enqueue order (ordering keys).
+    db.executescript("""
+        CREATE TABLE queued_calls (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            integration TEXT NOT NULL,
+            idem_key TEXT NOT NULL,
+            ordering_key TEXT NOT NULL,
+            state TEXT NOT NULL,
+            due_at REAL,
+            lease_owner TEXT NOT NULL DEFAULT '',
+            lease_until REAL,
+            announced INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            doc BLOB NOT NULL,
+            UNIQUE (integration, idem_key)
+        );
+        CREATE INDEX queued_calls_due ON queued_calls (state, due_at);
+        CREATE INDEX queued_calls_lease ON queued_calls (state, lease_until);
+        CREATE INDEX queued_calls_order ON queued_calls (integration, ordering_key, state, seq);
+        CREATE INDEX queued_calls_unannounced ON queued_calls (announced, state);
+    """)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "idempotency records", _v1_idempotency),
     Migration(2, "event log, webhook de-duplication, durable consumer groups", _v2_events),
+    Migration(3, "queued calls", _v3_queued_calls),
 )
 
 

@@ -47,6 +47,7 @@ from sidecar.core.idempotency import ClaimStatus, IdempotencyClaim
 from sidecar.errors import StorageUnavailable
 from sidecar.storage.migrations import MIGRATIONS, Migration, current_version, migrate
 from sidecar.storage.sqlite_events import SqliteEventsMixin
+from sidecar.storage.sqlite_queue import SqliteQueueMixin
 
 T = TypeVar("T")
 
@@ -82,7 +83,7 @@ def _not_failed(outcome: _Outcome | None) -> bool:
     return outcome is None or bool(outcome[0])
 
 
-class SqliteStorage(SqliteEventsMixin):
+class SqliteStorage(SqliteEventsMixin, SqliteQueueMixin):
     backend = "sqlite"
 
     def __init__(

@@ -40,6 +40,16 @@ class AckOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACK_OUTCOME_SUCCESS: _ClassVar[AckOutcome]
     ACK_OUTCOME_RETRY: _ClassVar[AckOutcome]
     ACK_OUTCOME_DEAD_LETTER: _ClassVar[AckOutcome]
+
+class QueuedCallState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    QUEUED_CALL_STATE_UNSPECIFIED: _ClassVar[QueuedCallState]
+    QUEUED_CALL_STATE_QUEUED: _ClassVar[QueuedCallState]
+    QUEUED_CALL_STATE_RUNNING: _ClassVar[QueuedCallState]
+    QUEUED_CALL_STATE_SUCCEEDED: _ClassVar[QueuedCallState]
+    QUEUED_CALL_STATE_FAILED: _ClassVar[QueuedCallState]
+    QUEUED_CALL_STATE_DEAD: _ClassVar[QueuedCallState]
+    QUEUED_CALL_STATE_CANCELLED: _ClassVar[QueuedCallState]
 VERIFY_RESULT_UNSPECIFIED: VerifyResult
 VERIFY_RESULT_VALID: VerifyResult
 VERIFY_RESULT_MISSING_SIGNATURE: VerifyResult
@@ -59,6 +69,13 @@ ACK_OUTCOME_UNSPECIFIED: AckOutcome
 ACK_OUTCOME_SUCCESS: AckOutcome
 ACK_OUTCOME_RETRY: AckOutcome
 ACK_OUTCOME_DEAD_LETTER: AckOutcome
+QUEUED_CALL_STATE_UNSPECIFIED: QueuedCallState
+QUEUED_CALL_STATE_QUEUED: QueuedCallState
+QUEUED_CALL_STATE_RUNNING: QueuedCallState
+QUEUED_CALL_STATE_SUCCEEDED: QueuedCallState
+QUEUED_CALL_STATE_FAILED: QueuedCallState
+QUEUED_CALL_STATE_DEAD: QueuedCallState
+QUEUED_CALL_STATE_CANCELLED: QueuedCallState
 
 class Header(_message.Message):
     __slots__ = ("name", "value")
@@ -327,3 +344,65 @@ class GetPresenceResponse(_message.Message):
     connections: int
     users: int
     def __init__(self, topic: _Optional[str] = ..., connections: _Optional[int] = ..., users: _Optional[int] = ...) -> None: ...
+
+class EnqueueCallRequest(_message.Message):
+    __slots__ = ("call", "not_before", "result_topic", "ordering_key")
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_TOPIC_FIELD_NUMBER: _ClassVar[int]
+    ORDERING_KEY_FIELD_NUMBER: _ClassVar[int]
+    call: CallRequest
+    not_before: _timestamp_pb2.Timestamp
+    result_topic: str
+    ordering_key: str
+    def __init__(self, call: _Optional[_Union[CallRequest, _Mapping]] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result_topic: _Optional[str] = ..., ordering_key: _Optional[str] = ...) -> None: ...
+
+class EnqueueCallResponse(_message.Message):
+    __slots__ = ("id", "duplicate")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    duplicate: bool
+    def __init__(self, id: _Optional[str] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+
+class GetQueuedCallRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class CancelQueuedCallRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class QueuedCall(_message.Message):
+    __slots__ = ("id", "integration", "state", "attempts", "created_at", "next_attempt_at", "finished_at", "last_status", "last_error", "response", "result_topic", "ordering_key", "idempotency_key")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    INTEGRATION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_STATUS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_TOPIC_FIELD_NUMBER: _ClassVar[int]
+    ORDERING_KEY_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    integration: str
+    state: QueuedCallState
+    attempts: int
+    created_at: _timestamp_pb2.Timestamp
+    next_attempt_at: _timestamp_pb2.Timestamp
+    finished_at: _timestamp_pb2.Timestamp
+    last_status: int
+    last_error: str
+    response: CallResponse
+    result_topic: str
+    ordering_key: str
+    idempotency_key: str
+    def __init__(self, id: _Optional[str] = ..., integration: _Optional[str] = ..., state: _Optional[_Union[QueuedCallState, str]] = ..., attempts: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_status: _Optional[int] = ..., last_error: _Optional[str] = ..., response: _Optional[_Union[CallResponse, _Mapping]] = ..., result_topic: _Optional[str] = ..., ordering_key: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...

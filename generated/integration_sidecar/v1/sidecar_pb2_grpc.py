@@ -65,6 +65,21 @@ class SidecarServiceStub:
                 request_serializer=integration__sidecar_dot_v1_dot_sidecar__pb2.GetPresenceRequest.SerializeToString,
                 response_deserializer=integration__sidecar_dot_v1_dot_sidecar__pb2.GetPresenceResponse.FromString,
                 _registered_method=True)
+        self.EnqueueCall = channel.unary_unary(
+                '/integration_sidecar.v1.SidecarService/EnqueueCall',
+                request_serializer=integration__sidecar_dot_v1_dot_sidecar__pb2.EnqueueCallRequest.SerializeToString,
+                response_deserializer=integration__sidecar_dot_v1_dot_sidecar__pb2.EnqueueCallResponse.FromString,
+                _registered_method=True)
+        self.GetQueuedCall = channel.unary_unary(
+                '/integration_sidecar.v1.SidecarService/GetQueuedCall',
+                request_serializer=integration__sidecar_dot_v1_dot_sidecar__pb2.GetQueuedCallRequest.SerializeToString,
+                response_deserializer=integration__sidecar_dot_v1_dot_sidecar__pb2.QueuedCall.FromString,
+                _registered_method=True)
+        self.CancelQueuedCall = channel.unary_unary(
+                '/integration_sidecar.v1.SidecarService/CancelQueuedCall',
+                request_serializer=integration__sidecar_dot_v1_dot_sidecar__pb2.CancelQueuedCallRequest.SerializeToString,
+                response_deserializer=integration__sidecar_dot_v1_dot_sidecar__pb2.QueuedCall.FromString,
+                _registered_method=True)
 
 
 class SidecarServiceServicer:
@@ -196,6 +211,57 @@ class SidecarServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EnqueueCall(self, request, context):
+        """EnqueueCall stores a call for asynchronous delivery and answers at once,
+        once the call is durable (fsynced on SQLite). The sidecar then attempts it
+        through the same Call path as `Call` (auth, API version, the idempotency
+        key sent on every attempt, breaker, rate limit, bulkhead, tracing) on a
+        long-horizon schedule: a 2xx ends it SUCCEEDED; a 4xx other than 408,
+        409, 425 and 429 (or a 3xx, never followed) ends it FAILED; anything else
+        is tried again after the integration's next pause (about 5 s, 5 min,
+        30 min, 2 h, 5 h, 10 h, 10 h, with jitter; longer when `Retry-After` asks),
+        and ends DEAD when the schedule or the call's maximum age runs out. The
+        rate limit is the drain rate: queued work waits, it never fails with
+        RATE_LIMITED; an open breaker pauses the integration's queue, no attempt
+        spent. When the call finishes, an event (`call.succeeded`, `call.failed`
+        or `call.dead`, data: the QueuedCall in the proto3 JSON mapping,
+        `application/json`) is appended to its result topic.
+
+        * INVALID_ARGUMENT (`INVALID_ARGUMENT`, with BadRequest): no idempotency
+        key (`call.idempotency_key` or the `idempotency-key` metadata), an
+        invalid result topic or ordering key, or anything `Call` refuses before
+        an attempt (bad method, path, headers, body size).
+        * NOT_FOUND (`INTEGRATION_NOT_FOUND`): the integration is not configured.
+        * FAILED_PRECONDITION (`IDEMPOTENCY_KEY_REUSED`): the key was used for a
+        different queued call of this integration.
+        * UNAVAILABLE (`STORAGE_UNAVAILABLE`): the call could not be stored.
+        * UNIMPLEMENTED (`NOT_IMPLEMENTED`): the storage backend keeps no queued
+        calls (this build: Redis).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetQueuedCall(self, request, context):
+        """GetQueuedCall reports where a queued call stands.
+
+        * NOT_FOUND (`QUEUED_CALL_NOT_FOUND`): no queued call has this id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelQueuedCall(self, request, context):
+        """CancelQueuedCall stops a queued call: a QUEUED call ends CANCELLED at once;
+        a RUNNING one ends CANCELLED after its attempt unless that attempt
+        succeeded (its effect happened); a finished call is returned unchanged.
+
+        * NOT_FOUND (`QUEUED_CALL_NOT_FOUND`): no queued call has this id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SidecarServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -228,6 +294,21 @@ def add_SidecarServiceServicer_to_server(servicer, server):
                     servicer.GetPresence,
                     request_deserializer=integration__sidecar_dot_v1_dot_sidecar__pb2.GetPresenceRequest.FromString,
                     response_serializer=integration__sidecar_dot_v1_dot_sidecar__pb2.GetPresenceResponse.SerializeToString,
+            ),
+            'EnqueueCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnqueueCall,
+                    request_deserializer=integration__sidecar_dot_v1_dot_sidecar__pb2.EnqueueCallRequest.FromString,
+                    response_serializer=integration__sidecar_dot_v1_dot_sidecar__pb2.EnqueueCallResponse.SerializeToString,
+            ),
+            'GetQueuedCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQueuedCall,
+                    request_deserializer=integration__sidecar_dot_v1_dot_sidecar__pb2.GetQueuedCallRequest.FromString,
+                    response_serializer=integration__sidecar_dot_v1_dot_sidecar__pb2.QueuedCall.SerializeToString,
+            ),
+            'CancelQueuedCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelQueuedCall,
+                    request_deserializer=integration__sidecar_dot_v1_dot_sidecar__pb2.CancelQueuedCallRequest.FromString,
+                    response_serializer=integration__sidecar_dot_v1_dot_sidecar__pb2.QueuedCall.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -393,6 +474,87 @@ class SidecarService:
             '/integration_sidecar.v1.SidecarService/GetPresence',
             integration__sidecar_dot_v1_dot_sidecar__pb2.GetPresenceRequest.SerializeToString,
             integration__sidecar_dot_v1_dot_sidecar__pb2.GetPresenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnqueueCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/integration_sidecar.v1.SidecarService/EnqueueCall',
+            integration__sidecar_dot_v1_dot_sidecar__pb2.EnqueueCallRequest.SerializeToString,
+            integration__sidecar_dot_v1_dot_sidecar__pb2.EnqueueCallResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQueuedCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/integration_sidecar.v1.SidecarService/GetQueuedCall',
+            integration__sidecar_dot_v1_dot_sidecar__pb2.GetQueuedCallRequest.SerializeToString,
+            integration__sidecar_dot_v1_dot_sidecar__pb2.QueuedCall.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelQueuedCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/integration_sidecar.v1.SidecarService/CancelQueuedCall',
+            integration__sidecar_dot_v1_dot_sidecar__pb2.CancelQueuedCallRequest.SerializeToString,
+            integration__sidecar_dot_v1_dot_sidecar__pb2.QueuedCall.FromString,
             options,
             channel_credentials,
             insecure,

@@ -163,6 +163,45 @@ class SidecarServiceStub:
 
     * INVALID_ARGUMENT (`INVALID_ARGUMENT`, with BadRequest): invalid topic.
     """
+    EnqueueCall: _grpc.UnaryUnaryMultiCallable[_sidecar_pb2.EnqueueCallRequest, _sidecar_pb2.EnqueueCallResponse]
+    """EnqueueCall stores a call for asynchronous delivery and answers at once,
+    once the call is durable (fsynced on SQLite). The sidecar then attempts it
+    through the same Call path as `Call` (auth, API version, the idempotency
+    key sent on every attempt, breaker, rate limit, bulkhead, tracing) on a
+    long-horizon schedule: a 2xx ends it SUCCEEDED; a 4xx other than 408,
+    409, 425 and 429 (or a 3xx, never followed) ends it FAILED; anything else
+    is tried again after the integration's next pause (about 5 s, 5 min,
+    30 min, 2 h, 5 h, 10 h, 10 h, with jitter; longer when `Retry-After` asks),
+    and ends DEAD when the schedule or the call's maximum age runs out. The
+    rate limit is the drain rate: queued work waits, it never fails with
+    RATE_LIMITED; an open breaker pauses the integration's queue, no attempt
+    spent. When the call finishes, an event (`call.succeeded`, `call.failed`
+    or `call.dead`, data: the QueuedCall in the proto3 JSON mapping,
+    `application/json`) is appended to its result topic.
+
+    * INVALID_ARGUMENT (`INVALID_ARGUMENT`, with BadRequest): no idempotency
+      key (`call.idempotency_key` or the `idempotency-key` metadata), an
+      invalid result topic or ordering key, or anything `Call` refuses before
+      an attempt (bad method, path, headers, body size).
+    * NOT_FOUND (`INTEGRATION_NOT_FOUND`): the integration is not configured.
+    * FAILED_PRECONDITION (`IDEMPOTENCY_KEY_REUSED`): the key was used for a
+      different queued call of this integration.
+    * UNAVAILABLE (`STORAGE_UNAVAILABLE`): the call could not be stored.
+    * UNIMPLEMENTED (`NOT_IMPLEMENTED`): the storage backend keeps no queued
+      calls (this build: Redis).
+    """
+    GetQueuedCall: _grpc.UnaryUnaryMultiCallable[_sidecar_pb2.GetQueuedCallRequest, _sidecar_pb2.QueuedCall]
+    """GetQueuedCall reports where a queued call stands.
+
+    * NOT_FOUND (`QUEUED_CALL_NOT_FOUND`): no queued call has this id.
+    """
+    CancelQueuedCall: _grpc.UnaryUnaryMultiCallable[_sidecar_pb2.CancelQueuedCallRequest, _sidecar_pb2.QueuedCall]
+    """CancelQueuedCall stops a queued call: a QUEUED call ends CANCELLED at once;
+    a RUNNING one ends CANCELLED after its attempt unless that attempt
+    succeeded (its effect happened); a finished call is returned unchanged.
+
+    * NOT_FOUND (`QUEUED_CALL_NOT_FOUND`): no queued call has this id.
+    """
 
 @_typing.type_check_only
 class SidecarServiceAsyncStub(SidecarServiceStub):
@@ -269,6 +308,45 @@ class SidecarServiceAsyncStub(SidecarServiceStub):
     `role:admin`. Read-only; per sidecar (not summed across replicas).
 
     * INVALID_ARGUMENT (`INVALID_ARGUMENT`, with BadRequest): invalid topic.
+    """
+    EnqueueCall: _aio.UnaryUnaryMultiCallable[_sidecar_pb2.EnqueueCallRequest, _sidecar_pb2.EnqueueCallResponse]  # type: ignore[assignment]
+    """EnqueueCall stores a call for asynchronous delivery and answers at once,
+    once the call is durable (fsynced on SQLite). The sidecar then attempts it
+    through the same Call path as `Call` (auth, API version, the idempotency
+    key sent on every attempt, breaker, rate limit, bulkhead, tracing) on a
+    long-horizon schedule: a 2xx ends it SUCCEEDED; a 4xx other than 408,
+    409, 425 and 429 (or a 3xx, never followed) ends it FAILED; anything else
+    is tried again after the integration's next pause (about 5 s, 5 min,
+    30 min, 2 h, 5 h, 10 h, 10 h, with jitter; longer when `Retry-After` asks),
+    and ends DEAD when the schedule or the call's maximum age runs out. The
+    rate limit is the drain rate: queued work waits, it never fails with
+    RATE_LIMITED; an open breaker pauses the integration's queue, no attempt
+    spent. When the call finishes, an event (`call.succeeded`, `call.failed`
+    or `call.dead`, data: the QueuedCall in the proto3 JSON mapping,
+    `application/json`) is appended to its result topic.
+
+    * INVALID_ARGUMENT (`INVALID_ARGUMENT`, with BadRequest): no idempotency
+      key (`call.idempotency_key` or the `idempotency-key` metadata), an
+      invalid result topic or ordering key, or anything `Call` refuses before
+      an attempt (bad method, path, headers, body size).
+    * NOT_FOUND (`INTEGRATION_NOT_FOUND`): the integration is not configured.
+    * FAILED_PRECONDITION (`IDEMPOTENCY_KEY_REUSED`): the key was used for a
+      different queued call of this integration.
+    * UNAVAILABLE (`STORAGE_UNAVAILABLE`): the call could not be stored.
+    * UNIMPLEMENTED (`NOT_IMPLEMENTED`): the storage backend keeps no queued
+      calls (this build: Redis).
+    """
+    GetQueuedCall: _aio.UnaryUnaryMultiCallable[_sidecar_pb2.GetQueuedCallRequest, _sidecar_pb2.QueuedCall]  # type: ignore[assignment]
+    """GetQueuedCall reports where a queued call stands.
+
+    * NOT_FOUND (`QUEUED_CALL_NOT_FOUND`): no queued call has this id.
+    """
+    CancelQueuedCall: _aio.UnaryUnaryMultiCallable[_sidecar_pb2.CancelQueuedCallRequest, _sidecar_pb2.QueuedCall]  # type: ignore[assignment]
+    """CancelQueuedCall stops a queued call: a QUEUED call ends CANCELLED at once;
+    a RUNNING one ends CANCELLED after its attempt unless that attempt
+    succeeded (its effect happened); a finished call is returned unchanged.
+
+    * NOT_FOUND (`QUEUED_CALL_NOT_FOUND`): no queued call has this id.
     """
 
 class SidecarServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -409,6 +487,63 @@ class SidecarServiceServicer(metaclass=_abc_1.ABCMeta):
         `role:admin`. Read-only; per sidecar (not summed across replicas).
 
         * INVALID_ARGUMENT (`INVALID_ARGUMENT`, with BadRequest): invalid topic.
+        """
+
+    @_abc_1.abstractmethod
+    def EnqueueCall(
+        self,
+        request: _sidecar_pb2.EnqueueCallRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sidecar_pb2.EnqueueCallResponse, _abc.Awaitable[_sidecar_pb2.EnqueueCallResponse]]:
+        """EnqueueCall stores a call for asynchronous delivery and answers at once,
+        once the call is durable (fsynced on SQLite). The sidecar then attempts it
+        through the same Call path as `Call` (auth, API version, the idempotency
+        key sent on every attempt, breaker, rate limit, bulkhead, tracing) on a
+        long-horizon schedule: a 2xx ends it SUCCEEDED; a 4xx other than 408,
+        409, 425 and 429 (or a 3xx, never followed) ends it FAILED; anything else
+        is tried again after the integration's next pause (about 5 s, 5 min,
+        30 min, 2 h, 5 h, 10 h, 10 h, with jitter; longer when `Retry-After` asks),
+        and ends DEAD when the schedule or the call's maximum age runs out. The
+        rate limit is the drain rate: queued work waits, it never fails with
+        RATE_LIMITED; an open breaker pauses the integration's queue, no attempt
+        spent. When the call finishes, an event (`call.succeeded`, `call.failed`
+        or `call.dead`, data: the QueuedCall in the proto3 JSON mapping,
+        `application/json`) is appended to its result topic.
+
+        * INVALID_ARGUMENT (`INVALID_ARGUMENT`, with BadRequest): no idempotency
+          key (`call.idempotency_key` or the `idempotency-key` metadata), an
+          invalid result topic or ordering key, or anything `Call` refuses before
+          an attempt (bad method, path, headers, body size).
+        * NOT_FOUND (`INTEGRATION_NOT_FOUND`): the integration is not configured.
+        * FAILED_PRECONDITION (`IDEMPOTENCY_KEY_REUSED`): the key was used for a
+          different queued call of this integration.
+        * UNAVAILABLE (`STORAGE_UNAVAILABLE`): the call could not be stored.
+        * UNIMPLEMENTED (`NOT_IMPLEMENTED`): the storage backend keeps no queued
+          calls (this build: Redis).
+        """
+
+    @_abc_1.abstractmethod
+    def GetQueuedCall(
+        self,
+        request: _sidecar_pb2.GetQueuedCallRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sidecar_pb2.QueuedCall, _abc.Awaitable[_sidecar_pb2.QueuedCall]]:
+        """GetQueuedCall reports where a queued call stands.
+
+        * NOT_FOUND (`QUEUED_CALL_NOT_FOUND`): no queued call has this id.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelQueuedCall(
+        self,
+        request: _sidecar_pb2.CancelQueuedCallRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sidecar_pb2.QueuedCall, _abc.Awaitable[_sidecar_pb2.QueuedCall]]:
+        """CancelQueuedCall stops a queued call: a QUEUED call ends CANCELLED at once;
+        a RUNNING one ends CANCELLED after its attempt unless that attempt
+        succeeded (its effect happened); a finished call is returned unchanged.
+
+        * NOT_FOUND (`QUEUED_CALL_NOT_FOUND`): no queued call has this id.
         """
 
 def add_SidecarServiceServicer_to_server(servicer: SidecarServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

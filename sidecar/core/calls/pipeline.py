@@ -140,6 +140,9 @@ class CallPipeline:
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
+    def integration_names(self) -> list[str]:
+        return list(self._integrations)
+
     def breakers(self) -> Mapping[str, CircuitBreaker]:
         """Every breaker by ``integration`` or ``integration/route``, for status pages."""
         return {b.name: b for integ in self._integrations.values() for b in integ.breakers()}

@@ -1,0 +1,315 @@
+"""The queue of calls: enqueue, look up, cancel, replay, and the loop that attempts
+what is due.
+
+The loop leases due calls from the store (as many per integration as its
+``concurrency`` leaves free, the head of each ordering key only), runs one attempt of
+each through the pipeline's queued stack, and settles the outcome: 2xx SUCCEEDED; a
+4xx that is not "later" (or a 3xx, which is never followed) FAILED; anything else is
+tried again after the schedule's next pause (or the upstream's Retry-After when
+longer), DEAD once the schedule or ``max_age`` runs out. A refusal that sent nothing
+(breaker open, bulkhead full) spends no attempt: an open breaker pauses the
+integration's queue until it may half-open, and the next due calls are its probes.
+Between due times the loop sleeps until the earliest one (or a wake-up on enqueue):
+calls queued for later cost nothing while they wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import re
+import secrets
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
+from typing import Protocol
+
+from sidecar.clock import Clock
+from sidecar.core.calls.layers.rate_limit import server_hint
+from sidecar.core.calls.models import CallRequest, CallResult, UpstreamResponse
+from sidecar.core.calls.queue.models import QueuedCall, QueuedState, QueuePolicy
+from sidecar.core.calls.queue.store import QueueStore
+from sidecar.core.events.topics import validate_topic
+from sidecar.core.resilience import BreakerOpenError, RateLimitedError
+from sidecar.core.resilience.bulkhead import BulkheadFullError
+from sidecar.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    SidecarError,
+)
+
+log = logging.getLogger("sidecar.queue")
+
+#: A lease outlives any one attempt (its total timeout and a wait for a token).
+LEASE = 300.0
+#: Seconds before a refused attempt (bulkhead full) is tried again.
+REFUSED_PAUSE = 1.0
+_ORDERING_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+class QueueTarget(Protocol):
+    """The Call path, as the queue uses it."""
+
+    def check(self, req: CallRequest) -> None: ...
+
+    def integration_names(self) -> Iterable[str]: ...
+
+    async def attempt(self, req: CallRequest) -> CallResult: ...
+
+
+Announce = Callable[[QueuedCall], Awaitable[None]]
+
+
+class CallQueue:
+    def __init__(self, store: QueueStore, target: QueueTarget, clock: Clock,
+                 policies: Callable[[str], QueuePolicy], announce: Announce, *,
+                 owner: str = "", rand: Callable[[], float] = random.random) -> None:
+        self._store = store
+        self._target = target
+        self._clock = clock
+        self._policies = policies
+        self._announce = announce
+        self._owner = owner or secrets.token_hex(8)
+        self._rand = rand
+        self._wake = asyncio.Event()
+        self._running: Counter[str] = Counter()
+        #: Integration -> Unix time before which none of its calls is leased.
+        self._paused: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._listeners: list[asyncio.Queue[QueuedCall]] = []
+
+    # ------------------------------------------------------------------ the API
+
+    async def enqueue(self, req: CallRequest, *, not_before: float | None = None,
+                      result_topic: str = "", ordering_key: str = ""
+                      ) -> tuple[QueuedCall, bool]:
+        """Store ``req`` for delivery; (the call, whether it was a duplicate)."""
+        problems: list[FieldViolation] = []
+        if not req.idempotency_key:
+            problems.append(FieldViolation("call.idempotency_key",
+                                           "is required for a queued call (or the "
+                                           "idempotency-key metadata)"))
+        topic = result_topic or f"calls.{req.integration}"
+        problems += validate_topic(topic, "result_topic")
+        if ordering_key and not _ORDERING_KEY.match(ordering_key):
+            problems.append(FieldViolation("ordering_key",
+                                           "must be 1-255 printable ASCII characters"))
+        if problems:
+            raise InvalidArgument("; ".join(f"{p.field}: {p.description}" for p in problems),
+                                  violations=problems)
+        self._target.check(req)  # what Call would refuse, refused now
+        now = self._clock.time()
+        due = max(now, not_before or now)
+        call = QueuedCall(id=f"qc_{secrets.token_hex(12)}", request=_stored(req),
+                          fingerprint=_fingerprint(req, not_before, topic, ordering_key),
+                          created_at=now, result_topic=topic, ordering_key=ordering_key,
+                          next_attempt_at=due)
+        stored, added = await self._store.queue_add(call)
+        if not added and stored.fingerprint != call.fingerprint:
+            raise FailedPrecondition(
+                "this idempotency key was already used with a different queued call",
+                reason="IDEMPOTENCY_KEY_REUSED",
+                metadata={"integration": req.integration, "id": stored.id})
+        if added:
+            self._wake.set()
+        return stored, not added
+
+    async def get(self, call_id: str) -> QueuedCall:
+        return _found(call_id, await self._store.queue_get(call_id))
+
+    async def cancel(self, call_id: str) -> QueuedCall:
+        return _found(call_id, await self._store.queue_cancel(call_id, now=self._clock.time()))
+
+    async def replay(self, call_id: str) -> QueuedCall:
+        call = _found(call_id, await self._store.queue_replay(call_id, now=self._clock.time()))
+        self._wake.set()
+        return call
+
+    # ------------------------------------------------------------------ the loop
+
+    async def start(self) -> None:
+        recovered = await self._store.queue_recover(now=self._clock.time())
+        if recovered:
+            log.warning("queued calls interrupted mid-attempt are due again",
+                        extra={"calls": recovered})
+        self._loop_task = asyncio.ensure_future(self._loop())
+
+    async def stop(self) -> None:
+        """No new attempt starts; those in flight finish (cancelled if this is)."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        try:
+            await self.drained()
+        finally:
+            for task in self._tasks:
+                task.cancel()
+
+    async def drained(self) -> None:
+        """Until no attempt runs (for tests and shutdown)."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self._announce_pending()
+                taken, free = await self._take()
+                if taken:
+                    continue
+                # Integrations with no free slot are woken by their attempts' ends.
+                due = await self._store.queue_next_due(integrations=free)
+            except SidecarError as exc:  # the store is down: try again shortly
+                log.error("queued calls: %s", exc)
+                due = self._clock.time() + REFUSED_PAUSE
+            # No await from reading the time to setting the timer: a clock that moves
+            # meanwhile cannot make the loop oversleep.
+            now = self._clock.time()
+            waits = [t - now for t in (due, *self._paused.values()) if t is not None]
+            timer = (self._clock.call_later(max(0.0, min(waits)), self._wake.set)
+                     if waits else None)
+            try:
+                await self._wake.wait()
+            finally:
+                if timer is not None:
+                    timer.cancel()
+
+    def listen(self) -> asyncio.Queue[QueuedCall]:
+        """Every outcome settled from now on (what was stored), in order."""
+        listener: asyncio.Queue[QueuedCall] = asyncio.Queue()
+        self._listeners.append(listener)
+        return listener
+
+    async def _take(self) -> tuple[int, list[str]]:
+        """Lease and start what is due; (how many, the integrations with free slots)."""
+        now = self._clock.time()
+        for name, until in list(self._paused.items()):
+            if until <= now:
+                del self._paused[name]
+        wants = {name: free for name in self._integrations()
+                 if name not in self._paused
+                 and (free := self._policies(name).concurrency - self._running[name]) > 0}
+        if not wants:
+            return 0, []
+        calls = await self._store.queue_take(now=now, wants=wants, owner=self._owner,
+                                             lease=LEASE)
+        for call in calls:
+            self._running[call.integration] += 1
+            task = asyncio.ensure_future(self._attempt(call))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return len(calls), list(wants)
+
+    def _integrations(self) -> Iterable[str]:
+        return self._target.integration_names()
+
+    async def _attempt(self, call: QueuedCall) -> None:
+        name = call.integration
+        try:
+            outcome = await self._outcome(call)
+            stored = await self._store.queue_settle(outcome, owner=self._owner,
+                                                    now=self._clock.time())
+            for listener in self._listeners:
+                if stored is not None:
+                    listener.put_nowait(stored)
+            if stored is None:
+                log.warning("queued call's lease was lost; its outcome is not recorded",
+                            extra={"id": call.id, "integration": name})
+            elif stored.state.final:
+                await self._announce_one(stored)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("queued call attempt failed", extra={"id": call.id})
+        finally:
+            self._running[name] -= 1
+            self._wake.set()
+
+    async def _outcome(self, call: QueuedCall) -> QueuedCall:
+        policy = self._policies(call.integration)
+        now = self._clock.time()
+        try:
+            result = await self._target.attempt(call.request)
+        except (BreakerOpenError, RateLimitedError, BulkheadFullError) as exc:
+            # Nothing went out: no attempt spent. An open breaker pauses the integration.
+            pause = exc.retry_after if exc.retry_after else REFUSED_PAUSE
+            if isinstance(exc, BreakerOpenError):
+                self._paused[call.integration] = now + pause
+            return call.moved(state=QueuedState.QUEUED, next_attempt_at=now + pause,
+                              last_error=exc.reason)
+        except SidecarError as exc:
+            attempts = call.attempts + max(1, int(exc.metadata.get("attempts", "1") or 1))
+            if exc.metadata.get("attempts") == "0" and exc.reason in _CONFIG_REFUSALS:
+                return call.moved(state=QueuedState.FAILED, next_attempt_at=None,
+                                  finished_at=now, last_error=exc.reason, attempts=call.attempts)
+            return self._again(call.moved(attempts=attempts, last_status=0,
+                                          last_error=exc.reason), policy, now, None)
+        done = call.moved(attempts=call.attempts + max(1, result.attempts),
+                          last_status=result.status, last_error="",
+                          response=replace(result, attempts=call.attempts + 1))
+        if 200 <= result.status < 300:
+            return done.moved(state=QueuedState.SUCCEEDED, next_attempt_at=None,
+                              finished_at=now)
+        if 300 <= result.status < 400 or policy.failed_for_good(result.status):
+            return done.moved(state=QueuedState.FAILED, next_attempt_at=None, finished_at=now)
+        hint = server_hint(UpstreamResponse(result.status, result.headers, b""), now)
+        return self._again(done, policy, now, hint)
+
+    def _again(self, call: QueuedCall, policy: QueuePolicy, now: float,
+               hint: float | None) -> QueuedCall:
+        pause = policy.pause(call.attempts, self._rand)
+        if pause is not None and hint is not None:
+            pause = max(pause, hint)
+        if pause is None or now + pause > call.created_at + policy.max_age:
+            return call.moved(state=QueuedState.DEAD, next_attempt_at=None, finished_at=now)
+        return call.moved(state=QueuedState.QUEUED, next_attempt_at=now + pause)
+
+    async def _announce_pending(self) -> None:
+        for call in await self._store.queue_unannounced():
+            await self._announce_one(call)
+
+    async def _announce_one(self, call: QueuedCall) -> None:
+        if call.announced or call.state not in _ANNOUNCED:
+            return
+        await self._announce(call)
+        await self._store.queue_mark_announced(call.id)
+
+
+#: Refusals that no later attempt can change (the config no longer allows the call).
+_CONFIG_REFUSALS = frozenset({"INTEGRATION_NOT_FOUND", "INVALID_ARGUMENT"})
+_ANNOUNCED = frozenset({QueuedState.SUCCEEDED, QueuedState.FAILED, QueuedState.DEAD})
+
+
+def _found(call_id: str, call: QueuedCall | None) -> QueuedCall:
+    if call is None:
+        raise NotFound(f"no queued call {call_id!r}", reason="QUEUED_CALL_NOT_FOUND",
+                       metadata={"id": call_id[:100]})
+    return call
+
+
+def _stored(req: CallRequest) -> CallRequest:
+    """What of a request is kept: no deadline, trace or span of the enqueuing RPC."""
+    return CallRequest(req.integration, (req.method or "GET").upper(), req.path, req.query,
+                       req.headers, req.body, req.idempotency_key, req.api_version)
+
+
+def _fingerprint(req: CallRequest, not_before: float | None, topic: str,
+                 ordering_key: str) -> str:
+    h = hashlib.sha256()
+    parts = [req.integration, (req.method or "GET").upper(), req.path, req.api_version,
+             repr(req.query), repr(req.headers), repr(not_before), topic, ordering_key]
+    for part in parts:
+        data = part.encode()
+        h.update(len(data).to_bytes(4, "big"))
+        h.update(data)
+    h.update(req.body)
+    return h.hexdigest()
+

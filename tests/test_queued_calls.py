@@ -1,0 +1,257 @@
+"""Queued calls (#16): EnqueueCall over real gRPC, a real SQLite store, real upstreams
+that fail on purpose; the long-horizon schedule runs on the fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import timestamp_pb2
+from integration_sidecar.v1 import sidecar_pb2 as pb
+from integration_sidecar.v1 import sidecar_pb2_grpc as pb_grpc
+
+from sidecar.app import Sidecar
+from sidecar.clock import FakeClock
+from sidecar.core.calls.queue.models import QueuedCall, QueuedState
+from tests.call_support import call, integration, running
+from tests.clocks import SkippingClock
+from tests.rpc_support import rich_error
+from tests.upstream import Upstream, reply
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    up = await Upstream().start()
+    yield up
+    await up.stop()
+
+
+@dataclass
+class Env:
+    sc: Sidecar
+    stub: pb_grpc.SidecarServiceStub
+    clock: FakeClock
+    settled: asyncio.Queue[QueuedCall]
+
+    async def enqueue(self, key: str, **kw: Any) -> pb.EnqueueCallResponse:
+        request = kw.pop("call", None) or call(method="POST", path="/charges", body=b"{}",
+                                               idempotency_key=key)
+        answer: pb.EnqueueCallResponse = await self.stub.EnqueueCall(
+            pb.EnqueueCallRequest(call=request, **kw), timeout=5)
+        return answer
+
+    async def next_settled(self) -> QueuedCall:
+        return await asyncio.wait_for(self.settled.get(), 10)
+
+    async def get(self, call_id: str) -> pb.QueuedCall:
+        found: pb.QueuedCall = await self.stub.GetQueuedCall(
+            pb.GetQueuedCallRequest(id=call_id), timeout=5)
+        return found
+
+    async def outcome_events(self, count: int, topic: str = "calls.svc") -> list[pb.Event]:
+        stream = self.stub.Subscribe(pb.SubscribeRequest(
+            topics=[topic], start=pb.START_POSITION_EARLIEST))
+        events: list[pb.Event] = []
+        try:
+            while len(events) < count:
+                msg = await asyncio.wait_for(stream.read(), 5)
+                if msg.HasField("event"):
+                    events.append(msg.event)
+        finally:
+            stream.cancel()
+        return events
+
+
+@contextlib.asynccontextmanager
+async def _env(tmp_path: Path, upstream: Upstream, clock: Any,
+               **overrides: Any) -> AsyncIterator[Env]:
+    async with running(tmp_path, {"svc": integration(upstream.url, **overrides)},
+                       clock=clock) as (sc, stub):
+        assert sc.queue is not None
+        yield Env(sc, stub, clock, sc.queue.listen())
+
+
+@pytest.fixture
+async def env(tmp_path: Path, upstream: Upstream) -> AsyncIterator[Env]:
+    async with _env(tmp_path, upstream, FakeClock()) as e:
+        yield e
+
+
+async def test_a_flaky_upstream_succeeds_on_the_third_attempt(
+        env: Env, upstream: Upstream) -> None:
+    upstream.then(reply(503), reply(503))
+    upstream.default = reply(201, b'{"id": "ch_1"}')
+    queued = await env.enqueue("order-1")
+    first = await env.next_settled()
+    assert (first.id, first.state, first.attempts, first.last_status) == (
+        queued.id, QueuedState.QUEUED, 1, 503)
+    assert first.next_attempt_at is not None
+    assert 4.0 <= first.next_attempt_at - env.clock.time() <= 5.0  # 5 s, jittered
+    env.clock.advance(5.0)
+    second = await env.next_settled()
+    assert (second.state, second.attempts) == (QueuedState.QUEUED, 2)
+    assert second.next_attempt_at is not None
+    assert 240.0 <= second.next_attempt_at - env.clock.time() <= 300.0
+    env.clock.advance(300.0)
+    done = await env.next_settled()
+    assert (done.state, done.attempts) == (QueuedState.SUCCEEDED, 3)
+    got = await env.get(queued.id)
+    assert got.state == pb.QUEUED_CALL_STATE_SUCCEEDED and got.attempts == 3
+    assert (got.response.status, got.response.body) == (201, b'{"id": "ch_1"}')
+    assert got.HasField("finished_at") and not got.HasField("next_attempt_at")
+    # Every attempt carried the key: the upstream sees one effect.
+    assert [s.headers.get("Idempotency-Key") for s in upstream.seen] == ["order-1"] * 3
+    [event] = await env.outcome_events(1)
+    assert (event.type, event.content_type) == ("call.succeeded", "application/json")
+    doc = json.loads(event.data)
+    assert (doc["id"], doc["state"], doc["attempts"]) == (
+        queued.id, "QUEUED_CALL_STATE_SUCCEEDED", 3)
+    assert doc["response"]["status"] == 201
+
+
+async def test_a_4xx_fails_at_once_and_a_409_is_tried_again(env: Env,
+                                                            upstream: Upstream) -> None:
+    upstream.then(reply(409), reply(400, b'{"error": "card declined"}'))
+    queued = await env.enqueue("order-2")
+    assert (await env.next_settled()).state == QueuedState.QUEUED  # 409: later
+    env.clock.advance(5.0)
+    failed = await env.next_settled()
+    assert (failed.state, failed.attempts, failed.last_status) == (QueuedState.FAILED, 2, 400)
+    got = await env.get(queued.id)
+    assert got.state == pb.QUEUED_CALL_STATE_FAILED
+    assert got.response.body == b'{"error": "card declined"}'
+    [event] = await env.outcome_events(1)
+    assert event.type == "call.failed"
+
+
+async def test_an_exhausted_schedule_is_dead_and_replay_brings_it_back(
+        tmp_path: Path, upstream: Upstream) -> None:
+    # No breaker here: eight 503s would open it (see the breaker test for that).
+    async with _env(tmp_path, upstream, FakeClock(), circuit_breaker={"enabled": False}) as env:
+        await _dead_then_replayed(env, upstream)
+
+
+async def _dead_then_replayed(env: Env, upstream: Upstream) -> None:
+    upstream.default = reply(503)
+    queued = await env.enqueue("order-3")
+    for _ in range(7):  # the default schedule: seven retries
+        step = await env.next_settled()
+        assert step.state == QueuedState.QUEUED and step.next_attempt_at is not None
+        env.clock.advance(step.next_attempt_at - env.clock.time())
+    dead = await env.next_settled()
+    assert (dead.state, dead.attempts, dead.last_status) == (QueuedState.DEAD, 8, 503)
+    assert len(upstream.seen) == 8
+    [event] = await env.outcome_events(1)
+    assert event.type == "call.dead"
+    upstream.default = reply(200)
+    assert env.sc.queue is not None
+    again = await env.sc.queue.replay(queued.id)
+    assert (again.state, again.attempts) == (QueuedState.QUEUED, 0)
+    done = await env.next_settled()
+    assert (done.state, done.attempts) == (QueuedState.SUCCEEDED, 1)
+
+
+async def test_an_open_breaker_spends_no_attempts(tmp_path: Path, upstream: Upstream) -> None:
+    upstream.default = reply(503)
+    breaker = {"consecutive_failures": 1, "open_duration": "60s"}
+    async with _env(tmp_path, upstream, FakeClock(), circuit_breaker=breaker) as env:
+        await env.enqueue("a")
+        assert (await env.next_settled()).attempts == 1  # 503: the breaker opens
+        second = await env.enqueue("b")
+        refused = await env.next_settled()
+        assert (refused.id, refused.state, refused.attempts, refused.last_error) == (
+            second.id, QueuedState.QUEUED, 0, "CIRCUIT_OPEN")
+        assert len(upstream.seen) == 1
+        upstream.default = reply(200)
+        env.clock.advance(60.0)  # half-open: queued calls are the probes
+        finished: dict[str, QueuedCall] = {}
+        while len(finished) < 2:
+            step = await env.next_settled()
+            if step.state is QueuedState.QUEUED and step.next_attempt_at is not None:
+                env.clock.advance(max(0.0, step.next_attempt_at - env.clock.time()))
+            else:
+                finished[step.id] = step
+        assert {c.state for c in finished.values()} == {QueuedState.SUCCEEDED}
+        assert finished[second.id].attempts == 1  # the refusal cost it nothing
+        assert len(upstream.seen) == 3
+
+
+async def test_ordering_keys_keep_order(env: Env, upstream: Upstream) -> None:
+    upstream.then(reply(503))
+    first = await env.enqueue("k-1", ordering_key="customer-7",
+                              call=call(method="POST", path="/first", idempotency_key="k-1"))
+    second = await env.enqueue("k-2", ordering_key="customer-7",
+                               call=call(method="POST", path="/second", idempotency_key="k-2"))
+    held = await env.next_settled()
+    assert (held.id, held.state) == (first.id, QueuedState.QUEUED)
+    assert [s.path for s in upstream.seen] == ["/first"]  # the follower waits
+    env.clock.advance(5.0)
+    done = [await env.next_settled(), await env.next_settled()]
+    assert [(c.id, c.state) for c in done] == [(first.id, QueuedState.SUCCEEDED),
+                                               (second.id, QueuedState.SUCCEEDED)]
+    assert [s.path for s in upstream.seen] == ["/first", "/first", "/second"]
+
+
+async def test_the_rate_limit_is_the_drain_rate(tmp_path: Path, upstream: Upstream) -> None:
+    clock = SkippingClock()  # token waits return at once, the clock jumping ahead
+    arrivals: list[float] = []
+    ok = reply(200)
+
+    async def timed(request: Any) -> Any:
+        arrivals.append(clock.monotonic())
+        return await ok(request)
+
+    upstream.default = timed
+    async with _env(tmp_path, upstream, clock, rate_limit={"rate": 20, "burst": 1}) as env:
+        ids = {(await env.enqueue(f"drain-{i}")).id for i in range(30)}
+        finished = {(await env.next_settled()).id for _ in range(30)}
+        states = {(await env.get(i)).state for i in ids}
+    # Every call succeeded: none failed for the limit, the queue waited for tokens ...
+    assert finished == ids and states == {pb.QUEUED_CALL_STATE_SUCCEEDED}
+    assert len(arrivals) == 30 and sum(clock.sleeps) > 0
+    # ... so the upstream got at most 20/s (burst 1) on the sidecar's clock.
+    assert arrivals[-1] - arrivals[0] >= 29 / 20 - 0.1
+
+
+async def test_enqueue_refuses_what_call_would_and_dedupes_by_key(env: Env) -> None:
+    async def refused(request: pb.EnqueueCallRequest) -> Any:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await env.stub.EnqueueCall(request, timeout=5)
+        return rich_error(info.value)
+
+    no_key = await refused(pb.EnqueueCallRequest(call=call(method="POST")))
+    assert no_key.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "call.idempotency_key" in dict(no_key.violations)
+    unknown = await refused(pb.EnqueueCallRequest(call=call("nope", idempotency_key="x")))
+    assert unknown.reason == "INTEGRATION_NOT_FOUND"
+    escape = await refused(pb.EnqueueCallRequest(
+        call=call(path="https://elsewhere.example/x", idempotency_key="x")))
+    assert escape.code == grpc.StatusCode.INVALID_ARGUMENT
+    bad_topic = await refused(pb.EnqueueCallRequest(
+        call=call(idempotency_key="x"), result_topic="bad\x00topic"))
+    assert "result_topic" in dict(bad_topic.violations)
+    later = timestamp_pb2.Timestamp(seconds=int(env.clock.time()) + 3600)
+    first = await env.enqueue("same", not_before=later)
+    again = await env.enqueue("same", not_before=later)
+    assert (again.id, again.duplicate, first.duplicate) == (first.id, True, False)
+    reused = await refused(pb.EnqueueCallRequest(
+        call=call(method="POST", path="/other", idempotency_key="same"), not_before=later))
+    assert reused.reason == "IDEMPOTENCY_KEY_REUSED"
+    missing = await refused_get(env, "qc_nope")
+    assert missing.reason == "QUEUED_CALL_NOT_FOUND"
+    cancelled = await env.stub.CancelQueuedCall(pb.CancelQueuedCallRequest(id=first.id),
+                                                timeout=5)
+    assert cancelled.state == pb.QUEUED_CALL_STATE_CANCELLED
+
+
+async def refused_get(env: Env, call_id: str) -> Any:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await env.get(call_id)
+    return rich_error(info.value)
