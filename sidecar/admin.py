@@ -1,6 +1,7 @@
 """The admin listener: ``/metrics`` for Prometheus, ``/healthz`` and ``/readyz`` for
-probes, and the operator endpoints for webhook events (list, replay); the status
-page (``sidecar.status``) shares their access rule."""
+probes, and the operator endpoints for webhook events (list, replay) and queued calls
+(list, show, replay, cancel); the status page (``sidecar.status``) shares their access
+rule."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from sidecar.clock import Clock
+from sidecar.core.calls.queue.models import QueuedCall, QueuedState
+from sidecar.core.calls.queue.runner import CallQueue
 from sidecar.core.events.models import DeliveryRecord, DeliveryStatus
 from sidecar.core.events.presence import Presence
+from sidecar.errors import NotFound
 from sidecar.http_common import count_responses, json_error
 from sidecar.metrics import CONTENT_TYPE, Metrics
 from sidecar.storage import Storage
@@ -110,6 +114,51 @@ def event_routes(app: web.Application, storage: Storage, clock: Clock,
     app.router.add_get("/presence", presence)
     app.router.add_get("/webhooks/events", list_events)
     app.router.add_post("/webhooks/replay", replay)
+
+
+def queue_routes(app: web.Application, queue: CallQueue, token: str | None,
+                 describe: Callable[[QueuedCall], dict[str, object]]) -> None:
+    """Operator endpoints for queued calls: list, show, replay, cancel (``describe``:
+    a call as JSON, the proto3 mapping of QueuedCall)."""
+
+    def denied(request: web.Request) -> web.Response | None:
+        if authorised(request, token):
+            return None
+        return json_error(401, "API_TOKEN_INVALID", "send Authorization: Bearer <token>")
+
+    async def list_calls(request: web.Request) -> web.Response:
+        if (refused := denied(request)) is not None:
+            return refused
+        q = request.query
+        try:
+            state = QueuedState(q["state"]) if q.get("state") else None
+            limit = int(q.get("limit", "100"))
+            if not limit >= 1:
+                raise ValueError
+        except ValueError:
+            return json_error(400, "INVALID_ARGUMENT", "state must be one of " + ", ".join(
+                s.value for s in QueuedState) + "; limit an integer from 1 (at most 1000)")
+        calls = await queue.list_calls(state=state, integration=q.get("integration") or None,
+                                 limit=min(limit, 1000))
+        return web.json_response({"calls": [describe(c) for c in calls]})
+
+    def one(action: Callable[[str], Awaitable[QueuedCall]]
+            ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handle(request: web.Request) -> web.Response:
+            if (refused := denied(request)) is not None:
+                return refused
+            try:
+                call = await action(request.match_info["id"])
+            except NotFound as exc:
+                return json_error(404, exc.reason, exc.message)
+            return web.json_response(describe(call))
+
+        return handle
+
+    app.router.add_get("/calls", list_calls)
+    app.router.add_get("/calls/{id}", one(queue.get))
+    app.router.add_post("/calls/{id}/replay", one(queue.replay))
+    app.router.add_post("/calls/{id}/cancel", one(queue.cancel))
 
 
 def build_admin_app(metrics: Metrics, readiness: ReadinessProbe) -> web.Application:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from sidecar import __version__
-from sidecar.admin import Readiness, build_admin_app, event_routes
+from sidecar.admin import Readiness, build_admin_app, event_routes, queue_routes
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config, ConfigError, IntegrationConfig, load_config
 from sidecar.config.policies import integration_specs, webhook_settings
@@ -51,6 +51,7 @@ from sidecar.metrics import (
     EventMetrics,
     LiveMetrics,
     Metrics,
+    QueueMetrics,
     TokenMetrics,
 )
 from sidecar.reload import (
@@ -61,7 +62,7 @@ from sidecar.reload import (
     restart_required,
     watched_files,
 )
-from sidecar.rpc.queued_calls import outcome_data
+from sidecar.rpc.queued_calls import outcome_data, queued_call_json
 from sidecar.rpc.server import GrpcServer, ServiceRegistrar
 from sidecar.rpc.servicer import SidecarServicer
 from sidecar.server_tls import TlsFileError, TlsMaterial, read_material
@@ -183,9 +184,11 @@ class Sidecar:
         self.presence = Presence()
         #: Queued calls (EnqueueCall), where the store keeps them (SQLite in this build).
         self.queue: CallQueue | None = None
+        self.queue_metrics = QueueMetrics(self.metrics)
         if hasattr(self.storage, "queue_add"):
             self.queue = CallQueue(cast(QueueStore, self.storage), self.calls, self.clock,
-                                   lambda integration: QueuePolicy(), self._announce_queued)
+                                   lambda integration: QueuePolicy(), self._announce_queued,
+                                   observer=self.queue_metrics)
         self.websocket: WebSocketEdge | None = None
         if rt.websocket.enabled:
             # Imported only when on: PyJWT and cryptography cost memory otherwise.
@@ -212,6 +215,8 @@ class Sidecar:
         token = config.server.grpc.api_token
         event_routes(admin_app, self.storage, self.clock, token.value if token else None,
                      self.presence if self.websocket else None)
+        if self.queue is not None:
+            queue_routes(admin_app, self.queue, token.value if token else None, queued_call_json)
         status_routes(admin_app, self, self.call_health)
         self.admin = HttpListener(admin_app,
                                   config.server.admin.host, config.server.admin.port,
@@ -473,6 +478,13 @@ class Sidecar:
                 counts = await self.storage.count_deliveries()
                 self.event_metrics.set_group_counts(counts)
                 self.event_metrics.set_oldest_unacked(await self._oldest_unacked(counts))
+                if self.queue is not None:
+                    store = cast(QueueStore, self.storage)
+                    now = self.clock.time()
+                    self.queue_metrics.set_counts(
+                        await store.queue_counts(),
+                        {i: max(0.0, now - t)
+                         for i, t in (await store.queue_overdue(now=now)).items()})
         if not self._stopping:
             await self.grpc.set_ready(ready)
 

@@ -1,4 +1,5 @@
-"""The ``integration-sidecar`` command: serve, config show/check/schema, webhooks, version."""
+"""The ``integration-sidecar`` command: serve, config show/check/schema, webhooks, calls,
+version."""
 
 from __future__ import annotations
 
@@ -123,6 +124,56 @@ def _cmd_webhooks_replay(args: argparse.Namespace) -> int:
     return _run(_with_storage(config, run))
 
 
+def _cmd_calls(args: argparse.Namespace) -> int:
+    """``calls list|show|replay|cancel`` on the store. A running sidecar sees a replay
+    within a minute (its queue looks at the store at least that often); its admin
+    listener's ``/calls`` endpoints act at once."""
+    import json
+    import time
+
+    from sidecar.core.calls.queue.models import QueuedState
+    from sidecar.rpc.queued_calls import queued_call_json
+
+    config = _load(args)
+
+    async def run(storage: Any) -> int:
+        if not hasattr(storage, "queue_list"):
+            print(f"the {storage.backend} backend keeps no queued calls in this build",
+                  file=sys.stderr)
+            return 1
+        if args.calls_command == "list":
+            state = QueuedState(args.state) if args.state else None
+            calls = await storage.queue_list(state=state, integration=args.integration,
+                                             limit=args.limit)
+        else:
+            now = time.time()
+            calls = []
+            for call_id in args.id:
+                if args.calls_command == "show":
+                    call = await storage.queue_get(call_id)
+                elif args.calls_command == "replay":
+                    call = await storage.queue_replay(call_id, now=now)
+                else:
+                    call = await storage.queue_cancel(call_id, now=now)
+                if call is None:
+                    print(f"no queued call {call_id!r}", file=sys.stderr)
+                    return 1
+                calls.append(call)
+        if args.json or args.calls_command == "show":
+            print(json.dumps([queued_call_json(c) for c in calls], indent=2))
+            return 0
+        print(f"{'ID':28} {'INTEGRATION':16} {'STATE':10} {'TRIES':>5} {'LAST':>5} "
+              "NEXT ATTEMPT          LAST ERROR")
+        for c in calls:
+            due = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(c.next_attempt_at))
+                   if c.next_attempt_at is not None else "-")
+            print(f"{c.id:28} {c.integration:16} {c.state.value:10} {c.attempts:>5} "
+                  f"{c.last_status or '-':>5} {due:21} {c.last_error}")
+        return 0
+
+    return _run(_with_storage(config, run))
+
+
 def _cmd_version(args: argparse.Namespace) -> int:
     print(f"integration-sidecar {__version__}")
     return 0
@@ -166,6 +217,21 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--status", action="append", choices=["dead", "failed"],
                      help="which events (repeatable; default dead)")
     rep.set_defaults(fn=_cmd_webhooks_replay)
+    calls = sub.add_parser("calls", help="list, show, replay and cancel queued calls")
+    calls_sub = calls.add_subparsers(dest="calls_command", required=True)
+    lst = with_config(calls_sub.add_parser("list", help="queued calls and their state"))
+    lst.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "dead",
+                                         "cancelled"])
+    lst.add_argument("--integration")
+    lst.add_argument("--limit", type=int, default=100)
+    lst.add_argument("--json", action="store_true", help="print JSON")
+    for name, what in (("show", "print calls as JSON"),
+                       ("replay", "queue failed, dead or cancelled calls again, due now"),
+                       ("cancel", "cancel calls that have not finished")):
+        one = with_config(calls_sub.add_parser(name, help=what))
+        one.add_argument("id", nargs="+", help="queued call id (qc_...)")
+        one.add_argument("--json", action="store_true", help="print JSON")
+    calls.set_defaults(fn=_cmd_calls)
     sub.add_parser("version", help="print the version").set_defaults(fn=_cmd_version)
     return parser
 

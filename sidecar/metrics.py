@@ -200,6 +200,31 @@ class Metrics:
             ["group", "topic", "status"], registry=r,
         )
 
+        # Queued calls (EnqueueCall).
+        self.queued_calls = Gauge(
+            "sidecar_queued_calls",
+            "Queued calls by integration and state (queued, running, succeeded, failed, "
+            "dead, cancelled).", ["integration", "state"], registry=r,
+        )
+        self.queued_oldest = Gauge(
+            "sidecar_queued_call_oldest_due_seconds",
+            "How long the oldest due queued call has waited past its due time for its "
+            "attempt (0 when none is due): grows when the queue does not drain (rate "
+            "limit too low, breaker open, concurrency too small).",
+            ["integration"], registry=r,
+        )
+        self.queued_attempts = Counter(
+            "sidecar_queued_call_attempts_total",
+            "Attempts of queued calls, by outcome: the answer's status class (2xx, ...), "
+            "the error reason of one that got none, or refused (nothing was sent: breaker "
+            "open, bulkhead full).", ["integration", "outcome"], registry=r,
+        )
+        self.queued_finished = Counter(
+            "sidecar_queued_calls_finished_total",
+            "Queued calls that finished, by final state (succeeded, failed, dead, "
+            "cancelled).", ["integration", "state"], registry=r,
+        )
+
         # Real-time fan-out.
         self.published = Counter(
             "sidecar_events_published_total", "Events published, by topic class "
@@ -352,6 +377,28 @@ class EventMetrics:
         self._m.events_by_status.clear()
         for (group, topic, status), n in counts.items():
             self._m.events_by_status.labels(group, topic, status).set(n)
+
+
+class QueueMetrics:
+    """Observer of the queue of calls, and its periodic counts."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def attempted(self, integration: str, outcome: str) -> None:
+        self._m.queued_attempts.labels(integration, outcome).inc()
+
+    def finished(self, integration: str, state: str) -> None:
+        self._m.queued_finished.labels(integration, state).inc()
+
+    def set_counts(self, counts: dict[tuple[str, str], int],
+                   overdue: dict[str, float]) -> None:
+        self._m.queued_calls.clear()
+        for (integration, state), n in counts.items():
+            self._m.queued_calls.labels(integration, state).set(n)
+        self._m.queued_oldest.clear()
+        for integration, age in overdue.items():
+            self._m.queued_oldest.labels(integration).set(age)
 
 
 class LiveMetrics:

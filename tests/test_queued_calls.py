@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 from integration_sidecar.v1 import sidecar_pb2 as pb
 from integration_sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
+from sidecar import cli
 from sidecar.app import Sidecar
 from sidecar.clock import FakeClock
 from sidecar.core.calls.queue.models import QueuedCall, QueuedState
@@ -255,3 +257,59 @@ async def refused_get(env: Env, call_id: str) -> Any:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await env.get(call_id)
     return rich_error(info.value)
+
+
+async def test_operators_see_replay_and_cancel_queued_calls(env: Env, upstream: Upstream,
+                                                            tmp_path: Path) -> None:
+    upstream.then(reply(400, b"bad"))
+    failed = await env.enqueue("ops-1")
+    assert (await env.next_settled()).state == QueuedState.FAILED
+    later = timestamp_pb2.Timestamp(seconds=int(env.clock.time()) + 3600)
+    waiting = await env.enqueue("ops-2", not_before=later)
+    admin = f"http://{env.sc.admin.address}"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{admin}/calls", params={"state": "failed"}) as resp:
+            listed = (await resp.json())["calls"]
+        assert [(c["id"], c["state"], c["response"]["status"]) for c in listed] == [
+            (failed.id, "QUEUED_CALL_STATE_FAILED", 400)]
+        async with http.get(f"{admin}/calls", params={"state": "nonsense"}) as resp:
+            assert resp.status == 400
+        async with http.get(f"{admin}/calls/qc_missing") as resp:
+            assert (resp.status, (await resp.json())["error"]["reason"]) == (
+                404, "QUEUED_CALL_NOT_FOUND")
+        async with http.post(f"{admin}/calls/{waiting.id}/cancel") as resp:
+            assert (await resp.json())["state"] == "QUEUED_CALL_STATE_CANCELLED"
+        async with http.post(f"{admin}/calls/{failed.id}/replay") as resp:
+            assert (await resp.json())["state"] == "QUEUED_CALL_STATE_QUEUED"
+    assert (await env.next_settled()).state == QueuedState.SUCCEEDED
+    await env.sc._refresh_readiness()
+    text = env.sc.metrics.exposition().decode()
+    for line in ('sidecar_queued_call_attempts_total{integration="svc",outcome="4xx"} 1.0',
+                 'sidecar_queued_call_attempts_total{integration="svc",outcome="2xx"} 1.0',
+                 'sidecar_queued_calls_finished_total{integration="svc",state="failed"} 1.0',
+                 'sidecar_queued_calls_finished_total{integration="svc",state="cancelled"} 1.0',
+                 'sidecar_queued_calls{integration="svc",state="succeeded"} 1.0',
+                 'sidecar_queued_calls{integration="svc",state="cancelled"} 1.0'):
+        assert line in text
+
+
+async def test_the_cli_lists_and_replays_from_the_store(tmp_path: Path, upstream: Upstream,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    upstream.default = reply(422)
+    async with _env(tmp_path, upstream, FakeClock()) as env:
+        failed = await env.enqueue("cli-1")
+        assert (await env.next_settled()).state == QueuedState.FAILED
+    config = tmp_path / "sidecar.yaml"
+    config.write_text(f"storage: {{data_dir: {tmp_path / 'data'}}}\n")
+    capsys.readouterr()
+    assert await asyncio.to_thread(cli.main, ["calls", "list", "--config", str(config),
+                                              "--state", "failed"]) == 0
+    out = capsys.readouterr().out
+    assert failed.id in out and "failed" in out and "422" in out
+    assert await asyncio.to_thread(cli.main, ["calls", "replay", "--config", str(config),
+                                              "--json", failed.id]) == 0
+    [shown] = json.loads(capsys.readouterr().out)
+    assert (shown["id"], shown["state"]) == (failed.id, "QUEUED_CALL_STATE_QUEUED")
+    assert await asyncio.to_thread(cli.main, ["calls", "show", "--config", str(config),
+                                              "qc_missing"]) == 1

@@ -40,6 +40,12 @@ def queued_call_message(call: QueuedCall) -> pb.QueuedCall:
     return msg
 
 
+def queued_call_json(call: QueuedCall) -> dict[str, object]:
+    """The QueuedCall in the proto3 JSON mapping, as a dict."""
+    doc: dict[str, object] = json_format.MessageToDict(queued_call_message(call))
+    return doc
+
+
 def outcome_data(call: QueuedCall) -> bytes:
     """The outcome event's data: the QueuedCall in the proto3 JSON mapping."""
     return json_format.MessageToJson(queued_call_message(call), indent=None).encode()

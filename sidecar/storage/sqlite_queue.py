@@ -219,3 +219,12 @@ class SqliteQueueMixin:
             return {(r[0], r[1]): int(r[2]) for r in rows}
 
         return await self._run(counts)
+
+    async def queue_overdue(self, *, now: float) -> dict[str, float]:
+        def overdue() -> dict[str, float]:
+            rows = self.db.execute("SELECT integration, MIN(due_at) FROM queued_calls "
+                                   "WHERE state = 'queued' AND due_at <= ? GROUP BY integration",
+                                   [now]).fetchall()
+            return {r[0]: float(r[1]) for r in rows}
+
+        return await self._run(overdue)

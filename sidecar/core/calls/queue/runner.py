@@ -49,6 +49,9 @@ log = logging.getLogger("sidecar.queue")
 LEASE = 300.0
 #: Seconds before a refused attempt (bulkhead full) is tried again.
 REFUSED_PAUSE = 1.0
+#: The loop looks again at least this often, so that calls another process changed in
+#: the store (``integration-sidecar calls replay``) are seen: one query a minute.
+MAX_SLEEP = 60.0
 _ORDERING_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
@@ -65,10 +68,26 @@ class QueueTarget(Protocol):
 Announce = Callable[[QueuedCall], Awaitable[None]]
 
 
+class QueueObserver(Protocol):
+    def attempted(self, integration: str, outcome: str) -> None:
+        """``outcome``: status class (``2xx``...), an error reason, or ``refused``."""
+
+    def finished(self, integration: str, state: str) -> None: ...
+
+
+class _Unobserved:
+    def attempted(self, integration: str, outcome: str) -> None:
+        pass
+
+    def finished(self, integration: str, state: str) -> None:
+        pass
+
+
 class CallQueue:
     def __init__(self, store: QueueStore, target: QueueTarget, clock: Clock,
                  policies: Callable[[str], QueuePolicy], announce: Announce, *,
-                 owner: str = "", rand: Callable[[], float] = random.random) -> None:
+                 owner: str = "", rand: Callable[[], float] = random.random,
+                 observer: QueueObserver | None = None) -> None:
         self._store = store
         self._target = target
         self._clock = clock
@@ -76,6 +95,7 @@ class CallQueue:
         self._announce = announce
         self._owner = owner or secrets.token_hex(8)
         self._rand = rand
+        self._observer: QueueObserver = observer or _Unobserved()
         self._wake = asyncio.Event()
         self._running: Counter[str] = Counter()
         #: Integration -> Unix time before which none of its calls is leased.
@@ -124,7 +144,16 @@ class CallQueue:
         return _found(call_id, await self._store.queue_get(call_id))
 
     async def cancel(self, call_id: str) -> QueuedCall:
-        return _found(call_id, await self._store.queue_cancel(call_id, now=self._clock.time()))
+        before = await self._store.queue_get(call_id)
+        call = _found(call_id, await self._store.queue_cancel(call_id, now=self._clock.time()))
+        if before is not None and not before.state.final and call.state.final:
+            self._observer.finished(call.integration, call.state.value)
+        return call
+
+    async def list_calls(self, *, state: QueuedState | None = None,
+                         integration: str | None = None,
+                         limit: int = 100) -> list[QueuedCall]:
+        return await self._store.queue_list(state=state, integration=integration, limit=limit)
 
     async def replay(self, call_id: str) -> QueuedCall:
         call = _found(call_id, await self._store.queue_replay(call_id, now=self._clock.time()))
@@ -174,13 +203,12 @@ class CallQueue:
             # meanwhile cannot make the loop oversleep.
             now = self._clock.time()
             waits = [t - now for t in (due, *self._paused.values()) if t is not None]
-            timer = (self._clock.call_later(max(0.0, min(waits)), self._wake.set)
-                     if waits else None)
+            timer = self._clock.call_later(min(max(0.0, min(waits, default=MAX_SLEEP)),
+                                               MAX_SLEEP), self._wake.set)
             try:
                 await self._wake.wait()
             finally:
-                if timer is not None:
-                    timer.cancel()
+                timer.cancel()
 
     def listen(self) -> asyncio.Queue[QueuedCall]:
         """Every outcome settled from now on (what was stored), in order."""
@@ -224,6 +252,7 @@ class CallQueue:
                 log.warning("queued call's lease was lost; its outcome is not recorded",
                             extra={"id": call.id, "integration": name})
             elif stored.state.final:
+                self._observer.finished(name, stored.state.value)
                 await self._announce_one(stored)
         except asyncio.CancelledError:
             raise
@@ -240,18 +269,21 @@ class CallQueue:
             result = await self._target.attempt(call.request)
         except (BreakerOpenError, RateLimitedError, BulkheadFullError) as exc:
             # Nothing went out: no attempt spent. An open breaker pauses the integration.
+            self._observer.attempted(call.integration, "refused")
             pause = exc.retry_after if exc.retry_after else REFUSED_PAUSE
             if isinstance(exc, BreakerOpenError):
                 self._paused[call.integration] = now + pause
             return call.moved(state=QueuedState.QUEUED, next_attempt_at=now + pause,
                               last_error=exc.reason)
         except SidecarError as exc:
+            self._observer.attempted(call.integration, exc.reason)
             attempts = call.attempts + max(1, int(exc.metadata.get("attempts", "1") or 1))
             if exc.metadata.get("attempts") == "0" and exc.reason in _CONFIG_REFUSALS:
                 return call.moved(state=QueuedState.FAILED, next_attempt_at=None,
                                   finished_at=now, last_error=exc.reason, attempts=call.attempts)
             return self._again(call.moved(attempts=attempts, last_status=0,
                                           last_error=exc.reason), policy, now, None)
+        self._observer.attempted(call.integration, f"{result.status // 100}xx")
         done = call.moved(attempts=call.attempts + max(1, result.attempts),
                           last_status=result.status, last_error="",
                           response=replace(result, attempts=call.attempts + 1))

@@ -54,6 +54,9 @@ class QueueStore(Protocol):
     async def queue_counts(self) -> dict[tuple[str, str], int]:
         """(integration, state) -> calls."""
 
+    async def queue_overdue(self, *, now: float) -> dict[str, float]:
+        """Integration -> the earliest due time of its QUEUED calls due by ``now``."""
+
 
 def settled(new: QueuedCall, current: QueuedCall, now: float) -> QueuedCall:
     """What an attempt's outcome ``new`` becomes against the stored ``current``: a call
