@@ -305,6 +305,10 @@ class LiveBus:
         if removed:
             self._observer.subscribers_changed(feed.transport, -1)
 
+    def feeds(self, topic: str) -> tuple[Feed[Any], ...]:
+        """The live feeds of ``topic`` in this process."""
+        return tuple(self._feeds.get(topic, ()))
+
     def subscriber_count(self, topic: str) -> int:
         """Live feeds of ``topic`` in this process (streams and WebSocket rooms alike)."""
         return len(self._feeds.get(topic, ()))
