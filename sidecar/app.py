@@ -339,12 +339,11 @@ class Sidecar:
         log.info("sidecar stopped")
 
     async def _announce_queued(self, call: QueuedCall) -> None:
-        """A finished queued call's outcome event, once per outcome: a repeat after a
-        crash is answered from the publish idempotency record."""
-        await self.live.publish(
-            call.result_topic, EVENT_TYPES[call.state], outcome_data(call), "application/json",
-            {"queued_call_id": call.id},
-            idempotency_key=f"queued-call:{call.id}:{call.state.value}:{call.attempts}")
+        """A finished queued call's outcome event: at least once (a crash between the
+        append and its record appends it again; consumers key on the call's id)."""
+        await self.live.publish(call.result_topic, EVENT_TYPES[call.state],
+                                outcome_data(call), "application/json",
+                                {"queued_call_id": call.id})
 
     # ------------------------------------------------------------------ reload
 

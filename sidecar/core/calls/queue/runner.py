@@ -191,6 +191,9 @@ class CallQueue:
             self._wake.clear()
             try:
                 await self._announce_pending()
+            except SidecarError as exc:  # tried again on the next turn; never blocks work
+                log.warning("queued call outcome not yet appended: %s", exc)
+            try:
                 taken, free = await self._take()
                 if taken:
                     continue
