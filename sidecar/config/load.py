@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import urlsplit
 
 from sidecar.config.model import (
     DEFAULT_OTLP_ENDPOINT,
@@ -51,7 +51,6 @@ from sidecar.config.model import (
     WebhookSourceConfig,
     WebSocketConfig,
     parse_key_values,
-    redis_urls,
 )
 from sidecar.config.policies import scheme_config
 from sidecar.config.reader import (
@@ -69,6 +68,14 @@ from sidecar.config.reader import (
     secret_hints,
 )
 from sidecar.config.settings import declared
+from sidecar.config.urls import (
+    REDIS_LIST_EXAMPLE,
+    base_url,
+    redis_url_list_problem,
+    redis_url_ok,
+    token_url_problem,
+    url_parts,
+)
 from sidecar.config.yaml_file import YamlFileError, read_yaml_with_lines
 from sidecar.core.events.topics import topic_problem
 from sidecar.core.resilience.rate_limit import RateLimitPolicy
@@ -96,24 +103,7 @@ def _env_overrides(cls: type = Config, path: tuple[str, ...] = ()) -> Iterator[
 ENV_OVERRIDES: dict[str, tuple[str, ...]] = dict(_env_overrides())
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-REDIS_SCHEMES = ("redis", "rediss", "unix")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-_URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
-
-
-def _url_parts(url: str) -> SplitResult | str:
-    """``url`` split, or what is wrong with it: a space or control character anywhere,
-    a malformed IPv6 literal, a port that is not a number from 0 to 65535."""
-    if _URL_FORBIDDEN.search(url):
-        return "must not contain spaces or control characters"
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError as exc:
-        return f"is not a valid URL ({exc})"
-    return parts
-
-
 def _optional(sec: Section, key: str, parse: Callable[[Section], T]) -> T | None:
     """Parse ``key`` only when present (route overrides)."""
     return parse(sec.section(key)) if sec.has(key) else None
@@ -177,66 +167,22 @@ def _server(sec: Section) -> ServerConfig:
 # --------------------------------------------------------------------------- storage
 
 
-def _redis_url_ok(value: str, schemes: tuple[str, ...] = REDIS_SCHEMES) -> bool:
-    parts = _url_parts(value)
-    if isinstance(parts, str):
-        return False
-    if parts.scheme == "unix":
-        return "unix" in schemes and bool(parts.path)
-    return parts.scheme in schemes and bool(parts.hostname)
-
-
-#: What a cluster or sentinel URL list may look like, for the error messages.
-_REDIS_LIST_EXAMPLE = {
-    "cluster": "redis://:password@node-1:6379,redis://node-2:6379 (rediss:// for TLS)",
-    "sentinel": "redis://:password@sentinel-1:26379,redis://sentinel-2:26379/0 "
-                "(rediss:// for TLS)",
-}
-
-
-def _redis_url_list_problem(value: str, mode: str) -> str:
-    """Why a cluster or sentinel URL list is unusable ("" when it is fine); never
-    quotes the value, which may hold a password."""
-    urls = redis_urls(value)
-    if not urls:
-        return "holds no URL"
-    for i, url in enumerate(urls, 1):
-        which = f"has a URL ({i} of {len(urls)})"
-        if not _redis_url_ok(url, ("redis", "rediss")):
-            return f"{which} that is not a redis:// or rediss:// URL with a host"
-        db = urlsplit(url).path.strip("/")
-        if db and not db.isdigit():
-            return f"{which} with no database number in its path"
-        if mode == "cluster" and db not in ("", "0"):
-            return f"{which} naming database {db}; a Redis Cluster has only 0"
-    parts = [urlsplit(u) for u in urls]
-    if len({p.scheme for p in parts}) > 1:
-        return "mixes redis:// and rediss:// URLs; use one scheme for all"
-    # Credentials and database may be written once; where repeated they must agree.
-    for what, values in (("credentials", {(p.username, p.password) for p in parts
-                                          if p.username or p.password}),
-                         ("database", {p.path.strip("/") for p in parts if p.path.strip("/")})):
-        if len(values) > 1:
-            return f"gives different {what} in different URLs; give them once or the same"
-    return ""
-
-
 def _redis_url(sec: Section, url_env: str, mode: str) -> Secret | None:
     """The URL in ``url_env`` (never echoed: it may hold a password)."""
     value = sec.env.get(url_env, "")
     if mode != "standalone":
         what = "cluster seed nodes" if mode == "cluster" else "sentinels"
-        problem = "is not set or empty" if not value else _redis_url_list_problem(value, mode)
+        problem = "is not set or empty" if not value else redis_url_list_problem(value, mode)
         if problem:
             sec.err("url_env", f"environment variable {url_env} {problem}; in {mode} mode "
                                f"it must hold the {what} as a comma-separated list like "
-                               f"{_REDIS_LIST_EXAMPLE[mode]}")
+                               f"{REDIS_LIST_EXAMPLE[mode]}")
             return None
     elif not value:
         sec.err("url_env", f"environment variable {url_env} is not set or empty; it must "
                            "hold the Redis URL, e.g. redis://:password@host:6379/0")
         return None
-    elif not _redis_url_ok(value):
+    elif not redis_url_ok(value):
         sec.err("url_env", f"environment variable {url_env} must hold a URL like "
                            "redis://host:6379/0, rediss://host:6380/0 (TLS) or "
                            "unix:///path/redis.sock")
@@ -308,25 +254,10 @@ def _base_url(sec: Section, allow_http: bool) -> str:
     url = sec.string("base_url", required=True)
     if not url:
         return url
-    parts = _url_parts(url)
-    if isinstance(parts, str):
-        sec.err("base_url", f"{parts}; got {url!r}")
-        return url
-    if parts.scheme not in ("http", "https"):
-        sec.err("base_url", f"must be an http:// or https:// URL; got {url!r}")
-    elif not parts.hostname:
-        sec.err("base_url", f"has no host; got {url!r}")
-    elif parts.username or parts.password:
-        sec.err("base_url", "must not contain credentials; configure auth instead")
-    elif parts.query or parts.fragment:
-        sec.err("base_url", "must not contain a query or fragment")
-    elif parts.scheme == "http" and not allow_http:
-        sec.err("base_url", "plain http:// is refused; use https:// or set "
-                            "allow_insecure_http: true (local development only)")
-    # Canonical form: lower-case scheme (so nothing downstream can mistake
-    # HTTPS:// for plain HTTP), no trailing slash.
-    path = parts.path.rstrip("/") if parts.path not in ("", "/") else ""
-    return f"{parts.scheme.lower()}://{parts.netloc}{path}"
+    canonical, problem = base_url(url, allow_http)
+    if problem:
+        sec.err("base_url", problem)
+    return canonical
 
 
 def _headers(sec: Section, key: str) -> tuple[tuple[str, str], ...]:
@@ -364,22 +295,9 @@ def _plain_or_env(sec: Section, key: str, *, required: bool) -> tuple[str, str]:
 
 def _token_url(sec: Section, allow_http: bool) -> str:
     url = sec.string("token_url", required=True)
-    if not url:
-        return url
-    parts = _url_parts(url)
-    if isinstance(parts, str):
-        sec.err("token_url", f"{parts}; got {url!r}")
-    elif parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        sec.err("token_url", f"must be an https:// URL with a host; got {url!r}")
-    elif parts.username or parts.password:
-        sec.err("token_url", "must not contain credentials; use client_id and "
-                             "client_secret_env")
-    elif parts.fragment:
-        sec.err("token_url", "must not contain a fragment")
-    elif parts.scheme.lower() == "http" and not allow_http:
-        sec.err("token_url", "plain http:// is refused (the client secret would travel in "
-                             "clear text); use https:// or set allow_insecure_http: true on "
-                             "the integration (local development only)")
+    problem = token_url_problem(url, allow_http) if url else ""
+    if problem:
+        sec.err("token_url", problem)
     return url
 
 
@@ -775,7 +693,7 @@ def _otlp_endpoint(sec: Section, enabled: bool) -> str:
 
 
 def _checked_url(sec: Section, url: str, origin: str) -> str:
-    split = _url_parts(url)
+    split = url_parts(url)
     parts = urlsplit("") if isinstance(split, str) else split
     if parts.scheme not in ("http", "https") or not parts.hostname:
         where = "" if origin == sec.field("endpoint") else f" (from {origin})"
