@@ -177,7 +177,8 @@ class SidecarServiceStub:
     RATE_LIMITED; an open breaker pauses the integration's queue, no attempt
     spent. When the call finishes, an event (`call.succeeded`, `call.failed`
     or `call.dead`, data: the QueuedCall in the proto3 JSON mapping,
-    `application/json`) is appended to its result topic.
+    `application/json`, attribute `queued_call_id`) is appended to its result
+    topic, at least once: a consumer keys on the call's id.
 
     * INVALID_ARGUMENT (`INVALID_ARGUMENT`, with BadRequest): no idempotency
       key (`call.idempotency_key` or the `idempotency-key` metadata), an
@@ -323,7 +324,8 @@ class SidecarServiceAsyncStub(SidecarServiceStub):
     RATE_LIMITED; an open breaker pauses the integration's queue, no attempt
     spent. When the call finishes, an event (`call.succeeded`, `call.failed`
     or `call.dead`, data: the QueuedCall in the proto3 JSON mapping,
-    `application/json`) is appended to its result topic.
+    `application/json`, attribute `queued_call_id`) is appended to its result
+    topic, at least once: a consumer keys on the call's id.
 
     * INVALID_ARGUMENT (`INVALID_ARGUMENT`, with BadRequest): no idempotency
       key (`call.idempotency_key` or the `idempotency-key` metadata), an
@@ -508,7 +510,8 @@ class SidecarServiceServicer(metaclass=_abc_1.ABCMeta):
         RATE_LIMITED; an open breaker pauses the integration's queue, no attempt
         spent. When the call finishes, an event (`call.succeeded`, `call.failed`
         or `call.dead`, data: the QueuedCall in the proto3 JSON mapping,
-        `application/json`) is appended to its result topic.
+        `application/json`, attribute `queued_call_id`) is appended to its result
+        topic, at least once: a consumer keys on the call's id.
 
         * INVALID_ARGUMENT (`INVALID_ARGUMENT`, with BadRequest): no idempotency
           key (`call.idempotency_key` or the `idempotency-key` metadata), an
