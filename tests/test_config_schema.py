@@ -22,7 +22,16 @@ from hypothesis import strategies as st
 
 from sidecar.config import ConfigError, dump_redacted, parse_config
 from sidecar.config.durations import format_duration
-from sidecar.config.model import Config, LoggingConfig, RealtimeConfig, ReloadConfig
+from sidecar.config.model import (
+    Config,
+    DeliveryConfig,
+    EdgeConfig,
+    LoggingConfig,
+    RealtimeConfig,
+    ReloadConfig,
+    TracingConfig,
+    WebhooksConfig,
+)
 from sidecar.config.reference import SCHEMA_PATH, json_schema, render_reference, render_schema
 from sidecar.config.settings import Declared, declared
 from tests.fuzzing import examples
@@ -160,7 +169,8 @@ def section(cls: type) -> st.SearchStrategy[dict[str, Any]]:
 @settings(max_examples=examples(150), deadline=None,
           suppress_health_check=[HealthCheck.filter_too_much])
 @given(logging=section(LoggingConfig), realtime=section(RealtimeConfig),
-       reload=section(ReloadConfig),
+       reload=section(ReloadConfig), edge=section(EdgeConfig), tracing=section(TracingConfig),
+       webhooks=section(WebhooksConfig), delivery=section(DeliveryConfig),
        integration=st.fixed_dictionaries({}, optional={
            "max_request_bytes": st.integers(0, 2**40), "allow_insecure_http": st.booleans(),
            "timeouts": st.fixed_dictionaries({}, optional={
@@ -181,8 +191,11 @@ def section(cls: type) -> st.SearchStrategy[dict[str, Any]]:
        }))
 def test_config_show_of_any_config_reads_back_the_same(
         logging: dict[str, Any], realtime: dict[str, Any], reload: dict[str, Any],
-        integration: dict[str, Any]) -> None:
+        edge: dict[str, Any], tracing: dict[str, Any], webhooks: dict[str, Any],
+        delivery: dict[str, Any], integration: dict[str, Any]) -> None:
     raw = {"logging": logging, "realtime": realtime, "reload": reload,
+           "server": {"edge": edge}, "tracing": tracing,
+           "webhooks": {**webhooks, "delivery": delivery},
            "integrations": {"svc": {"base_url": "https://svc.example", **integration}}}
     try:
         config = parse_config(raw, {})
