@@ -105,6 +105,9 @@ def test_a_config_with_every_setting_and_its_show_output_validate(files: Path) -
     ({"reload": {"watch_interval": "soon"}}, "reload.watch_interval"),
     ({"integrations": {"svc": {}}}, "integrations.svc"),
     ({"routes": [{"name": "r"}]}, "routes.0"),
+    # Client certificates are checked on the gRPC listener only.
+    ({"server": {"admin": {"tls": {"cert_file": "c.pem", "key_file": "k.pem",
+                                   "client_ca_file": "ca.pem"}}}}, "server.admin.tls"),
 ])
 def test_the_schema_refuses_what_the_loader_refuses(document: dict[str, Any],
                                                     where: str) -> None:

@@ -16,16 +16,12 @@ from sidecar.config.model import (
     AuthConfig,
     BulkheadConfig,
     Config,
-    EdgeConfig,
-    HttpListenerConfig,
     IntegrationConfig,
     OAuth2Config,
     RealtimeConfig,
     RetryConfig,
     RouteConfig,
     Secret,
-    ServerConfig,
-    ServerTlsConfig,
     WebhooksConfig,
     WebhookSourceConfig,
     WebSocketConfig,
@@ -73,11 +69,11 @@ def _value(value: Any, schema: dict[str, Any] | None = None) -> Any:
     return value
 
 
-def _section(value: Any, cls: type, **given: Any) -> Tree:
+def _section(value: Any, cls: type, omit: tuple[str, ...] = (), **given: Any) -> Tree:
     """``value`` (of ``cls``) in the file's schema; the keys in ``given`` as they are."""
     out: Tree = {}
     for d in declared(cls):
-        if d.key is None:
+        if d.key is None or d.key in omit:
             continue
         if d.key in given:
             out[d.key] = given[d.key]
@@ -95,19 +91,12 @@ def _section(value: Any, cls: type, **given: Any) -> Tree:
                 out.update(_section(item, sub_cls) if item is not None else {})
             elif s.switch:
                 out[d.key] = ({"enabled": False} if item is None
-                              else {"enabled": True, **_section(item, sub_cls)})
+                              else {"enabled": True, **_section(item, sub_cls, s.omit)})
             else:
                 out[d.key] = _section(item, sub_cls)
         else:
             out[d.key] = _value(item, s.schema)
     return out
-
-
-def _listener_tls(tls: ServerTlsConfig | None) -> Tree:
-    """The HTTP listeners' TLS has no client CA (the loader refuses one)."""
-    if tls is None:
-        return {"enabled": False}
-    return {"enabled": True, "cert_file": tls.cert_file, "key_file": tls.key_file}
 
 
 def _plain_or_env(key: str, value: str, env: str) -> Tree:
@@ -183,14 +172,8 @@ def _realtime(r: RealtimeConfig) -> Tree:
 
 def to_file_schema(config: Config) -> Tree:
     """``config`` as a config file: every key the loader reads, with its effective value."""
-    server = config.server
     return {"version": 1, **_section(
         config, Config,
-        server=_section(server, ServerConfig,
-                        edge=_section(server.edge, EdgeConfig,
-                                      tls=_listener_tls(server.edge.tls)),
-                        admin=_section(server.admin, HttpListenerConfig,
-                                       tls=_listener_tls(server.admin.tls))),
         integrations={name: _integration(i) for name, i in config.integrations.items()},
         routes=[_route(r) for r in config.routes],
         webhooks=_section(config.webhooks, WebhooksConfig,

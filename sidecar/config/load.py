@@ -136,10 +136,10 @@ def _server_tls(sec: Section, *, client_ca: bool) -> ServerTlsConfig | None:
     return cfg
 
 
-def _listener(sec: Section, cls: type[T], base: T, *, client_ca: bool = False,
-              **given: Any) -> T:
-    return fill(sec, cls, base, tls=_server_tls(sec.section("tls"), client_ca=client_ca),
-                **given)
+def _listener(sec: Section, cls: type[T], base: T, **given: Any) -> T:
+    tls = next(d.setting for d in declared(cls) if d.name == "tls")
+    return fill(sec, cls, base, tls=_server_tls(sec.section("tls"), client_ca="client_ca_file"
+                                                not in tls.omit), **given)
 
 
 def _grpc_address(sec: Section) -> str:
@@ -158,7 +158,7 @@ def _server(sec: Section) -> ServerConfig:
     grpc_sec = sec.section("grpc")
     base = ServerConfig()
     return fill(sec, ServerConfig, base,
-                grpc=_listener(grpc_sec, GrpcListenerConfig, base.grpc, client_ca=True,
+                grpc=_listener(grpc_sec, GrpcListenerConfig, base.grpc,
                                address=_grpc_address(grpc_sec)),
                 edge=_listener(sec.section("edge"), EdgeConfig, base.edge),
                 admin=_listener(sec.section("admin"), HttpListenerConfig, base.admin))

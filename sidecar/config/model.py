@@ -106,6 +106,7 @@ class HttpListenerConfig:
                                      doc="port; 0 picks a free one", env="SIDECAR_ADMIN_PORT"))
     tls: ServerTlsConfig | None = setting(None, kind="section", of=ServerTlsConfig, switch=True,
                                           reload="live", reload_rule="tls",
+                                          omit=("client_ca_file",),
                                           doc="TLS on this listener; files re-read on reload")
 
 
@@ -120,6 +121,7 @@ class EdgeConfig:
                                   doc="largest request body on the edge (413 above)")
     tls: ServerTlsConfig | None = setting(None, kind="section", of=ServerTlsConfig, switch=True,
                                           reload="live", reload_rule="tls",
+                                          omit=("client_ca_file",),
                                           doc="TLS on this listener; files re-read on reload")
     header_timeout: float = setting(DEFAULT_EDGE_HEADER_TIMEOUT, kind="duration",
                                     doc="a request's headers (or the next request on a "

@@ -68,28 +68,31 @@ class _SchemaBuilder:
                                    {"type": "string", "pattern": DURATION_PATTERN},
                                    {"type": "null"}]}}
 
-    def ref(self, cls: type, *, switch: bool = False) -> dict[str, Any]:
-        name = cls.__name__ + ("Switch" if switch else "")
+    def ref(self, cls: type, *, switch: bool = False,
+            omit: tuple[str, ...] = ()) -> dict[str, Any]:
+        name = cls.__name__ + ("Switch" if switch else "") + "".join(f"_no_{k}" for k in omit)
         if name not in self.defs:
             self.defs[name] = {}  # a placeholder while it is built
-            self.defs[name] = self.object(cls, switch=switch)
+            self.defs[name] = self.object(cls, switch=switch, omit=omit)
         return {"$ref": f"#/$defs/{name}"}
 
-    def object(self, cls: type, *, switch: bool = False) -> dict[str, Any]:
+    def object(self, cls: type, *, switch: bool = False,
+               omit: tuple[str, ...] = ()) -> dict[str, Any]:
         properties: dict[str, Any] = {}
         required: list[str] = []
         if switch:
             properties["enabled"] = {"type": "boolean", "description": "false: off"}
-        self._properties(cls, properties, required)
+        self._properties(cls, properties, required, omit)
         out: dict[str, Any] = {"type": ["object", "null"], "additionalProperties": False,
                                "properties": properties}
         if required and not switch:
             out["required"] = required
         return out
 
-    def _properties(self, cls: type, properties: dict[str, Any], required: list[str]) -> None:
+    def _properties(self, cls: type, properties: dict[str, Any], required: list[str],
+                    omit: tuple[str, ...] = ()) -> None:
         for d in declared(cls):
-            if d.key is None:
+            if d.key is None or d.key in omit:
                 continue
             s = d.setting
             if s.kind == "section" and s.flatten:
@@ -110,7 +113,7 @@ class _SchemaBuilder:
     def value(self, d: Declared) -> dict[str, Any]:
         s = d.setting
         if s.kind == "section":
-            return self.ref(s.of or type(d.default), switch=s.switch)
+            return self.ref(s.of or type(d.default), switch=s.switch, omit=s.omit)
         if s.kind == "custom":
             if s.schema is not None:
                 return s.schema
@@ -233,10 +236,11 @@ def _reload_text(d: Declared, mode: str) -> str:
     return mode
 
 
-def _rows(cls: type, value: Any, path: str, inherited: str, seen: dict[type, str]) -> Iterator[
-        Row]:
+def _rows(cls: type, value: Any, path: str, inherited: str,
+          seen: dict[tuple[type, tuple[str, ...]], str],
+          omit: tuple[str, ...] = ()) -> Iterator[Row]:
     for d in declared(cls):
-        if d.key is None:
+        if d.key is None or d.key in omit:
             continue
         s = d.setting
         mode = s.reload or inherited
@@ -253,12 +257,12 @@ def _rows(cls: type, value: Any, path: str, inherited: str, seen: dict[type, str
                 yield Row(here, "mapping" + (" or `{enabled: false}`" if s.switch else ""),
                           _default_text(d, current if current is not None else None)
                           if current is None else "on", _reload_text(d, mode), s.doc)
-            if sub in seen and current is None:
-                yield Row(f"{here}.*", "", "", "", f"the keys of `{seen[sub]}`")
+            if (sub, s.omit) in seen and current is None:
+                yield Row(f"{here}.*", "", "", "", f"the keys of `{seen[sub, s.omit]}`")
                 continue
-            seen.setdefault(sub, here)
+            seen.setdefault((sub, s.omit), here)
             yield from _rows(sub, current if is_section(current) else None,
-                             here if s.flatten else here + ".", mode, seen)
+                             here if s.flatten else here + ".", mode, seen, s.omit)
             continue
         for key in (d.key, *s.aliases):
             yield Row(f"{path}{key}", _kind_text(d), _default_text(d, current),

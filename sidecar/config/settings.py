@@ -49,6 +49,8 @@ class Setting:
     switch: bool = False
     #: A section written inline: its keys sit in the enclosing mapping.
     flatten: bool = False
+    #: Keys of the section's class that this place does not take.
+    omit: tuple[str, ...] = ()
     #: An empty string means the default.
     blank_default: bool = False
     #: Other keys of the same value (which one is read depends on another setting).
