@@ -168,8 +168,8 @@ class _Connection:
     handler: asyncio.Task[Any] | None = None
     #: Tasks of feeds that left, still sending a frame: ended with the connection.
     senders: list[asyncio.Task[None]] = field(default_factory=list)
-    #: Set once the handler is done with the connection.
-    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Done once the handler is done with the connection (made when awaited).
+    finished: asyncio.Future[None] | None = None
     #: Frames fanned out in this turn of the event loop, written together at its end.
     pending: list[bytes] | None = None
 
@@ -278,7 +278,8 @@ class WebSocketEdge:
                     await task
             self._connections.discard(conn)
             self._metrics.ws_connections.dec()
-            conn.finished.set()
+            if conn.finished is not None and not conn.finished.done():
+                conn.finished.set_result(None)
         return ws
 
     async def _read(self, conn: _Connection) -> None:
@@ -458,10 +459,14 @@ class WebSocketEdge:
         each close waits for the client's answer (up to aiohttp's close timeout), so one
         at a time a few silent clients would use up the shutdown grace before the rest
         heard anything."""
-        connections = list(self._connections)
-        for conn in connections:
+        loop = asyncio.get_running_loop()
+        finished = []
+        for conn in list(self._connections):
+            if conn.finished is None:
+                conn.finished = loop.create_future()
+            finished.append(conn.finished)
             self._close(conn, CLOSE_GOING_AWAY, b"server shutting down")
-        await asyncio.gather(*(conn.finished.wait() for conn in connections))
+        await asyncio.gather(*finished)
 
     def presence(self, topic: str) -> Mapping[str, int]:
         stats = self._presence.stats(topic)

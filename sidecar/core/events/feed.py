@@ -132,18 +132,29 @@ class Backlog:
     """A subscriber's bounded queue of live events: once full, ``disconnect`` refuses
     the next event, ``drop_oldest`` drops the oldest and records its offset per topic."""
 
-    __slots__ = ("capacity", "dropped", "policy", "queue")
+    __slots__ = ("_queue", "capacity", "dropped", "policy")
 
     def __init__(self, capacity: int, policy: str) -> None:
         self.capacity = capacity
         self.policy = policy
-        self.queue: collections.deque[StoredEvent] = collections.deque()
+        # Made on first use: most WebSocket feeds never fall behind, and an idle
+        # connection's memory is mostly its feeds'.
+        self._queue: collections.deque[StoredEvent] | None = None
         #: topic -> [lowest, highest] offset dropped since the last gap was handed out.
         self.dropped: dict[str, list[int]] = {}
 
+    @property
+    def queue(self) -> collections.deque[StoredEvent]:
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = collections.deque()
+        return queue
+
     def offer(self, event: StoredEvent) -> bool:
         """Queue ``event``; False when the subscriber must be disconnected."""
-        queue = self.queue
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = collections.deque()
         if len(queue) >= self.capacity:
             if self.policy != "drop_oldest":
                 return False
@@ -212,7 +223,9 @@ class Feed(Generic[F]):
         self.seen: dict[str, int] = {}
         #: Live events go straight to the outlet (caught up, and it keeps up).
         self.direct = False
-        self.wake = asyncio.Event()
+        #: Set when a pulled feed has something new to hand out (pushed feeds wait on
+        #: their outlet instead).
+        self.wake: asyncio.Event | None = None
         #: Why the feed ended (it is no longer registered).
         self.closed: SidecarError | None = None
         #: The task sending to the outlet (replay, backlog), while there is one.
@@ -245,14 +258,16 @@ class Feed(Generic[F]):
                     "was disconnected; resubscribe from the last offset received",
                     metadata={"queue_size": str(self.backlog.capacity)})
                 self._bus.overflowed(self)
-            self.wake.set()
+            if self.wake is not None:
+                self.wake.set()
         return False
 
     def end(self, error: SidecarError) -> None:
         """Ended by the bus (already unregistered): slow consumer, or shutting down."""
         if self.closed is None or self.closed is error:
             self.closed = error
-            self.wake.set()
+            if self.wake is not None:
+                self.wake.set()
             if self.outlet is not None:
                 self.outlet.ended(self, error)
 
@@ -269,6 +284,7 @@ class Feed(Generic[F]):
         (``SHUTTING_DOWN``)."""
         bus = self._bus
         bus.check(self.topics, start, after_offsets or {}, after_event_id)
+        wake = self.wake = asyncio.Event()
         bus.register(self)
         try:
             positions = await bus.positions(self.topics, start, dict(after_offsets or {}),
@@ -276,7 +292,7 @@ class Feed(Generic[F]):
             async for frame in self._catch_up(positions, announce):
                 yield frame
             beat = heartbeat or bus.policy.heartbeat
-            idle = IdleTimer(self.wake, beat, bus.clock) if beat != math.inf else None
+            idle = IdleTimer(wake, beat, bus.clock) if beat != math.inf else None
             try:
                 async for frame in self._drain(idle):
                     yield frame
@@ -413,6 +429,7 @@ class Feed(Generic[F]):
                 idle.due = False
                 yield self.encoder.heartbeat()
                 continue
+            assert wake is not None  # a pulled feed
             wake.clear()
             await wake.wait()
 
