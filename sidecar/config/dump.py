@@ -13,6 +13,7 @@ import yaml
 from sidecar.config.durations import format_duration, plain_number
 from sidecar.config.load import ENV_OVERRIDES
 from sidecar.config.model import (
+    CONFIG_VERSION,
     AuthConfig,
     BulkheadConfig,
     Config,
@@ -172,7 +173,7 @@ def _realtime(r: RealtimeConfig) -> Tree:
 
 def to_file_schema(config: Config) -> Tree:
     """``config`` as a config file: every key the loader reads, with its effective value."""
-    return {"version": 1, **_section(
+    return {"version": CONFIG_VERSION, **_section(
         config, Config,
         integrations={name: _integration(i) for name, i in config.integrations.items()},
         routes=[_route(r) for r in config.routes],

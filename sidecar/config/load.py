@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from sidecar.config.model import (
+    CONFIG_VERSION,
     DEFAULT_OTLP_ENDPOINT,
     JWT_ALGORITHMS,
     RETRY_ERROR_KINDS,
@@ -782,9 +783,10 @@ def parse_config(raw: object, env: Mapping[str, str] | None = None, *, source: s
         origins = _apply_env_overrides(raw, env)
     problems = Problems(origins, env, base_dir or Path.cwd(), lines, Path(source).name)
     root = Section(raw, "", problems)
-    version = root.integer("version", 1)
-    if version != 1:
-        root.err("version", f"unsupported config version {version}; this sidecar reads 1")
+    version = root.integer("version", CONFIG_VERSION)
+    if version != CONFIG_VERSION:
+        root.err("version", f"unsupported config version {version}; this sidecar reads "
+                            f"{CONFIG_VERSION}")
     server = _server(root.section("server"))
     storage = _storage(root.section("storage"))
     logging = fill(root.section("logging"), LoggingConfig)

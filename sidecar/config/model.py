@@ -787,6 +787,12 @@ class TracingConfig:
     otlp: OtlpConfig = setting(OtlpConfig(), kind="section", doc="where spans go")
 
 
+#: ``version:``, the config format this sidecar reads (in the file, not in ``Config``).
+CONFIG_VERSION = 1
+VERSION_SETTING = Setting("config format version (the only one: 1)", "integer",
+                          minimum=CONFIG_VERSION, maximum=CONFIG_VERSION)
+
+
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig = setting(ServerConfig(), kind="section", reload="restart",

@@ -12,14 +12,12 @@ from typing import Any
 
 from sidecar.config.durations import DURATION_PATTERN, format_duration, plain_number
 from sidecar.config.load import ENV_OVERRIDES
-from sidecar.config.model import Config, Secret
+from sidecar.config.model import CONFIG_VERSION, VERSION_SETTING, Config, Secret
 from sidecar.config.settings import Declared, Setting, declared, is_section
 
 #: Where the generated schema is committed (``# yaml-language-server: $schema=`` in
 #: every example config points at it).
 SCHEMA_PATH = "deploy/config/sidecar.schema.json"
-#: The config format version this sidecar reads (``version:``, not a model field).
-VERSION = Setting("config format version", "integer", minimum=1, maximum=1)
 _NAME_PATTERN = "^[a-z][a-z0-9_-]{0,62}$"
 _ENV_PATTERN = "^[A-Za-z_][A-Za-z0-9_]*$"
 _HEADER_PATTERN = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
@@ -145,7 +143,8 @@ def json_schema() -> dict[str, Any]:
     builder = _SchemaBuilder()
     root = builder.object(Config)
     root["type"] = "object"
-    root["properties"] = {"version": {"description": VERSION.doc, "const": 1},
+    root["properties"] = {"version": {"description": VERSION_SETTING.doc,
+                                      "const": CONFIG_VERSION},
                           **root["properties"]}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -270,7 +269,7 @@ def _rows(cls: type, value: Any, path: str, inherited: str,
 
 
 def reference_rows() -> list[Row]:
-    return [Row("version", "integer", "`1`", "live", VERSION.doc),
+    return [Row("version", "integer", f"`{CONFIG_VERSION}`", "live", VERSION_SETTING.doc),
             *_rows(Config, Config(), "", "live", {})]
 
 
