@@ -1,5 +1,6 @@
-"""Shared by the client tests: a real sidecar process on a fixed loopback port that
-can be stopped and started again on the same port and data directory."""
+"""Shared by the client tests: a real in-process sidecar with a client connected to it,
+a real upstream, and a real sidecar process on a fixed loopback port that can be
+stopped and started again on the same port and data directory."""
 
 from __future__ import annotations
 
@@ -16,10 +17,39 @@ from typing import Any
 
 import pytest
 import yaml
+from integration_sidecar_client import AsyncSidecarClient
+
+from sidecar.app import Sidecar
+from tests.conftest import make_config
+from tests.upstream import Upstream
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Seconds a sidecar process may take to start or stop before the test fails.
 PROCESS_WAIT = 20.0
+
+
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, extra: dict[str, Any] | None = None,
+                  env: dict[str, str] | None = None, **client: Any
+                  ) -> AsyncIterator[tuple[Sidecar, AsyncSidecarClient]]:
+    """An in-process sidecar on ephemeral ports (SQLite in ``tmp_path``) and an
+    ``AsyncSidecarClient`` (``client``: its arguments) talking to it over gRPC."""
+    sc = Sidecar(make_config(tmp_path, extra, env))
+    await sc.start()
+    try:
+        async with AsyncSidecarClient(sc.grpc.address, **client) as sidecar:
+            yield sc, sidecar
+    finally:
+        await sc.stop()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    up = await Upstream().start()
+    try:
+        yield up
+    finally:
+        await up.stop()
 
 
 def free_port() -> int:

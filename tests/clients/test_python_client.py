@@ -43,34 +43,12 @@ from integration_sidecar_client.errors import error_from_rpc
 from sidecar.app import Sidecar
 from sidecar.core.events.models import DeliveryStatus
 from tests.call_support import integration
-from tests.clients.conftest import free_port
+from tests.clients.conftest import free_port, running
 from tests.conftest import make_config
 from tests.upstream import Upstream, reply, slow
 from tests.webhook_support import STRIPE_SECRET, stripe_event, stripe_headers
 
 WAIT = 10.0
-
-
-@contextlib.asynccontextmanager
-async def running(tmp_path: Path, extra: dict[str, Any] | None = None,
-                  env: dict[str, str] | None = None, **client: Any
-                  ) -> AsyncIterator[tuple[Sidecar, AsyncSidecarClient]]:
-    sc = Sidecar(make_config(tmp_path, extra, env))
-    await sc.start()
-    try:
-        async with AsyncSidecarClient(sc.grpc.address, **client) as sidecar:
-            yield sc, sidecar
-    finally:
-        await sc.stop()
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[Upstream]:
-    up = await Upstream().start()
-    try:
-        yield up
-    finally:
-        await up.stop()
 
 
 # ---------------------------------------------------------------------- Call
@@ -572,19 +550,21 @@ def test_error_without_details_maps_by_code() -> None:
 def test_public_exports_are_pinned() -> None:
     """Renaming or dropping a public name is a breaking change: make it on purpose."""
     assert sorted(integration_sidecar_client.__all__) == sorted([
-        "DEFAULT", "DEFAULT_TARGET", "DEFAULT_TIMEOUT", "AbortedError", "AckOutcome",
-        "AckResult", "AsyncSidecarClient", "BulkheadFullError", "CallResponse",
+        "DEFAULT", "DEFAULT_TARGET", "DEFAULT_TIMEOUT", "OUTCOME_TYPES", "AbortedError",
+        "AckOutcome", "AckResult", "AsyncSidecarClient", "BulkheadFullError", "CallResponse",
         "CancelledRpcError", "CircuitOpenError", "DeadLetter", "DeadlineExceededError",
-        "Deprecation", "Event", "FailedPreconditionError", "FieldViolation", "Gap",
-        "GapReason", "IdempotencyInFlightError", "IdempotencyKeyReusedError",
+        "Deprecation", "EnqueuedCall", "Event", "FailedPreconditionError", "FieldViolation",
+        "Gap", "GapReason", "IdempotencyInFlightError", "IdempotencyKeyReusedError",
         "InternalError", "InvalidArgumentError", "NotFoundError", "Presence",
-        "PublishResult", "RateLimitedError", "Reconnect", "ResourceExhaustedError",
+        "PublishResult", "QueuedCall", "QueuedCallState", "RateLimitedError", "Reconnect",
+        "ResourceExhaustedError",
         "ResponseTooLargeError", "ShuttingDownError", "SidecarClient", "SidecarError",
         "SidecarUnreachableError", "SlowConsumerError", "StartPosition",
         "StorageUnavailableError", "Subscription", "SyncSubscription",
         "UnauthenticatedError", "UnavailableError", "UnimplementedError",
         "UpstreamTimeoutError", "UpstreamUnreachableError", "VerifyResult",
-        "WebhookVerdict", "idempotency_key_for", "new_idempotency_key"])
+        "WebhookVerdict", "default_result_topic", "idempotency_key_for",
+        "new_idempotency_key", "queued_call_outcome"])
     for name in integration_sidecar_client.__all__:
         assert getattr(integration_sidecar_client, name) is not None
     errors = [getattr(integration_sidecar_client, n) for n in integration_sidecar_client.__all__

@@ -3,7 +3,9 @@
 ``AsyncSidecarClient`` (asyncio) and ``SidecarClient`` (blocking) make calls with a
 default deadline; failures raise the ``SidecarError`` hierarchy (``errors``);
 ``subscribe`` resumes after the sidecar restarts; ``consume`` runs a durable-group
-consumer with acks and retries.
+consumer with acks and retries. ``enqueue_call`` queues a call for durable asynchronous
+delivery; ``consume_call_outcomes`` (or ``queued_call_outcome`` on any event) reads how
+queued calls ended.
 """
 
 from integration_sidecar_client.aio import AsyncSidecarClient, Subscription
@@ -42,14 +44,22 @@ from integration_sidecar_client.models import (
     AckResult,
     CallResponse,
     Deprecation,
+    EnqueuedCall,
     Event,
     Gap,
     GapReason,
     Presence,
     PublishResult,
+    QueuedCall,
+    QueuedCallState,
     StartPosition,
     VerifyResult,
     WebhookVerdict,
+)
+from integration_sidecar_client.outcomes import (
+    OUTCOME_TYPES,
+    default_result_topic,
+    queued_call_outcome,
 )
 from integration_sidecar_client.reconnect import Reconnect
 from integration_sidecar_client.sync import SidecarClient, SyncSubscription
@@ -60,6 +70,7 @@ __all__ = [
     "DEFAULT",
     "DEFAULT_TARGET",
     "DEFAULT_TIMEOUT",
+    "OUTCOME_TYPES",
     "AbortedError",
     "AckOutcome",
     "AckResult",
@@ -71,6 +82,7 @@ __all__ = [
     "DeadLetter",
     "DeadlineExceededError",
     "Deprecation",
+    "EnqueuedCall",
     "Event",
     "FailedPreconditionError",
     "FieldViolation",
@@ -83,6 +95,8 @@ __all__ = [
     "NotFoundError",
     "Presence",
     "PublishResult",
+    "QueuedCall",
+    "QueuedCallState",
     "RateLimitedError",
     "Reconnect",
     "ResourceExhaustedError",
@@ -103,6 +117,8 @@ __all__ = [
     "UpstreamUnreachableError",
     "VerifyResult",
     "WebhookVerdict",
+    "default_result_topic",
     "idempotency_key_for",
     "new_idempotency_key",
+    "queued_call_outcome",
 ]

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from google.protobuf import json_format
 from integration_sidecar.v1 import sidecar_pb2 as pb
 
 from integration_sidecar_client.models import (
@@ -14,11 +15,14 @@ from integration_sidecar_client.models import (
     AckResult,
     CallResponse,
     Deprecation,
+    EnqueuedCall,
     Event,
     Gap,
     GapReason,
     Presence,
     PublishResult,
+    QueuedCall,
+    QueuedCallState,
     Subscribed,
     VerifyResult,
     WebhookVerdict,
@@ -42,6 +46,14 @@ _VERIFY_RESULTS = {
 _GAP_REASONS = {
     pb.GAP_REASON_RETENTION: GapReason.RETENTION,
     pb.GAP_REASON_SLOW_CONSUMER: GapReason.SLOW_CONSUMER,
+}
+_QUEUED_CALL_STATES = {
+    pb.QUEUED_CALL_STATE_QUEUED: QueuedCallState.QUEUED,
+    pb.QUEUED_CALL_STATE_RUNNING: QueuedCallState.RUNNING,
+    pb.QUEUED_CALL_STATE_SUCCEEDED: QueuedCallState.SUCCEEDED,
+    pb.QUEUED_CALL_STATE_FAILED: QueuedCallState.FAILED,
+    pb.QUEUED_CALL_STATE_DEAD: QueuedCallState.DEAD,
+    pb.QUEUED_CALL_STATE_CANCELLED: QueuedCallState.CANCELLED,
 }
 
 
@@ -71,6 +83,30 @@ def call_request(integration: str, method: str, path: str, *, query: Headers | N
         query=[pb.QueryParam(name=k, value=v) for k, v in _pairs(query)],
         headers=[pb.Header(name=k, value=v) for k, v in _pairs(headers)],
         body=body, idempotency_key=idempotency_key or "", api_version=api_version or "")
+
+
+def enqueue_call_request(integration: str, method: str, path: str, *, query: Headers | None,
+                         headers: Headers | None, body: bytes, idempotency_key: str,
+                         api_version: str | None, not_before: datetime | None,
+                         result_topic: str, ordering_key: str) -> Any:
+    call = call_request(integration, method, path, query=query, headers=headers, body=body,
+                        idempotency_key=idempotency_key, api_version=api_version)
+    request = pb.EnqueueCallRequest(call=call, result_topic=result_topic,
+                                    ordering_key=ordering_key)
+    if not_before is not None:
+        if not_before.tzinfo is None:
+            # A naive time is ambiguous (local? UTC?): a call must not run hours early.
+            raise ValueError("not_before must be timezone-aware, e.g. datetime.now(UTC)")
+        request.not_before.FromDatetime(not_before)
+    return request
+
+
+def queued_call_request(call_id: str) -> Any:
+    return pb.GetQueuedCallRequest(id=call_id)
+
+
+def cancel_queued_call_request(call_id: str) -> Any:
+    return pb.CancelQueuedCallRequest(id=call_id)
 
 
 def verify_request(source: str, headers: Headers, body: bytes, url: str, record: bool) -> Any:
@@ -129,6 +165,34 @@ def call_response(msg: Any) -> CallResponse:
         body=bytes(msg.body), attempts=int(msg.attempts), replayed=bool(msg.replayed),
         stale=bool(msg.stale), deprecation=deprecation, route=str(msg.route),
         duration=int(msg.duration_ms) / 1000.0)
+
+
+def enqueued_call(msg: Any) -> EnqueuedCall:
+    return EnqueuedCall(id=str(msg.id), duplicate=bool(msg.duplicate))
+
+
+def queued_call(msg: Any) -> QueuedCall:
+    return QueuedCall(
+        id=str(msg.id), integration=str(msg.integration),
+        state=_QUEUED_CALL_STATES.get(msg.state, QueuedCallState.UNSPECIFIED),
+        attempts=int(msg.attempts), created_at=_time(msg, "created_at"),
+        next_attempt_at=_time(msg, "next_attempt_at"), finished_at=_time(msg, "finished_at"),
+        last_status=int(msg.last_status), last_error=str(msg.last_error),
+        response=call_response(msg.response) if msg.HasField("response") else None,
+        result_topic=str(msg.result_topic), ordering_key=str(msg.ordering_key),
+        idempotency_key=str(msg.idempotency_key))
+
+
+def queued_call_json(data: bytes | str) -> QueuedCall:
+    """A QueuedCall from its proto3 JSON mapping (an outcome event's data). Fields
+    this client does not know yet are ignored; raises ValueError for anything else
+    that does not parse."""
+    msg = pb.QueuedCall()
+    try:
+        json_format.Parse(data, msg, ignore_unknown_fields=True)
+    except (json_format.ParseError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not a QueuedCall in the proto3 JSON mapping: {exc}") from None
+    return queued_call(msg)
 
 
 def verdict(msg: Any) -> WebhookVerdict:

@@ -16,6 +16,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
@@ -30,13 +31,16 @@ from integration_sidecar_client.models import (
     AckOutcome,
     AckResult,
     CallResponse,
+    EnqueuedCall,
     Event,
     Gap,
     Presence,
     PublishResult,
+    QueuedCall,
     StartPosition,
     WebhookVerdict,
 )
+from integration_sidecar_client.outcomes import consume_call_outcomes
 from integration_sidecar_client.reconnect import Reconnect, ResumePoint
 from integration_sidecar_client.streams import resumable
 
@@ -116,6 +120,47 @@ class AsyncSidecarClient:
         return _wire.call_response(await self._unary(self._stub.Call, request, timeout,
                                                      metadata))
 
+    async def enqueue_call(self, integration: str, method: str, path: str, *,
+                           idempotency_key: str, query: _wire.Headers | None = None,
+                           headers: _wire.Headers | None = None, body: bytes = b"",
+                           api_version: str | None = None, not_before: datetime | None = None,
+                           result_topic: str = "", ordering_key: str = "",
+                           timeout: Timeout = DEFAULT,
+                           metadata: Iterable[tuple[str, str]] | None = None) -> EnqueuedCall:
+        """Store a call for asynchronous delivery; the answer comes once it is durable.
+
+        The sidecar attempts it through the same pipeline as ``call``, retrying on a
+        long schedule, and appends the outcome to ``result_topic`` (default
+        ``calls.<integration>``; read it with ``consume_call_outcomes``).
+        ``idempotency_key`` is required: it identifies the queued call (the same key
+        and request again answer the same id with ``duplicate=True``; the same key
+        with another request raises ``IdempotencyKeyReusedError``) and goes upstream on
+        every attempt. Derive it from the operation (``idempotency_key_for``) so a
+        retried enqueue cannot queue the call twice. ``not_before``: a timezone-aware
+        time before which it is not attempted. ``ordering_key``: calls with the same
+        key run one at a time, in enqueue order.
+        """
+        request = _wire.enqueue_call_request(
+            integration, method, path, query=query, headers=headers, body=body,
+            idempotency_key=idempotency_key, api_version=api_version, not_before=not_before,
+            result_topic=result_topic, ordering_key=ordering_key)
+        return _wire.enqueued_call(await self._unary(self._stub.EnqueueCall, request, timeout,
+                                                     metadata))
+
+    async def get_queued_call(self, call_id: str, *, timeout: Timeout = DEFAULT) -> QueuedCall:
+        """Where queued call ``call_id`` stands (``NotFoundError``, reason
+        ``QUEUED_CALL_NOT_FOUND``, when there is none)."""
+        return _wire.queued_call(await self._unary(
+            self._stub.GetQueuedCall, _wire.queued_call_request(call_id), timeout))
+
+    async def cancel_queued_call(self, call_id: str, *,
+                                 timeout: Timeout = DEFAULT) -> QueuedCall:
+        """Stop queued call ``call_id``: a QUEUED call ends CANCELLED at once; a RUNNING
+        one after its attempt, unless that attempt succeeded; a finished call is
+        returned unchanged."""
+        return _wire.queued_call(await self._unary(
+            self._stub.CancelQueuedCall, _wire.cancel_queued_call_request(call_id), timeout))
+
     async def verify_webhook(self, source: str, headers: _wire.Headers, body: bytes, *,
                              url: str = "", record: bool = False,
                              timeout: Timeout = DEFAULT) -> WebhookVerdict:
@@ -191,6 +236,19 @@ class AsyncSidecarClient:
         until cancelled; see ``integration_sidecar_client.consumer.consume``."""
         await consume(self, group, consumer, topics, handler, max_in_flight=max_in_flight,
                       reconnect=reconnect, on_settled=on_settled)
+
+    async def consume_call_outcomes(self, group: str, consumer: str,
+                                    topics: str | Iterable[str],
+                                    handler: Callable[[QueuedCall], Awaitable[None]], *,
+                                    max_in_flight: int = 10, reconnect: Reconnect | None = None,
+                                    on_settled: Callable[[Event, AckOutcome], None] | None = None
+                                    ) -> None:
+        """``consume`` for queued-call result topics: ``handler`` gets every outcome as
+        a ``QueuedCall`` (at least once: key on its ``id``); see
+        ``integration_sidecar_client.outcomes.consume_call_outcomes``."""
+        await consume_call_outcomes(self, group, consumer, topics, handler,
+                                    max_in_flight=max_in_flight, reconnect=reconnect,
+                                    on_settled=on_settled)
 
 
 class Subscription:

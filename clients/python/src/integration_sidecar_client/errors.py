@@ -5,7 +5,7 @@
     ├── InvalidArgumentError             INVALID_ARGUMENT (field_violations)
     ├── NotFoundError                    NOT_FOUND
     │                                    (INTEGRATION_NOT_FOUND, WEBHOOK_SOURCE_NOT_FOUND,
-    │                                     CONSUMER_GROUP_NOT_FOUND)
+    │                                     CONSUMER_GROUP_NOT_FOUND, QUEUED_CALL_NOT_FOUND)
     ├── UnauthenticatedError             UNAUTHENTICATED (API_TOKEN_INVALID)
     ├── UnavailableError                 UNAVAILABLE
     │   ├── CircuitOpenError             CIRCUIT_OPEN (retry_delay)

@@ -1,5 +1,6 @@
-"""Idempotency keys for ``call`` and ``publish``: random ones, and deterministic ones
-derived from what identifies the operation (so a retry after a crash reuses the key)."""
+"""Idempotency keys for ``call``, ``enqueue_call`` and ``publish``: random ones, and
+deterministic ones derived from what identifies the operation (so a retry after a crash
+reuses the key)."""
 
 from __future__ import annotations
 

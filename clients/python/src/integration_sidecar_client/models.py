@@ -53,6 +53,34 @@ class GapReason(enum.Enum):
     SLOW_CONSUMER = "slow_consumer"
 
 
+class QueuedCallState(enum.Enum):
+    """Where a queued call stands (``enqueue_call``, ``get_queued_call``)."""
+
+    UNSPECIFIED = "unspecified"
+    #: Waiting for its next attempt (``next_attempt_at``).
+    QUEUED = "queued"
+    #: An attempt is in flight.
+    RUNNING = "running"
+    #: A 2xx answer, in ``response``.
+    SUCCEEDED = "succeeded"
+    #: An answer no retry can change (a 4xx other than 408/409/425/429, a 3xx), in
+    #: ``response``; or the integration can no longer take the call.
+    FAILED = "failed"
+    #: The retry schedule or the call's maximum age ran out.
+    DEAD = "dead"
+    #: Cancelled before it finished.
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        """True once the state can no longer change (short of an operator's replay)."""
+        return self in _FINISHED
+
+
+_FINISHED = frozenset({QueuedCallState.SUCCEEDED, QueuedCallState.FAILED,
+                       QueuedCallState.DEAD, QueuedCallState.CANCELLED})
+
+
 def _header_values(headers: tuple[tuple[str, str], ...], name: str) -> list[str]:
     wanted = name.lower()
     return [v for k, v in headers if k.lower() == wanted]
@@ -188,3 +216,44 @@ class Presence:
     topic: str
     connections: int
     users: int
+
+
+@dataclass(frozen=True)
+class EnqueuedCall:
+    """The answer of ``enqueue_call``: the call is stored durably."""
+
+    #: The queued call's id (``qc_...``), for ``get_queued_call`` and outcome events.
+    id: str
+    #: The idempotency key was already enqueued with the same request: ``id`` is that
+    #: call's, and nothing new was queued.
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class QueuedCall:
+    """A queued call and where it stands; also what an outcome event carries."""
+
+    id: str
+    integration: str
+    state: QueuedCallState
+    #: Attempts that went out so far.
+    attempts: int
+    created_at: datetime | None
+    #: When the next attempt is due; None unless QUEUED.
+    next_attempt_at: datetime | None
+    #: None until it finished.
+    finished_at: datetime | None
+    #: HTTP status of the last attempt's answer; 0 when it got none.
+    last_status: int
+    #: Reason of the last attempt that got no answer (``UPSTREAM_UNREACHABLE``) or of a
+    #: refusal (``CIRCUIT_OPEN``); "" otherwise.
+    last_error: str
+    #: The final answer, once SUCCEEDED (or FAILED with one); else None.
+    response: CallResponse | None
+    result_topic: str
+    ordering_key: str
+    idempotency_key: str
+
+    @property
+    def finished(self) -> bool:
+        return self.state.finished

@@ -4,6 +4,7 @@ resuming live subscription as a plain iterator."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
@@ -17,10 +18,12 @@ from integration_sidecar_client.models import (
     AckOutcome,
     AckResult,
     CallResponse,
+    EnqueuedCall,
     Event,
     Gap,
     Presence,
     PublishResult,
+    QueuedCall,
     StartPosition,
     WebhookVerdict,
 )
@@ -84,6 +87,31 @@ class SidecarClient:
                                      body=body, idempotency_key=idempotency_key,
                                      api_version=api_version)
         return _wire.call_response(self._unary(self._stub.Call, request, timeout, metadata))
+
+    def enqueue_call(self, integration: str, method: str, path: str, *,
+                     idempotency_key: str, query: _wire.Headers | None = None,
+                     headers: _wire.Headers | None = None, body: bytes = b"",
+                     api_version: str | None = None, not_before: datetime | None = None,
+                     result_topic: str = "", ordering_key: str = "",
+                     timeout: Timeout = DEFAULT,
+                     metadata: Iterable[tuple[str, str]] | None = None) -> EnqueuedCall:
+        """See ``AsyncSidecarClient.enqueue_call``."""
+        request = _wire.enqueue_call_request(
+            integration, method, path, query=query, headers=headers, body=body,
+            idempotency_key=idempotency_key, api_version=api_version, not_before=not_before,
+            result_topic=result_topic, ordering_key=ordering_key)
+        return _wire.enqueued_call(self._unary(self._stub.EnqueueCall, request, timeout,
+                                               metadata))
+
+    def get_queued_call(self, call_id: str, *, timeout: Timeout = DEFAULT) -> QueuedCall:
+        """See ``AsyncSidecarClient.get_queued_call``."""
+        return _wire.queued_call(self._unary(
+            self._stub.GetQueuedCall, _wire.queued_call_request(call_id), timeout))
+
+    def cancel_queued_call(self, call_id: str, *, timeout: Timeout = DEFAULT) -> QueuedCall:
+        """See ``AsyncSidecarClient.cancel_queued_call``."""
+        return _wire.queued_call(self._unary(
+            self._stub.CancelQueuedCall, _wire.cancel_queued_call_request(call_id), timeout))
 
     def verify_webhook(self, source: str, headers: _wire.Headers, body: bytes, *,
                        url: str = "", record: bool = False,
