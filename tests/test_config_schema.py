@@ -5,6 +5,7 @@ its editor at the schema, the schema refuses what the loader refuses by key, and
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -208,3 +209,19 @@ def test_config_show_of_any_config_reads_back_the_same(
     shown = yaml.safe_load(dump_redacted(config))
     assert parse_config(shown, {}) == config
     assert errors(shown) == []
+
+
+def test_every_field_of_every_section_is_declared() -> None:
+    """A field added without a declaration would be neither read nor documented."""
+    seen: set[type] = set()
+    pending: list[type] = [Config]
+    while pending:
+        cls = pending.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        found = list(declared(cls))
+        assert {d.name for d in found} == {f.name for f in dataclasses.fields(cls)}, cls
+        pending += [d.setting.of or type(d.default) for d in found
+                    if d.setting.kind == "section" or d.setting.of is not None]
+    assert len(seen) > 25
