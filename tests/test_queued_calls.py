@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +23,13 @@ from sidecar import cli
 from sidecar.app import Sidecar
 from sidecar.clock import FakeClock
 from sidecar.core.calls.queue.models import QueuedCall, QueuedState
-from tests.call_support import call, integration, running
+from sidecar.core.calls.queue.runner import LEASE
+from tests.call_support import call, integration
 from tests.clocks import SkippingClock
+from tests.conftest import make_config
+from tests.redis_support import delete_prefix, redis_url  # noqa: F401 - a fixture
 from tests.rpc_support import rich_error
-from tests.upstream import Upstream, reply
+from tests.upstream import Upstream, hang, reply
 
 
 @pytest.fixture
@@ -72,17 +76,31 @@ class Env:
 
 
 @contextlib.asynccontextmanager
-async def _env(tmp_path: Path, upstream: Upstream, clock: Any,
-               **overrides: Any) -> AsyncIterator[Env]:
-    async with running(tmp_path, {"svc": integration(upstream.url, **overrides)},
-                       clock=clock) as (sc, stub):
-        assert sc.queue is not None
-        yield Env(sc, stub, clock, sc.queue.listen())
+async def _env(tmp_path: Path, upstream: Upstream, clock: Any, backend: str = "sqlite",
+               redis: str = "", **overrides: Any) -> AsyncIterator[Env]:
+    extra: dict[str, Any] = {"integrations": {"svc": integration(upstream.url, **overrides)}}
+    env: dict[str, str] = {}
+    prefix = f"test:{secrets.token_hex(6)}:"
+    if backend == "redis":
+        extra["storage"] = {"backend": "redis", "redis": {"key_prefix": prefix}}
+        env["REDIS_URL"] = redis
+    sc = Sidecar(make_config(tmp_path, extra, env), clock=clock)
+    await sc.start()
+    try:
+        async with grpc.aio.insecure_channel(sc.grpc.address) as channel:
+            assert sc.queue is not None
+            yield Env(sc, pb_grpc.SidecarServiceStub(channel), clock, sc.queue.listen())
+    finally:
+        await sc.stop()
+        if backend == "redis":
+            await delete_prefix(redis, prefix)
 
 
-@pytest.fixture
-async def env(tmp_path: Path, upstream: Upstream) -> AsyncIterator[Env]:
-    async with _env(tmp_path, upstream, FakeClock()) as e:
+@pytest.fixture(params=["sqlite", "redis"])
+async def env(request: pytest.FixtureRequest, tmp_path: Path,
+              upstream: Upstream) -> AsyncIterator[Env]:
+    redis = request.getfixturevalue("redis_url") if request.param == "redis" else ""
+    async with _env(tmp_path, upstream, FakeClock(), request.param, redis) as e:
         yield e
 
 
@@ -313,3 +331,57 @@ async def test_the_cli_lists_and_replays_from_the_store(tmp_path: Path, upstream
     assert (shown["id"], shown["state"]) == (failed.id, "QUEUED_CALL_STATE_QUEUED")
     assert await asyncio.to_thread(cli.main, ["calls", "show", "--config", str(config),
                                               "qc_missing"]) == 1
+
+
+async def test_replicas_on_redis_never_attempt_a_call_twice_and_take_over_a_dead_ones(
+        tmp_path: Path, upstream: Upstream, redis_url: str) -> None:  # noqa: F811
+    clock = FakeClock()
+    prefix = f"test:{secrets.token_hex(6)}:"
+    extra = {"integrations": {"svc": integration(upstream.url,
+                                                 timeouts={"attempt": "1h", "total": "1h"})},
+             "storage": {"backend": "redis", "redis": {"key_prefix": prefix}}}
+    replicas = [Sidecar(make_config(tmp_path / name, extra, {"REDIS_URL": redis_url}),
+                        clock=clock) for name in ("a", "b")]
+    upstream.then(hang())  # the first attempt never ends: its replica holds the call
+    try:
+        for sc in replicas:
+            await sc.start()
+        async with grpc.aio.insecure_channel(replicas[0].grpc.address) as channel:
+            stub = pb_grpc.SidecarServiceStub(channel)
+            queued = await stub.EnqueueCall(pb.EnqueueCallRequest(call=call(
+                method="POST", path="/charges", idempotency_key="once")), timeout=5)
+        await asyncio.wait_for(upstream.arrived.wait(), 10)
+        holder = next(sc for sc in replicas if sc.queue and sc.queue._leased)
+        other = next(sc for sc in replicas if sc is not holder)
+        assert holder.queue is not None and other.queue is not None
+        settled = other.queue.listen()
+        # Three leases' worth of time: the holder renews, the other never takes it.
+        for _ in range(9):
+            clock.advance(LEASE / 3)
+            if holder.queue._renewing is not None:
+                await holder.queue._renewing
+        assert len(upstream.seen) == 1
+        # The holder dies mid-attempt (no outcome, no more renewals) ...
+        await _crash(holder.queue)
+        upstream.default = reply(200)
+        clock.advance(LEASE + 1)
+        # ... and the other replica takes the call over once the lease runs out.
+        done = await asyncio.wait_for(settled.get(), 10)
+        assert (done.id, done.state) == (queued.id, QueuedState.SUCCEEDED)
+        assert len(upstream.seen) == 2
+        assert getattr(other.storage, "takeovers", 0) == 1
+    finally:
+        for sc in replicas:
+            with contextlib.suppress(Exception):
+                await sc.stop()
+        await delete_prefix(redis_url, prefix)
+
+
+async def _crash(queue: Any) -> None:
+    """What a SIGKILL leaves of a replica's queue: nothing runs, nothing is settled."""
+    queue._renew_timer.cancel()
+    tasks = [queue._loop_task, *queue._tasks]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    queue._leased.clear()

@@ -60,7 +60,7 @@ class QueuedCallsRpc:
     def _queued(self) -> CallQueue:
         if self._queue is None:
             raise NotImplementedYet(
-                "queued calls need the SQLite storage backend in this build",
+                "this sidecar's storage keeps no queued calls",
                 reason="NOT_IMPLEMENTED", metadata={"rpc": "EnqueueCall"})
         return self._queue
 

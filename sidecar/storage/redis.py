@@ -25,6 +25,7 @@ Key layout (``{p}`` is the key prefix, ``<x>`` an escaped name, see
                                         u updated at
     {p}g:<group>:due:<topic>    zset    event id by due time (delivered and failed only)
     {p}g:<group>:cnt            hash    "<topic>:<status>" -> records in that status
+    {p}q:...                    queued calls (see ``redis_queue``)
 
 Events beyond a group's cursor are its PENDING ones, as in SQLite. Durable
 groups live on these plain structures rather than on stream consumer groups:
@@ -68,6 +69,7 @@ from sidecar.storage.migrations import SchemaTooNew
 from sidecar.storage.redis_endpoint import Client, RedisEndpoint, cluster_prefix
 from sidecar.storage.redis_events import RedisEventsMixin
 from sidecar.storage.redis_keys import RedisKeys, num, ttl_ms
+from sidecar.storage.redis_queue import QueueScripts, RedisQueueMixin
 from sidecar.storage.redis_ratelimit import SharedTokenBucket
 from sidecar.storage.redis_scripts import RedisScripts
 
@@ -84,7 +86,7 @@ DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_HEALTH_CHECK_INTERVAL = 30.0
 
 
-class RedisStorage(RedisEventsMixin):
+class RedisStorage(RedisEventsMixin, RedisQueueMixin):
     backend = "redis"
 
     def __init__(
@@ -116,6 +118,7 @@ class RedisStorage(RedisEventsMixin):
         self._client: Client | None = None
         self._follower: Client | None = None
         self._scripts_obj: RedisScripts | None = None
+        self._queue_scripts_obj: QueueScripts | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -135,6 +138,7 @@ class RedisStorage(RedisEventsMixin):
             raise
         self._client = client
         self._scripts_obj = RedisScripts(client)
+        self._queue_scripts_obj = QueueScripts(client)
 
     async def _ensure_schema(self, client: Client) -> None:
         await client.set(self._keys.schema, SCHEMA_VERSION, nx=True)
@@ -149,6 +153,7 @@ class RedisStorage(RedisEventsMixin):
         client, self._client = self._client, None
         follower, self._follower = self._follower, None
         self._scripts_obj = None
+        self._queue_scripts_obj = None
         for c in (client, follower):
             if c is not None:
                 with contextlib.suppress(redis_errors.RedisError, OSError):

@@ -117,6 +117,17 @@ class SqliteQueueMixin:
 
         return await self._write(settle)
 
+    async def queue_renew(self, ids: Collection[str], *, owner: str, until: float) -> int:
+        def renew() -> int:
+            n = 0
+            for call_id in ids:
+                n += self.db.execute(
+                    "UPDATE queued_calls SET lease_until = ? WHERE id = ? AND lease_owner = ? "
+                    "AND state = 'running'", [until, call_id, owner]).rowcount
+            return n
+
+        return await self._write(renew, durable=False) if ids else 0
+
     async def queue_mark_announced(self, call_id: str) -> None:
         def mark() -> None:
             call = _get(self.db, call_id)

@@ -236,8 +236,6 @@ class SidecarServiceServicer:
         * FAILED_PRECONDITION (`IDEMPOTENCY_KEY_REUSED`): the key was used for a
         different queued call of this integration.
         * UNAVAILABLE (`STORAGE_UNAVAILABLE`): the call could not be stored.
-        * UNIMPLEMENTED (`NOT_IMPLEMENTED`): the storage backend keeps no queued
-        calls (this build: Redis).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -188,8 +188,6 @@ class SidecarServiceStub:
     * FAILED_PRECONDITION (`IDEMPOTENCY_KEY_REUSED`): the key was used for a
       different queued call of this integration.
     * UNAVAILABLE (`STORAGE_UNAVAILABLE`): the call could not be stored.
-    * UNIMPLEMENTED (`NOT_IMPLEMENTED`): the storage backend keeps no queued
-      calls (this build: Redis).
     """
     GetQueuedCall: _grpc.UnaryUnaryMultiCallable[_sidecar_pb2.GetQueuedCallRequest, _sidecar_pb2.QueuedCall]
     """GetQueuedCall reports where a queued call stands.
@@ -335,8 +333,6 @@ class SidecarServiceAsyncStub(SidecarServiceStub):
     * FAILED_PRECONDITION (`IDEMPOTENCY_KEY_REUSED`): the key was used for a
       different queued call of this integration.
     * UNAVAILABLE (`STORAGE_UNAVAILABLE`): the call could not be stored.
-    * UNIMPLEMENTED (`NOT_IMPLEMENTED`): the storage backend keeps no queued
-      calls (this build: Redis).
     """
     GetQueuedCall: _aio.UnaryUnaryMultiCallable[_sidecar_pb2.GetQueuedCallRequest, _sidecar_pb2.QueuedCall]  # type: ignore[assignment]
     """GetQueuedCall reports where a queued call stands.
@@ -521,8 +517,6 @@ class SidecarServiceServicer(metaclass=_abc_1.ABCMeta):
         * FAILED_PRECONDITION (`IDEMPOTENCY_KEY_REUSED`): the key was used for a
           different queued call of this integration.
         * UNAVAILABLE (`STORAGE_UNAVAILABLE`): the call could not be stored.
-        * UNIMPLEMENTED (`NOT_IMPLEMENTED`): the storage backend keeps no queued
-          calls (this build: Redis).
         """
 
     @_abc_1.abstractmethod

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import Protocol
 
-from sidecar.clock import Clock
+from sidecar.clock import Clock, Timer
 from sidecar.core.calls.layers.rate_limit import server_hint
 from sidecar.core.calls.models import CallRequest, CallResult, UpstreamResponse
 from sidecar.core.calls.queue.models import QueuedCall, QueuedState, QueuePolicy
@@ -45,8 +45,9 @@ from sidecar.errors import (
 
 log = logging.getLogger("sidecar.queue")
 
-#: A lease outlives any one attempt (its total timeout and a wait for a token).
-LEASE = 300.0
+#: Seconds a replica holds a call it attempts; renewed every third of it while the
+#: attempt runs, so only a dead replica's calls are taken over (after at most this).
+LEASE = 60.0
 #: Seconds before a refused attempt (bulkhead full) is tried again.
 REFUSED_PAUSE = 1.0
 #: The loop looks again at least this often, so that calls another process changed in
@@ -87,7 +88,7 @@ class CallQueue:
     def __init__(self, store: QueueStore, target: QueueTarget, clock: Clock,
                  policies: Callable[[str], QueuePolicy], announce: Announce, *,
                  owner: str = "", rand: Callable[[], float] = random.random,
-                 observer: QueueObserver | None = None) -> None:
+                 observer: QueueObserver | None = None, lease: float = LEASE) -> None:
         self._store = store
         self._target = target
         self._clock = clock
@@ -103,6 +104,11 @@ class CallQueue:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._listeners: list[asyncio.Queue[QueuedCall]] = []
+        self._lease = lease
+        #: Ids of the calls this replica's attempts hold, with the renewal in flight.
+        self._leased: set[str] = set()
+        self._renewing: asyncio.Task[None] | None = None
+        self._renew_timer: Timer | None = None
 
     # ------------------------------------------------------------------ the API
 
@@ -168,9 +174,28 @@ class CallQueue:
             log.warning("queued calls interrupted mid-attempt are due again",
                         extra={"calls": recovered})
         self._loop_task = asyncio.ensure_future(self._loop())
+        self._renew_timer = self._clock.call_later(self._lease / 3, self._renew_soon)
+
+    def _renew_soon(self) -> None:
+        if self._renewing is None or self._renewing.done():
+            self._renewing = asyncio.ensure_future(self._renew())
+        self._renew_timer = self._clock.call_later(self._lease / 3, self._renew_soon)
+
+    async def _renew(self) -> None:
+        if not self._leased:
+            return
+        try:
+            await self._store.queue_renew(set(self._leased), owner=self._owner,
+                                          until=self._clock.time() + self._lease)
+        except SidecarError as exc:
+            log.warning("queued call leases not renewed: %s", exc)
 
     async def stop(self) -> None:
         """No new attempt starts; those in flight finish (cancelled if this is)."""
+        if self._renew_timer is not None:
+            self._renew_timer.cancel()
+        if self._renewing is not None:
+            self._renewing.cancel()
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -205,9 +230,14 @@ class CallQueue:
             # No await from reading the time to setting the timer: a clock that moves
             # meanwhile cannot make the loop oversleep.
             now = self._clock.time()
-            waits = [t - now for t in (due, *self._paused.values()) if t is not None]
-            timer = self._clock.call_later(min(max(0.0, min(waits, default=MAX_SLEEP)),
-                                               MAX_SLEEP), self._wake.set)
+            wait = min([t - now for t in (due, *self._paused.values()) if t is not None],
+                       default=MAX_SLEEP)
+            if wait <= 0 and not taken:
+                # Due already (the clock moved while the store answered): look again at
+                # once. A pause still in force is not due: no spin, it is left out above.
+                await asyncio.sleep(0)
+                continue
+            timer = self._clock.call_later(min(wait, MAX_SLEEP), self._wake.set)
             try:
                 await self._wake.wait()
             finally:
@@ -231,9 +261,10 @@ class CallQueue:
         if not wants:
             return 0, []
         calls = await self._store.queue_take(now=now, wants=wants, owner=self._owner,
-                                             lease=LEASE)
+                                             lease=self._lease)
         for call in calls:
             self._running[call.integration] += 1
+            self._leased.add(call.id)
             task = asyncio.ensure_future(self._attempt(call))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -263,6 +294,7 @@ class CallQueue:
             log.exception("queued call attempt failed", extra={"id": call.id})
         finally:
             self._running[name] -= 1
+            self._leased.discard(call.id)
             self._wake.set()
 
     async def _outcome(self, call: QueuedCall) -> QueuedCall:

@@ -27,11 +27,16 @@ class QueueStore(Protocol):
         """Write an attempt's outcome for a call leased to ``owner`` (through
         ``settled``); None when the lease was lost (nothing written)."""
 
+    async def queue_renew(self, ids: Collection[str], *, owner: str, until: float) -> int:
+        """Extend ``owner``'s leases of these RUNNING calls to ``until``; how many."""
+
     async def queue_mark_announced(self, call_id: str) -> None: ...
 
     async def queue_next_due(self, *, integrations: Collection[str]) -> float | None:
         """When the earliest QUEUED call that could then be taken is due: of one of
-        ``integrations``, the head of its ordering key. None: none."""
+        ``integrations``, the head of its ordering key; a store shared by replicas also
+        says when the first RUNNING lease runs out (a dead replica's calls are taken
+        over then). None: none."""
 
     async def queue_cancel(self, call_id: str, *, now: float) -> QueuedCall | None:
         """QUEUED -> CANCELLED; RUNNING -> cancel requested (it ends after its attempt);
