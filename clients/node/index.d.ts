@@ -9,6 +9,8 @@ export declare const ERROR_DOMAIN: 'integration-sidecar';
 export declare const DEFAULT_ADDRESS: string;
 export declare const DEFAULT_DEADLINE_MS: number;
 export declare const DEFAULT_RECONNECT: Readonly<Required<ReconnectOptions>>;
+/** The event types of queued-call outcome events. */
+export declare const OUTCOME_TYPES: ReadonlyArray<'call.succeeded' | 'call.failed' | 'call.dead'>;
 
 /** Headers or query parameters: pairs, an object (a value may be a list), or an iterable like WHATWG Headers. */
 export type NameValues =
@@ -85,6 +87,61 @@ export interface CallResponse {
   deprecation: Deprecation | null;
   route: string;
   durationMs: number;
+}
+
+export interface EnqueueCallRequest extends CallRequest {
+  /**
+   * Required: identifies the queued call (the same key and request again resolve to
+   * the same id with `duplicate: true`; another request with it rejects with an
+   * IdempotencyKeyReusedError) and goes upstream on every attempt. Derive it from the
+   * operation (e.g. `refund-${orderId}`) so a retried enqueue cannot queue it twice.
+   */
+  idempotencyKey: string;
+  /** Not attempted before this time (a Date, or milliseconds since the epoch). Default: at once. */
+  notBefore?: Date | number | null;
+  /** Where the outcome event goes. Default `calls.<integration>`. */
+  resultTopic?: string;
+  /** Calls with the same key run one at a time, in enqueue order. */
+  orderingKey?: string;
+}
+
+export interface EnqueueCallResponse {
+  /** The queued call's id (`qc_...`). */
+  id: string;
+  /** This key was already enqueued with the same request: `id` is that call's, nothing new was queued. */
+  duplicate: boolean;
+}
+
+export type QueuedCallState =
+  | 'QUEUED'
+  | 'RUNNING'
+  | 'SUCCEEDED'
+  | 'FAILED'
+  | 'DEAD'
+  | 'CANCELLED'
+  | 'UNSPECIFIED';
+
+/** A queued call and where it stands (getQueuedCall, cancelQueuedCall, outcome events). */
+export interface QueuedCall {
+  id: string;
+  integration: string;
+  state: QueuedCallState;
+  /** Attempts that went out so far. */
+  attempts: number;
+  createdAt: Date | null;
+  /** When the next attempt is due; null unless QUEUED. */
+  nextAttemptAt: Date | null;
+  /** Null until it finished. */
+  finishedAt: Date | null;
+  /** HTTP status of the last attempt's answer; 0 when it got none. */
+  lastStatus: number;
+  /** Reason of the last attempt that got no answer (`UPSTREAM_UNREACHABLE`) or of a refusal (`CIRCUIT_OPEN`); '' otherwise. */
+  lastError: string;
+  /** The final answer once SUCCEEDED (or FAILED with one); else null. */
+  response: CallResponse | null;
+  resultTopic: string;
+  orderingKey: string;
+  idempotencyKey: string;
 }
 
 export interface VerifyWebhookRequest {
@@ -250,6 +307,12 @@ export interface ConsumeOptions {
   metadata?: Record<string, string>;
 }
 
+export interface ConsumeCallOutcomesOptions extends Omit<ConsumeOptions, 'handler'> {
+  /** Resolve: acked as success. Throw: retried. Throw a DeadLetter: dead-lettered. An event
+   * on the topics that is not an outcome (or does not parse) is dead-lettered. */
+  handler: (call: QueuedCall) => unknown | Promise<unknown>;
+}
+
 export declare class GroupConsumer {
   private constructor();
   /** Resolves once the consumer stopped after close(); rejects with a final stream error. */
@@ -278,8 +341,16 @@ export declare class SidecarClient {
   publish(request: PublishRequest, options?: CallOptions): Promise<PublishResponse>;
   ack(request: AckRequest, options?: CallOptions): Promise<AckResponse>;
   getPresence(topic: string, options?: CallOptions): Promise<PresenceResponse>;
+  /** Stores a call for durable asynchronous delivery; resolves once it is durable. */
+  enqueueCall(request: EnqueueCallRequest, options?: CallOptions): Promise<EnqueueCallResponse>;
+  /** Rejects with a NotFoundError (reason `QUEUED_CALL_NOT_FOUND`) for an unknown id. */
+  getQueuedCall(id: string, options?: CallOptions): Promise<QueuedCall>;
+  /** QUEUED: CANCELLED at once; RUNNING: after its attempt unless that succeeded; finished: unchanged. */
+  cancelQueuedCall(id: string, options?: CallOptions): Promise<QueuedCall>;
   subscribe(topics: string | ReadonlyArray<string>, options?: SubscribeOptions): Subscription;
   consume(options: ConsumeOptions): GroupConsumer;
+  /** consume() for queued-call result topics: the handler gets each outcome as a QueuedCall (at least once: key on its id). */
+  consumeCallOutcomes(options: ConsumeCallOutcomesOptions): GroupConsumer;
   /** Closes every subscription and the channel. */
   close(): void;
 }
@@ -331,6 +402,12 @@ export declare class IdempotencyKeyReusedError extends FailedPreconditionError {
 export declare class UnimplementedError extends SidecarError {}
 export declare class CancelledError extends SidecarError {}
 export declare class InternalError extends SidecarError {}
+
+/**
+ * The finished QueuedCall an outcome event (`call.succeeded`, `call.failed`, `call.dead`)
+ * carries. Throws a TypeError for any other event, or data that does not parse.
+ */
+export declare function queuedCallOutcome(event: Event, options?: { protoDir?: string }): QueuedCall;
 
 /** Whether a subscription reconnects after this error (unreachable, restarting, reset, slow consumer). */
 export declare function isReconnectable(error: SidecarError): boolean;

@@ -6,6 +6,7 @@ const convert = require('./convert');
 const { CancelledError, fromGrpcError } = require('./errors');
 const { Subscription } = require('./subscription');
 const { GroupConsumer } = require('./consumer');
+const { outcomeHandler } = require('./outcome');
 
 const DEFAULT_ADDRESS = '127.0.0.1:50051';
 // The sidecar's own default total timeout for a Call is 30 s; a caller that
@@ -26,6 +27,7 @@ class SidecarClient {
     this.deadlineMs = options.deadlineMs ?? DEFAULT_DEADLINE_MS;
     this.waitForReady = Boolean(options.waitForReady);
     const credentials = options.credentials || grpc.credentials.createInsecure();
+    this._protoDir = options.protoDir;
     this._stub = new Service(this.address, credentials, { ...DEFAULT_CHANNEL_OPTIONS, ...options.channelOptions });
     // Kept off the instance's enumerable fields so it never shows in a log of the client.
     Object.defineProperty(this, '_token', { value: options.token || '', enumerable: false });
@@ -36,6 +38,20 @@ class SidecarClient {
   /** One HTTP request to a configured integration; any upstream status is a response. */
   async call(request, options) {
     return convert.callResponse(await this._unary('Call', convert.callRequest(request), options));
+  }
+
+  /** Stores a call for durable asynchronous delivery; resolves once it is durable, to {id, duplicate}. */
+  async enqueueCall(request, options) {
+    const res = await this._unary('EnqueueCall', convert.enqueueCallRequest(request), options);
+    return { id: res.id, duplicate: res.duplicate };
+  }
+
+  async getQueuedCall(id, options) {
+    return convert.queuedCall(await this._unary('GetQueuedCall', { id }, options));
+  }
+
+  async cancelQueuedCall(id, options) {
+    return convert.queuedCall(await this._unary('CancelQueuedCall', { id }, options));
   }
 
   async verifyWebhook(request, options) {
@@ -69,6 +85,12 @@ class SidecarClient {
   consume(options) {
     this._checkOpen();
     return new GroupConsumer(this, options);
+  }
+
+  /** consume() for queued-call result topics: `handler` gets each outcome as a QueuedCall. */
+  consumeCallOutcomes(options) {
+    const { handler } = options || {};
+    return this.consume({ ...options, handler: outcomeHandler(handler, { protoDir: this._protoDir }) });
   }
 
   /** Closes every subscription and the channel. */

@@ -3,6 +3,7 @@
 
 const VERIFY_PREFIX = 'VERIFY_RESULT_';
 const GAP_PREFIX = 'GAP_REASON_';
+const QUEUED_CALL_STATE_PREFIX = 'QUEUED_CALL_STATE_';
 const ACK_OUTCOMES = {
   success: 'ACK_OUTCOME_SUCCESS',
   retry: 'ACK_OUTCOME_RETRY',
@@ -48,6 +49,20 @@ function toDate(ts) {
   return new Date(Number(ts.seconds) * 1000 + Math.floor(Number(ts.nanos || 0) / 1e6));
 }
 
+/** A google.protobuf.Timestamp from a Date or milliseconds since the epoch. */
+function toTimestamp(value, what) {
+  const ms = value instanceof Date ? value.getTime() : value;
+  if (typeof ms !== 'number' || !Number.isFinite(ms)) {
+    throw new TypeError(`${what} must be a Date or milliseconds since the epoch`);
+  }
+  const seconds = Math.floor(ms / 1000);
+  return { seconds, nanos: Math.round((ms - seconds * 1000) * 1e6) };
+}
+
+function unprefixed(value, prefix) {
+  return value.startsWith(prefix) ? value.slice(prefix.length) : value;
+}
+
 function callRequest(req) {
   if (!req || !req.integration) throw new TypeError('call() needs an integration');
   return {
@@ -79,6 +94,36 @@ function callResponse(res) {
   };
 }
 
+function enqueueCallRequest(req) {
+  const call = callRequest(req);
+  // The key identifies the queued call: without one a retried enqueue could queue it twice.
+  if (!req.idempotencyKey) throw new TypeError('enqueueCall() needs an idempotencyKey');
+  return {
+    call,
+    notBefore: req.notBefore === undefined || req.notBefore === null ? null : toTimestamp(req.notBefore, 'notBefore'),
+    resultTopic: req.resultTopic || '',
+    orderingKey: req.orderingKey || '',
+  };
+}
+
+function queuedCall(msg) {
+  return {
+    id: msg.id,
+    integration: msg.integration,
+    state: unprefixed(msg.state, QUEUED_CALL_STATE_PREFIX),
+    attempts: msg.attempts,
+    createdAt: toDate(msg.createdAt),
+    nextAttemptAt: toDate(msg.nextAttemptAt),
+    finishedAt: toDate(msg.finishedAt),
+    lastStatus: msg.lastStatus,
+    lastError: msg.lastError,
+    response: msg.response ? callResponse(msg.response) : null,
+    resultTopic: msg.resultTopic,
+    orderingKey: msg.orderingKey,
+    idempotencyKey: msg.idempotencyKey,
+  };
+}
+
 function verifyRequest(req) {
   if (!req || !req.source) throw new TypeError('verifyWebhook() needs a source');
   return {
@@ -91,7 +136,7 @@ function verifyRequest(req) {
 }
 
 function verifyResponse(res) {
-  const result = res.result.startsWith(VERIFY_PREFIX) ? res.result.slice(VERIFY_PREFIX.length) : res.result;
+  const result = unprefixed(res.result, VERIFY_PREFIX);
   return {
     valid: result === 'VALID',
     result,
@@ -146,13 +191,15 @@ function event(msg) {
 }
 
 function gap(msg) {
-  const reason = msg.reason.startsWith(GAP_PREFIX) ? msg.reason.slice(GAP_PREFIX.length) : msg.reason;
+  const reason = unprefixed(msg.reason, GAP_PREFIX);
   return { kind: 'gap', topic: msg.topic, reason, fromOffset: msg.fromOffset, toOffset: msg.toOffset };
 }
 
 module.exports = {
   callRequest,
   callResponse,
+  enqueueCallRequest,
+  queuedCall,
   verifyRequest,
   verifyResponse,
   publishRequest,

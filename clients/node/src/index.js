@@ -4,6 +4,7 @@ const { SidecarClient, DEFAULT_ADDRESS, DEFAULT_DEADLINE_MS } = require('./clien
 const { Subscription } = require('./subscription');
 const { GroupConsumer, DeadLetter } = require('./consumer');
 const { Backoff, DEFAULT_RECONNECT } = require('./backoff');
+const { queuedCallOutcome, OUTCOME_TYPES } = require('./outcome');
 const errors = require('./errors');
 
 module.exports = {
@@ -15,6 +16,8 @@ module.exports = {
   DEFAULT_ADDRESS,
   DEFAULT_DEADLINE_MS,
   DEFAULT_RECONNECT,
+  OUTCOME_TYPES,
+  queuedCallOutcome,
   Code: errors.Code,
   ERROR_DOMAIN: errors.ERROR_DOMAIN,
   SidecarError: errors.SidecarError,

@@ -1,12 +1,14 @@
 'use strict';
 /**
  * Loads the sidecar's API from sidecar.proto at run time: the copy `npm pack`
- * puts in this package, else the repository's protos/ (the one source of truth).
+ * puts in this package, else the repository's protos/ (the one source of truth);
+ * the service for grpc-js, and message types for reading proto3 JSON.
  */
 const fs = require('node:fs');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
+const protobuf = require('protobufjs');
 
 const PROTO_FILE = path.join('integration_sidecar', 'v1', 'sidecar.proto');
 
@@ -27,6 +29,7 @@ const CANDIDATE_DIRS = [
 ];
 
 const cache = new Map();
+const roots = new Map();
 
 function findProtoDir(explicit) {
   const dirs = explicit ? [explicit] : CANDIDATE_DIRS;
@@ -50,4 +53,26 @@ function loadService(protoDir) {
   return service;
 }
 
-module.exports = { loadService, findProtoDir, PROTO_FILE };
+/**
+ * The protobufjs reflection of message `name` (e.g. `QueuedCall`), for reading
+ * messages that arrive as JSON rather than over gRPC (cached per proto directory).
+ */
+function loadMessageType(name, protoDir) {
+  const dir = findProtoDir(protoDir);
+  let root = roots.get(dir);
+  if (!root) {
+    root = new protobuf.Root();
+    // Imports resolve in `dir` first; google/protobuf/* come bundled with protobufjs.
+    const resolve = root.resolvePath;
+    root.resolvePath = (origin, target) => {
+      const inDir = path.join(dir, target);
+      return fs.existsSync(inDir) ? inDir : resolve(origin, target);
+    };
+    root.loadSync(PROTO_FILE, { keepCase: LOADER_OPTIONS.keepCase });
+    root.resolveAll();
+    roots.set(dir, root);
+  }
+  return root.lookupType(`integration_sidecar.v1.${name}`);
+}
+
+module.exports = { loadService, loadMessageType, findProtoDir, PROTO_FILE, LOADER_OPTIONS };
