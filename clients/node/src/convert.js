@@ -95,6 +95,7 @@ function callResponse(res) {
 }
 
 function enqueueCallRequest(req) {
+  if (!req || !req.integration) throw new TypeError('enqueueCall() needs an integration');
   const call = callRequest(req);
   // The key identifies the queued call: without one a retried enqueue could queue it twice.
   if (!req.idempotencyKey) throw new TypeError('enqueueCall() needs an idempotencyKey');
