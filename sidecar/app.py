@@ -23,7 +23,7 @@ from sidecar import __version__
 from sidecar.admin import Readiness, build_admin_app, event_routes, queue_routes
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config, ConfigError, IntegrationConfig, load_config
-from sidecar.config.policies import integration_specs, webhook_settings
+from sidecar.config.policies import integration_specs, queue_policy, webhook_settings
 from sidecar.core.calls.credentials import CredentialFactory, CredentialSource
 from sidecar.core.calls.fan_out import FanOutObserver
 from sidecar.core.calls.health_window import CallHealth
@@ -187,7 +187,7 @@ class Sidecar:
         self.queue_metrics = QueueMetrics(self.metrics)
         if hasattr(self.storage, "queue_add"):
             self.queue = CallQueue(cast(QueueStore, self.storage), self.calls, self.clock,
-                                   lambda integration: QueuePolicy(), self._announce_queued,
+                                   self._queue_policy, self._announce_queued,
                                    observer=self.queue_metrics)
         self.websocket: WebSocketEdge | None = None
         if rt.websocket.enabled:
@@ -337,6 +337,12 @@ class Sidecar:
         await within(self.admin.stop(), left(stop_by, at_least=ADMIN_STOP_RESERVE),
                      "closing the admin listener")
         log.info("sidecar stopped")
+
+    def _queue_policy(self, integration: str) -> QueuePolicy:
+        """The integration's queue settings as the running config has them (a reload
+        applies to the next attempt)."""
+        cfg = self.config.integrations.get(integration)
+        return queue_policy(cfg.queue) if cfg is not None else QueuePolicy()
 
     async def _announce_queued(self, call: QueuedCall) -> None:
         """A finished queued call's outcome event: at least once (a crash between the

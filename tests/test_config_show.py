@@ -111,6 +111,8 @@ def full_config() -> dict[str, Any]:
                 "bulkhead": {"max_concurrent": 12, "max_wait": "0s"},
                 "idempotency": {"header": "X-Idem", "retention": "36h"},
                 "fallback": {"enabled": True, "max_age": "10m", "max_entries": 17},
+                "queue": {"schedule": ["10s", "90m", "1d"], "jitter": 0.5, "max_age": "2d",
+                          "concurrency": 3, "retryable_4xx": [408, 429]},
             },
             "mail": {
                 "base_url": "https://mail.example",

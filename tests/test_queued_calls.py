@@ -22,6 +22,7 @@ from integration_sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 from sidecar import cli
 from sidecar.app import Sidecar
 from sidecar.clock import FakeClock
+from sidecar.config import ConfigError, dump_redacted, parse_config
 from sidecar.core.calls.queue.models import QueuedCall, QueuedState
 from sidecar.core.calls.queue.runner import LEASE
 from tests.call_support import call, integration
@@ -385,3 +386,39 @@ async def _crash(queue: Any) -> None:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     queue._leased.clear()
+
+
+async def test_the_queue_settings_of_an_integration_apply(tmp_path: Path,
+                                                          upstream: Upstream) -> None:
+    upstream.default = reply(503)
+    queue = {"schedule": ["1s", "2s"], "jitter": 0, "concurrency": 1,
+             "retryable_4xx": [429]}
+    async with _env(tmp_path, upstream, FakeClock(), queue=queue,
+                    circuit_breaker={"enabled": False}) as env:
+        await env.enqueue("cfg-1")
+        pauses = []
+        step = await env.next_settled()
+        while step.state is QueuedState.QUEUED:
+            assert step.next_attempt_at is not None
+            pauses.append(step.next_attempt_at - env.clock.time())
+            env.clock.advance(pauses[-1])
+            step = await env.next_settled()
+        assert (step.state, step.attempts, pauses) == (QueuedState.DEAD, 3, [1.0, 2.0])
+        shown = dump_redacted(env.sc.config)
+        assert "schedule: [1s, 2s]" in shown and "retryable_4xx: [429]" in shown
+
+
+@pytest.mark.parametrize(("queue", "expected"), [
+    ({"schedule": "5s"}, "queue.schedule: must be a list of at most 50 durations"),
+    ({"schedule": ["0s"]}, "queue.schedule: must be a list of at most 50 durations"),
+    ({"schedule": ["1s"] * 51}, "queue.schedule: must be a list of at most 50 durations"),
+    ({"retryable_4xx": [503]}, "queue.retryable_4xx: must list 4xx statuses only"),
+    ({"concurrency": 0}, "queue.concurrency: must be at least 1"),
+    ({"jitter": 2}, "queue.jitter: must be at most 1"),
+    ({"max_age": "never"}, "queue.max_age: must be a duration"),
+])
+def test_hostile_queue_settings_are_refused_by_name(queue: dict[str, Any], expected: str) -> None:
+    raw = {"integrations": {"svc": {"base_url": "https://svc.example", "queue": queue}}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, {})
+    assert any(expected in str(p) for p in info.value.problems), info.value.problems

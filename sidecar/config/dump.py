@@ -19,6 +19,7 @@ from sidecar.config.model import (
     Config,
     IntegrationConfig,
     OAuth2Config,
+    QueueConfig,
     RealtimeConfig,
     RetryConfig,
     RouteConfig,
@@ -132,7 +133,9 @@ def _integration(i: IntegrationConfig) -> Tree:
     wait = i.bulkhead.max_wait
     return _section(i, IntegrationConfig, auth=_auth(i.auth), retry=_retry(i.retry),
                     bulkhead=_section(i.bulkhead, BulkheadConfig, max_wait=None if wait is None
-                                      else format_duration(wait)))
+                                      else format_duration(wait)),
+                    queue=_section(i.queue, QueueConfig,
+                                   schedule=[format_duration(x) for x in i.queue.schedule]))
 
 
 def _route(r: RouteConfig) -> Tree:

@@ -9,6 +9,7 @@ secrets, files, URLs, lists, and checks across settings.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from sidecar.config.durations import MAX_DURATION, parse_duration
 from sidecar.config.model import (
     CONFIG_VERSION,
     DEFAULT_OTLP_ENDPOINT,
@@ -35,6 +37,7 @@ from sidecar.config.model import (
     LoggingConfig,
     OAuth2Config,
     OtlpConfig,
+    QueueConfig,
     RealtimeConfig,
     RedisConfig,
     RedisSentinelConfig,
@@ -471,6 +474,25 @@ def _bulkhead(sec: Section) -> BulkheadConfig:
                 max_wait=None if max_wait is None or max_wait < 0 else max_wait)
 
 
+def _queue(sec: Section) -> QueueConfig:
+    base = QueueConfig()
+    schedule = base.schedule
+    raw = sec.take("schedule")
+    if raw is not MISSING and raw is not None:
+        steps = [parse_duration(x) for x in raw] if isinstance(raw, list) else None
+        if steps is None or len(steps) > 50 or any(
+                x is None or not math.isfinite(x) or x <= 0 or x > MAX_DURATION for x in steps):
+            sec.err("schedule", "must be a list of at most 50 durations greater than zero "
+                                f"(e.g. [5s, 5m, 1h]); got {raw!r}")
+        else:
+            schedule = tuple(float(x) for x in steps if x is not None)
+    retryable = _statuses(sec, "retryable_4xx", base.retryable_4xx)
+    if any(not 400 <= s < 500 for s in retryable):
+        sec.err("retryable_4xx", "must list 4xx statuses only")
+        retryable = base.retryable_4xx
+    return fill(sec, QueueConfig, base, schedule=schedule, retryable_4xx=retryable)
+
+
 def _integration(name: str, sec: Section) -> IntegrationConfig:
     if not _NAME_RE.match(name):
         sec.problems.add(sec.path, "integration names are 1-63 characters of a-z, 0-9, _ "
@@ -486,7 +508,7 @@ def _integration(name: str, sec: Section) -> IntegrationConfig:
         retry=_retry(sec.section("retry"), base.retry),
         circuit_breaker=_breaker(sec.section("circuit_breaker"), base.circuit_breaker),
         rate_limit=_optional(sec, "rate_limit", lambda s: _rate_limit(s, None)),
-        bulkhead=_bulkhead(sec.section("bulkhead")))
+        bulkhead=_bulkhead(sec.section("bulkhead")), queue=_queue(sec.section("queue")))
 
 
 def _route(sec: Section, integrations: Mapping[str, IntegrationConfig],

@@ -408,6 +408,32 @@ class BulkheadConfig:
                                      doc="how long a call may wait for a slot")
 
 
+#: Pauses before each retry of a queued call: about 5 s, 5 min, 30 min, 2 h, 5 h, 10 h,
+#: 10 h (Stripe's and Svix's spirit).
+DEFAULT_QUEUE_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+#: 4xx answers that mean "later", not "never": a queued call is tried again.
+DEFAULT_QUEUE_RETRYABLE_4XX = frozenset({408, 409, 425, 429})
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """How the integration's queued calls (EnqueueCall) are attempted."""
+
+    schedule: tuple[float, ...] = setting(
+        DEFAULT_QUEUE_SCHEDULE, kind="custom", default_text="5s, 5m, 30m, 2h, 5h, 10h, 10h",
+        schema={"type": "array", "items": {"$ref": "#/$defs/duration"}, "maxItems": 50},
+        doc="pause before each retry; its length is the number of retries")
+    jitter: float = setting(0.2, kind="number", minimum=0.0, maximum=1.0,
+                            doc="each pause is drawn from [1 - jitter, 1] of its step")
+    max_age: float = setting(3 * 24 * 3600.0, kind="duration",
+                             doc="no attempt starts later than this after enqueue (then DEAD)")
+    concurrency: int = setting(8, kind="integer", minimum=1, maximum=1000,
+                               doc="attempts of queued calls in flight at once")
+    retryable_4xx: frozenset[int] = setting(
+        DEFAULT_QUEUE_RETRYABLE_4XX, kind="custom", schema=STATUSES_SCHEMA,
+        doc="4xx answers tried again; any other 4xx ends the call FAILED")
+
+
 @dataclass(frozen=True)
 class IdempotencyConfig:
     header: str = setting("Idempotency-Key", kind="header",
@@ -469,6 +495,8 @@ class IntegrationConfig:
                                              doc="idempotency keys")
     fallback: FallbackConfig = setting(FallbackConfig(), kind="section",
                                        doc="stale answers while the breaker is open")
+    queue: QueueConfig = setting(QueueConfig(), kind="section",
+                                 doc="queued calls (EnqueueCall): schedule and concurrency")
 
 
 @dataclass(frozen=True)

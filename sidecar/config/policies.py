@@ -13,6 +13,7 @@ from sidecar.config.model import (
     Config,
     FallbackConfig,
     IntegrationConfig,
+    QueueConfig,
     RetryConfig,
     RouteConfig,
     TimeoutsConfig,
@@ -28,6 +29,7 @@ from sidecar.core.calls.policy import (
     RouteSpec,
     Timeouts,
 )
+from sidecar.core.calls.queue.models import QueuePolicy
 from sidecar.core.webhooks.ingest import WebhookSettings, WebhookSource
 from sidecar.core.webhooks.schemes import SchemeConfig
 
@@ -111,3 +113,9 @@ def _fallback(f: FallbackConfig) -> FallbackPolicy:
 
 def _api_version(v: ApiVersionConfig) -> ApiVersion:
     return ApiVersion(version=v.version, location=v.location, header=v.header)
+
+
+def queue_policy(cfg: QueueConfig) -> QueuePolicy:
+    """How an integration's queued calls are attempted."""
+    return QueuePolicy(schedule=cfg.schedule, jitter=cfg.jitter, max_age=cfg.max_age,
+                       concurrency=cfg.concurrency, retryable_4xx=cfg.retryable_4xx)
