@@ -77,15 +77,16 @@ async def test_ordering_keys_lease_only_the_head(store: Storage) -> None:
     assert [c.id for c in again] == ["qc_a"]
     done = again[0].moved(state=QueuedState.SUCCEEDED, next_attempt_at=None, attempts=2,
                           finished_at=T0 + 51,
-                          response=CallResult(200, (("a", "b"),), b"ok", attempts=2))
+                          response=CallResult(200, (("a", "b"),), b"ok", attempts=2,
+                                              duration=0.25))
     assert (await q(store).queue_settle(done, owner="a", now=T0 + 51)) is not None
     follower = await q(store).queue_take(now=T0 + 51, wants={"erp": 10}, owner="a",
                                          lease=60.0)
     assert [c.id for c in follower] == ["qc_b"]
     stored = await q(store).queue_get("qc_a")
     assert stored is not None and stored.response is not None
-    assert (stored.state, stored.response.body, stored.attempts) == (
-        QueuedState.SUCCEEDED, b"ok", 2)
+    assert (stored.state, stored.response.body, stored.attempts, stored.response.duration) == (
+        QueuedState.SUCCEEDED, b"ok", 2, 0.25)
 
 
 async def test_settle_needs_the_lease_and_a_lost_lease_writes_nothing(

@@ -26,7 +26,8 @@ def encode_call(call: QueuedCall) -> bytes:
         "last_status": call.last_status, "last_error": call.last_error,
         "cancel_requested": call.cancel_requested, "announced": call.announced,
         "response": (None if call.response is None
-                     else json.loads(encode_result(call.response))),
+                     else {**json.loads(encode_result(call.response)),
+                           "duration": call.response.duration}),
         "request": {
             "integration": req.integration, "method": req.method, "path": req.path,
             "query": [list(q) for q in req.query], "headers": [list(h) for h in req.headers],
@@ -56,5 +57,5 @@ def decode_call(data: bytes) -> QueuedCall:
         announced=bool(doc["announced"]),
         response=None if response is None else replace(
             decode_result(json.dumps(response).encode()), replayed=False,
-            attempts=int(doc["attempts"])),
+            attempts=int(doc["attempts"]), duration=float(response.get("duration", 0.0))),
     )
