@@ -86,6 +86,9 @@ CHECK_TIMEOUT = 2.0
 #: database for long and growth stays bounded.
 PRUNE_INTERVAL = 60.0
 PRUNE_BATCH = 1000
+#: Finished queued calls are kept this long (GetQueuedCall, replay), then deleted: their
+#: idempotency keys are free again.
+QUEUED_CALL_RETENTION = 7 * 24 * 3600.0
 PRUNE_BATCHES = 20
 #: Seconds queued spans may take to export on shutdown, even after a drain that
 #: used up the grace period.
@@ -504,6 +507,9 @@ class Sidecar:
                 durable_topics={s.topic_name: now - self.config.webhooks.retention
                                 for s in self.config.webhooks.sources.values()},
                 max_per_topic=self.config.realtime.max_events_per_topic)
+            if self.queue is not None:
+                n += await cast(QueueStore, self.storage).queue_prune(
+                    before=now - QUEUED_CALL_RETENTION, limit=PRUNE_BATCH)
             removed += n
             if n < PRUNE_BATCH:
                 break

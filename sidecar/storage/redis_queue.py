@@ -10,7 +10,7 @@ Key layout (``{p}`` the prefix, ``<x>`` escaped as in ``redis_keys``)::
     {p}q:c:<id>            hash    doc (the call, codec JSON, as last written),
                                    st state, i integration, ok ordering key, seq,
                                    own owner, lu lease until, cr cancel requested,
-                                   an announced
+                                   an announced, ik idempotency key
     {p}q:idem              hash    "<integration>:<key>" -> id
     {p}q:due:<integration> zset    QUEUED ids by due time
     {p}q:run               zset    RUNNING ids by lease until
@@ -19,6 +19,7 @@ Key layout (``{p}`` the prefix, ``<x>`` escaped as in ``redis_keys``)::
     {p}q:cnt               hash    "<integration>:<state>" -> calls
     {p}q:ints              set     integrations with calls
     {p}q:unann             set     finished ids whose outcome is not yet appended
+    {p}q:done              zset    finished ids by finish time (pruning)
     {p}q:seq               string  enqueue counter
 
 The ``st`` field is the truth about a call's state (a take changes it without
@@ -59,7 +60,8 @@ local function view(id)
   return redis.call('HMGET', ckey(id), 'doc', 'st', 'cr', 'an')
 end
 -- Move call ``id`` to state ``st`` (doc: its new JSON, or false to keep it), keeping
--- every index in step. ``at``: its due time when QUEUED, lease end when RUNNING.
+-- every index in step. ``at``: its due time when QUEUED, lease end when RUNNING, the
+-- time it finished when final.
 local function move(id, st, doc, at, owner)
   local c = ckey(id)
   local old = redis.call('HMGET', c, 'st', 'i', 'ok', 'seq')
@@ -77,6 +79,8 @@ local function move(id, st, doc, at, owner)
     if FINAL[st] then redis.call('ZREM', ord_key(i, ok), id)
     else redis.call('ZADD', ord_key(i, ok), seq, id) end
   end
+  if FINAL[st] then redis.call('ZADD', P .. 'q:done', at, id)
+  else redis.call('ZREM', P .. 'q:done', id) end
   if FINAL[st] and st ~= 'cancelled' then
     redis.call('SADD', P .. 'q:unann', id)
     redis.call('HSET', c, 'an', '0')
@@ -103,7 +107,7 @@ if held then return {0, view(held)} end
 local seq = redis.call('INCR', P .. 'q:seq')
 redis.call('HSET', P .. 'q:idem', m, id)
 redis.call('HSET', ckey(id), 'doc', doc, 'st', 'queued', 'i', i, 'ok', ok, 'seq', seq,
-           'own', '', 'lu', '0', 'cr', '0', 'an', '0')
+           'own', '', 'lu', '0', 'cr', '0', 'an', '0', 'ik', key)
 redis.call('ZADD', P .. 'q:all', seq, id)
 redis.call('SADD', P .. 'q:ints', i)
 count(i, 'queued', 1)
@@ -205,6 +209,25 @@ if best == nil then return false end
 return num(best)
 """
 
+# KEYS: {p}q:seq. ARGV: P, cutoff, limit. Deletes calls finished before the cutoff (their
+# idempotency keys are free again); returns how many.
+PRUNE = _Q + r"""
+local ids = redis.call('ZRANGEBYSCORE', P .. 'q:done', '-inf', '(' .. ARGV[2], 'LIMIT', 0,
+                       tonumber(ARGV[3]))
+for _, id in ipairs(ids) do
+  local c = redis.call('HMGET', ckey(id), 'st', 'i', 'ik')
+  if c[1] then
+    count(c[2], c[1], -1)
+    redis.call('HDEL', P .. 'q:idem', esc(c[2]) .. ':' .. esc(c[3]))
+    redis.call('DEL', ckey(id))
+  end
+  redis.call('ZREM', P .. 'q:done', id)
+  redis.call('ZREM', P .. 'q:all', id)
+  redis.call('SREM', P .. 'q:unann', id)
+end
+return #ids
+"""
+
 # KEYS: {p}q:seq. ARGV: P, id. Marks a finished call's outcome as appended.
 ANNOUNCED = _Q + r"""
 redis.call('SREM', P .. 'q:unann', ARGV[2])
@@ -222,6 +245,7 @@ class QueueScripts:
         self.renew: AsyncScript = client.register_script(RENEW)
         self.next_due: AsyncScript = client.register_script(NEXT_DUE)
         self.announced: AsyncScript = client.register_script(ANNOUNCED)
+        self.prune: AsyncScript = client.register_script(PRUNE)
 
 
 def _call(view: list[Any]) -> QueuedCall:
@@ -236,7 +260,9 @@ def _s(value: Any) -> str:
 
 
 def _due(call: QueuedCall) -> str:
-    return num(call.next_attempt_at if call.next_attempt_at is not None else 0.0)
+    """The time a transition files the call under: when it is due, or finished."""
+    at = call.finished_at if call.state.final else call.next_attempt_at
+    return num(at if at is not None else 0.0)
 
 
 class RedisQueueMixin:
@@ -398,6 +424,9 @@ class RedisQueueMixin:
             integration, _, state = _s(field).rpartition(":")
             out[(unescape(integration), state)] = int(n)
         return out
+
+    async def queue_prune(self, *, before: float, limit: int = 1000) -> int:
+        return int(await self._script(self._q.prune, num(before), limit))
 
     async def queue_overdue(self, *, now: float) -> dict[str, float]:
         with self._errors():

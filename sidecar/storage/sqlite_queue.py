@@ -239,3 +239,13 @@ class SqliteQueueMixin:
             return {r[0]: float(r[1]) for r in rows}
 
         return await self._run(overdue)
+
+    async def queue_prune(self, *, before: float, limit: int = 1000) -> int:
+        def prune() -> int:
+            marks = ",".join("?" * len(_FINAL))
+            return int(self.db.execute(
+                "DELETE FROM queued_calls WHERE seq IN (SELECT seq FROM queued_calls WHERE "
+                f"state IN ({marks}) AND updated_at < ? LIMIT ?)",
+                [*_FINAL, before, limit]).rowcount)
+
+        return await self._write(prune, durable=False)

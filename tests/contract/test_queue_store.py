@@ -130,3 +130,22 @@ async def test_cancel_and_replay(store: Storage) -> None:
     assert await q(store).queue_replay("qc_nope", now=T0) is None
     listed = await q(store).queue_list(state=QueuedState.CANCELLED)
     assert [c.id for c in listed] == ["qc_wait"]
+
+
+async def test_finished_calls_are_pruned_after_their_retention(store: Storage) -> None:
+    for i, key in enumerate(("old", "recent", "open")):
+        await q(store).queue_add(new(f"qc_{key}", key, due=T0 + i))
+    [old] = await q(store).queue_take(now=T0, wants={"erp": 1}, owner="a", lease=60.0)
+    finished = old.moved(state=QueuedState.SUCCEEDED, next_attempt_at=None, finished_at=T0)
+    assert await q(store).queue_settle(finished, owner="a", now=T0) is not None
+    assert (await q(store).queue_cancel("qc_recent", now=T0 + 100)) is not None
+    assert await q(store).queue_prune(before=T0 + 50) == 1
+    assert await q(store).queue_get("qc_old") is None
+    assert (await q(store).queue_get("qc_recent")) is not None  # finished too recently
+    assert (await q(store).queue_get("qc_open")) is not None  # never while unfinished
+    assert await q(store).queue_prune(before=T0 + 10_000) == 1
+    assert await q(store).queue_unannounced() == []
+    counts = await q(store).queue_counts()
+    assert counts == {("erp", "queued"): 1}
+    _, added = await q(store).queue_add(new("qc_again", "old"))
+    assert added  # the pruned call's key is free again

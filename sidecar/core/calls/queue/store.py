@@ -59,6 +59,10 @@ class QueueStore(Protocol):
     async def queue_counts(self) -> dict[tuple[str, str], int]:
         """(integration, state) -> calls."""
 
+    async def queue_prune(self, *, before: float, limit: int = 1000) -> int:
+        """Delete at most ``limit`` calls that finished before ``before`` (their
+        idempotency keys are free again); how many went."""
+
     async def queue_overdue(self, *, now: float) -> dict[str, float]:
         """Integration -> the earliest due time of its QUEUED calls due by ``now``."""
 
