@@ -48,6 +48,7 @@ SECRETS = {
     "MAILGUN_PASSWORD": "mailgun-basic-password-1Jx3",
     "GRAPH_SECRET": "graph-client-secret-6Rk2",
     "CRM_SECRET": "crm-client-secret-9Bn5",
+    "OUT_SIGNING": "whsec_" + base64.b64encode(b"outbound-signing-key-3Qp8").decode(),
 }
 #: Not secrets (shown by their variable name all the same).
 PLAIN_ENV = {"SMS_ACCOUNT": "AC-sms-account-17", "GRAPH_CLIENT_ID": "graph-client-3f2a"}
@@ -113,6 +114,7 @@ def full_config() -> dict[str, Any]:
                 "fallback": {"enabled": True, "max_age": "10m", "max_entries": 17},
                 "queue": {"schedule": ["10s", "90m", "1d"], "jitter": 0.5, "max_age": "2d",
                           "concurrency": 3, "retryable_4xx": [408, 429]},
+                "signing": {"secrets_env": ["OUT_SIGNING"]},
             },
             "mail": {
                 "base_url": "https://mail.example",

@@ -4,9 +4,11 @@ that fail on purpose; the long-horizon schedule runs on the fake clock."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,8 @@ import pytest
 from google.protobuf import timestamp_pb2
 from integration_sidecar.v1 import sidecar_pb2 as pb
 from integration_sidecar.v1 import sidecar_pb2_grpc as pb_grpc
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from sidecar import cli
 from sidecar.app import Sidecar
@@ -422,3 +426,64 @@ def test_hostile_queue_settings_are_refused_by_name(queue: dict[str, Any], expec
     with pytest.raises(ConfigError) as info:
         parse_config(raw, {})
     assert any(expected in str(p) for p in info.value.problems), info.value.problems
+
+
+SIGNING_SECRET = "whsec_" + base64.b64encode(b"outbound-signing-key-for-tests-01").decode()
+ROTATED_OUT = "whsec_" + base64.b64encode(b"the-previous-outbound-key-000002").decode()
+
+
+@pytest.mark.parametrize("via", ["queue", "call"])
+async def test_signed_requests_verify_with_the_standard_webhooks_library(
+        tmp_path: Path, upstream: Upstream, via: str) -> None:
+    extra: dict[str, Any] = {"integrations": {"svc": integration(
+        upstream.url, signing={"secrets_env": ["OUT_NEW", "OUT_OLD"]})}}
+    # The receiver checks webhook-timestamp against its own clock: fake time starts now.
+    # A Call's retry sleeps: there the clock skips its waits instead.
+    clock: Any = (FakeClock(wall_offset=time.time() - 1_000_000.0) if via == "queue"
+                  else SkippingClock())
+    sc = Sidecar(make_config(tmp_path, extra, {"OUT_NEW": SIGNING_SECRET,
+                                               "OUT_OLD": ROTATED_OUT}), clock=clock)
+    upstream.then(reply(503))  # one retry: the id stays, the signature is the attempt's
+    await sc.start()
+    try:
+        assert sc.queue is not None
+        settled = sc.queue.listen()
+        async with grpc.aio.insecure_channel(sc.grpc.address) as channel:
+            stub = pb_grpc.SidecarServiceStub(channel)
+            body = b'{"event": "order.paid", "order": 7}'
+            request = call(method="POST", path="/hooks", body=body, idempotency_key="sig-1",
+                           headers={"content-type": "application/json"})
+            if via == "queue":
+                queued = await stub.EnqueueCall(pb.EnqueueCallRequest(call=request), timeout=5)
+                assert (await asyncio.wait_for(settled.get(), 10)).attempts == 1
+                clock.advance(5.0)
+                assert (await asyncio.wait_for(settled.get(), 10)).state is QueuedState.SUCCEEDED
+            else:
+                assert (await stub.Call(request, timeout=5)).attempts == 2
+    finally:
+        await sc.stop()
+    assert len(upstream.seen) == 2
+    ids = {seen.headers["webhook-id"] for seen in upstream.seen}
+    assert len(ids) == 1  # the same message on every attempt
+    if via == "queue":
+        assert ids == {queued.id}
+    for seen in upstream.seen:
+        for secret in (SIGNING_SECRET, ROTATED_OUT):  # either key of a rotation verifies
+            payload = Webhook(secret).verify(seen.body, {
+                k: seen.headers[k] for k in ("webhook-id", "webhook-timestamp",
+                                             "webhook-signature")})
+            assert payload == json.loads(seen.body)
+    tampered = {k: upstream.seen[0].headers[k] for k in ("webhook-id", "webhook-timestamp",
+                                                         "webhook-signature")}
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SIGNING_SECRET).verify(b'{"event": "order.paid", "order": 8}', tampered)
+
+
+def test_a_signing_secret_that_is_not_whsec_is_refused_by_name() -> None:
+    raw = {"integrations": {"svc": {"base_url": "https://svc.example",
+                                    "signing": {"secrets_env": ["OUT"]}}}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, {"OUT": "plain-password"})
+    assert any("integrations.svc.signing.secrets_env[0]: OUT must hold a whsec_ secret"
+               in str(p) for p in info.value.problems), info.value.problems
+    assert "plain-password" not in str(info.value)

@@ -24,6 +24,7 @@ from sidecar.config.model import (
     RetryConfig,
     RouteConfig,
     Secret,
+    SigningConfig,
     WebhooksConfig,
     WebhookSourceConfig,
     WebSocketConfig,
@@ -135,7 +136,10 @@ def _integration(i: IntegrationConfig) -> Tree:
                     bulkhead=_section(i.bulkhead, BulkheadConfig, max_wait=None if wait is None
                                       else format_duration(wait)),
                     queue=_section(i.queue, QueueConfig,
-                                   schedule=[format_duration(x) for x in i.queue.schedule]))
+                                   schedule=[format_duration(x) for x in i.queue.schedule]),
+                    signing=({"enabled": False} if i.signing is None else {
+                        "enabled": True, **_section(i.signing, SigningConfig, secrets_env=[
+                            secret.env for secret in i.signing.secrets])}))
 
 
 def _route(r: RouteConfig) -> Tree:

@@ -47,6 +47,7 @@ from sidecar.config.model import (
     Secret,
     ServerConfig,
     ServerTlsConfig,
+    SigningConfig,
     StorageConfig,
     TimeoutsConfig,
     TlsConfig,
@@ -84,6 +85,7 @@ from sidecar.config.yaml_file import YamlFileError, read_yaml_with_lines
 from sidecar.core.events.topics import topic_problem
 from sidecar.core.resilience.rate_limit import RateLimitPolicy
 from sidecar.core.webhooks import validate_scheme_config
+from sidecar.core.webhooks.schemes.standard import secret_key as standard_secret_key
 from sidecar.server_tls import TlsFileError, read_material
 
 __all__ = ["ENV_OVERRIDES", "ConfigError", "ConfigProblem", "load_config", "parse_config"]
@@ -493,6 +495,18 @@ def _queue(sec: Section) -> QueueConfig:
     return fill(sec, QueueConfig, base, schedule=schedule, retryable_4xx=retryable)
 
 
+def _signing(sec: Section) -> SigningConfig | None:
+    if not sec.boolean("enabled", True):
+        sec.finish()
+        return None
+    secrets = _secret_list(sec)
+    for i, secret in enumerate(secrets):
+        if not secret.value.startswith("whsec_") or standard_secret_key(secret.value) is None:
+            sec.err(f"secrets_env[{i}]", f"{secret.env} must hold a whsec_ secret "
+                                         "(whsec_ and base64 of the key)")
+    return fill(sec, SigningConfig, secrets=secrets)
+
+
 def _integration(name: str, sec: Section) -> IntegrationConfig:
     if not _NAME_RE.match(name):
         sec.problems.add(sec.path, "integration names are 1-63 characters of a-z, 0-9, _ "
@@ -508,7 +522,8 @@ def _integration(name: str, sec: Section) -> IntegrationConfig:
         retry=_retry(sec.section("retry"), base.retry),
         circuit_breaker=_breaker(sec.section("circuit_breaker"), base.circuit_breaker),
         rate_limit=_optional(sec, "rate_limit", lambda s: _rate_limit(s, None)),
-        bulkhead=_bulkhead(sec.section("bulkhead")), queue=_queue(sec.section("queue")))
+        bulkhead=_bulkhead(sec.section("bulkhead")), queue=_queue(sec.section("queue")),
+        signing=_optional(sec, "signing", _signing))
 
 
 def _route(sec: Section, integrations: Mapping[str, IntegrationConfig],

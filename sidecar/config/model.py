@@ -435,6 +435,20 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
+class SigningConfig:
+    """Every request sent to the integration signed (queued or not), as Standard
+    Webhooks says: ``webhook-id``, ``webhook-timestamp``, ``webhook-signature``
+    (HMAC-SHA256 of ``id.timestamp.body``)."""
+
+    #: ``whsec_`` secrets from environment variables; each signs (rotation).
+    secrets: tuple[Secret, ...] = setting(
+        (), kind="custom", yaml="secrets_env",
+        schema={"anyOf": [{"type": "string"}, {"type": "array", "minItems": 1,
+                                               "items": {"type": "string"}}]},
+        doc="variables holding `whsec_` secrets; every one signs (rotation)")
+
+
+@dataclass(frozen=True)
 class IdempotencyConfig:
     header: str = setting("Idempotency-Key", kind="header",
                           doc="header sent upstream with the call's key")
@@ -497,6 +511,10 @@ class IntegrationConfig:
                                        doc="stale answers while the breaker is open")
     queue: QueueConfig = setting(QueueConfig(), kind="section",
                                  doc="queued calls (EnqueueCall): schedule and concurrency")
+    #: None: requests are not signed.
+    signing: SigningConfig | None = setting(
+        None, kind="section", of=SigningConfig, switch=True, default_text="none",
+        doc="sign every request sent (Standard Webhooks)")
 
 
 @dataclass(frozen=True)
@@ -852,6 +870,8 @@ class Config:
         found += self.storage.redis.url_secrets()
         for integration in self.integrations.values():
             found += integration.auth.secrets()
+            if integration.signing is not None:
+                found += integration.signing.secrets
         for source in self.webhooks.sources.values():
             found += source.secrets
         if self.realtime.websocket.jwt.hs256_secret:

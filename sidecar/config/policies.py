@@ -77,6 +77,8 @@ def integration_spec(cfg: IntegrationConfig, routes: list[RouteConfig]) -> Integ
         rate_limit=cfg.rate_limit, bulkhead_limit=cfg.bulkhead.max_concurrent,
         bulkhead_max_wait=cfg.bulkhead.max_wait,
         routes=tuple(_route(r) for r in routes),
+        signing_secrets=(() if cfg.signing is None
+                         else tuple(secret.value for secret in cfg.signing.secrets)),
         # The transport and the OAuth2 token source are built from the whole config
         # (TLS files, token endpoint); comparing it tells a reload what changed.
         source=cfg,

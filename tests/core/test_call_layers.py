@@ -483,11 +483,12 @@ def _builder(clock: VirtualClock) -> StackBuilder:
 
 def test_every_layer_in_the_documented_order(clock: VirtualClock) -> None:
     spec = _spec(rate_limit=RateLimitPolicy(rate=10.0, burst=10), fetched_auth=True,
-                 auth_header="Authorization", fallback=FallbackPolicy(True, 60.0, 10))
+                 auth_header="Authorization", fallback=FallbackPolicy(True, 60.0, 10),
+                 signing_secrets=("whsec_" + "a2V5LWJ5dGVzLWZvci1zaWduaW5n",))
     built = _builder(clock).integration(spec, ScriptedTransport([answer(200)]))
     assert built.default.layers == (
         "DeadlineLayer", "IdempotencyLayer", "FallbackLayer", "DeprecationLayer", "RetryLayer",
-        "RateLimitLayer", "BreakerLayer", "CredentialsLayer", "BulkheadLayer",
+        "RateLimitLayer", "BreakerLayer", "CredentialsLayer", "BulkheadLayer", "SigningLayer",
         "TransportLayer")
 
 

@@ -67,6 +67,8 @@ class CallContext:
     span_id: str = ""
     #: A 401 already made the call fetch a new credential (once per call, no loop).
     reauthorized: bool = False
+    #: The id a signed request carries, the same on every attempt (``webhook-id``).
+    message_id: str = ""
     last_response: UpstreamResponse | None = None
     #: How the latest attempt that went out failed without an answer, if it did.
     last_failure: TransportError | None = None

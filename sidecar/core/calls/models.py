@@ -33,6 +33,9 @@ class CallRequest:
     #: CLIENT children, and what the pipeline decides (breaker, rate limit,
     #: replay, fallback) its events.
     span: Span | None = None
+    #: What a signed request's ``webhook-id`` says: a queued call's id; empty: one is
+    #: made per call.
+    message_id: str = ""
 
 
 @value_type

@@ -111,6 +111,8 @@ class IntegrationSpec:
     #: Seconds a call may wait for a bulkhead slot; None: until its deadline.
     bulkhead_max_wait: float | None = None
     routes: tuple[RouteSpec, ...] = ()
+    #: ``whsec_`` secrets that sign every request (Standard Webhooks); empty: unsigned.
+    signing_secrets: tuple[str, ...] = field(default=(), repr=False)
     #: What the adapter built this from, handed back to the transport and credential
     #: factories, and compared on reload (so a change the Call path does not read
     #: itself, such as TLS files, still builds a new transport).

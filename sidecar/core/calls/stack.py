@@ -2,7 +2,7 @@
 order (outermost first):
 
 deadline -> idempotency -> fallback -> deprecation -> retry (+ budget) -> rate limit
--> circuit breaker -> credentials -> bulkhead -> transport
+-> circuit breaker -> credentials -> bulkhead -> signing -> transport
 
 Why this order: the deadline bounds everything, claims included. A replayed key must
 not spend anything, so idempotency comes before the rest; fallback answers only when
@@ -32,6 +32,7 @@ from sidecar.core.calls.layers.fallback import FallbackLayer, LastGoodCache
 from sidecar.core.calls.layers.idempotency import IdempotencyLayer
 from sidecar.core.calls.layers.rate_limit import DrainLayer, RateLimitLayer
 from sidecar.core.calls.layers.retry import RetryLayer
+from sidecar.core.calls.layers.signing import SigningLayer, signing_keys
 from sidecar.core.calls.layers.transport import TransportLayer
 from sidecar.core.calls.models import Transport
 from sidecar.core.calls.observer import CallObserver
@@ -112,6 +113,8 @@ class _Shared:
     budget: RetryBudget | None
     bulkhead: Bulkhead
     credentials: CredentialSource | None
+    #: HMAC keys that sign every request (empty: unsigned).
+    signing: tuple[bytes, ...] = ()
     deprecations_logged: set[str] = field(default_factory=set)
 
 
@@ -136,7 +139,8 @@ class StackBuilder:
         shared = _Shared(
             spec, transport,
             RetryBudget(spec.retry_budget, self._clock) if spec.retry_budget else None,
-            Bulkhead(spec.bulkhead_limit, self._clock, name=spec.name), credentials)
+            Bulkhead(spec.bulkhead_limit, self._clock, name=spec.name), credentials,
+            signing_keys(spec.signing_secrets))
         breaker = self._breaker(spec.name, "", spec.breaker)
         bucket = self._limiter(spec.name, spec.rate_limit) if spec.rate_limit else None
         cache = _cache(spec.fallback)
@@ -180,6 +184,8 @@ class StackBuilder:
             layers.append(CredentialsLayer(shared.credentials, spec.auth_header, spec.name,
                                            name))
         layers.append(BulkheadLayer(shared.bulkhead, spec.bulkhead_max_wait, clock))
+        if shared.signing:
+            layers.append(SigningLayer(shared.signing, clock))
         terminal = TransportLayer(shared.transport, timeouts, clock, observer, spec.name, name)
         return Route(name, compose(layers, terminal), breaker,
                      tuple(type(layer).__name__ for layer in (*layers, terminal)),
@@ -206,6 +212,8 @@ class StackBuilder:
             layers.append(CredentialsLayer(shared.credentials, spec.auth_header, spec.name,
                                            name))
         layers.append(BulkheadLayer(shared.bulkhead, spec.bulkhead_max_wait, clock))
+        if shared.signing:
+            layers.append(SigningLayer(shared.signing, clock))
         return compose(layers, terminal)
 
     def _breaker(self, integration: str, scope: str,

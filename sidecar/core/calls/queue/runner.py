@@ -301,7 +301,8 @@ class CallQueue:
         policy = self._policies(call.integration)
         now = self._clock.time()
         try:
-            result = await self._target.attempt(call.request)
+            # A signed request's webhook-id is the queued call's id, on every attempt.
+            result = await self._target.attempt(replace(call.request, message_id=call.id))
         except (BreakerOpenError, RateLimitedError, BulkheadFullError) as exc:
             # Nothing went out: no attempt spent. An open breaker pauses the integration.
             self._observer.attempted(call.integration, "refused")

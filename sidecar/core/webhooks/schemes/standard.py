@@ -6,7 +6,11 @@
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
+import hmac
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from sidecar.core.webhooks.schemes.config import SchemeConfig
@@ -77,6 +81,14 @@ def _load_public_key(secret: str) -> Ed25519PublicKey | None:
 
 def _decode_unpadded(encoded: str) -> bytes | None:
     return decode_base64(encoded + "=" * (-len(encoded) % 4))
+
+
+def sign(keys: Sequence[bytes], msg_id: str, timestamp: int, body: bytes) -> str:
+    """The sender's half: the ``webhook-signature`` value for ``body``, one ``v1``
+    entry per key (several during a rotation; a receiver accepts any)."""
+    content = utf8(msg_id) + b"." + str(timestamp).encode() + b"." + body
+    macs = (hmac.new(key, content, hashlib.sha256).digest() for key in keys)
+    return " ".join(f"{_HMAC_VERSION},{base64.b64encode(mac).decode()}" for mac in macs)
 
 
 def verify(config: SchemeConfig, request: WebhookRequest, now: float) -> Verdict:
