@@ -228,6 +228,21 @@ def dashboard_panels() -> list[dict[str, Any]]:
                 (_rate("sidecar_redeliveries_total", "group"), "{{group}} redelivered"),
                 (_rate("sidecar_acks_total", "group, outcome"), "{{group}} ack {{outcome}}")],
                "Durable delivery throughput."),
+        {"type": "row", "title": "Queued calls", "collapsed": False, "panels": []},
+        _panel("Queued calls by state", "timeseries", "short",
+               [(f'max by (integration, state) (sidecar_queued_calls{{{INTEGRATION}, '
+                 'state=~"queued|running|dead"})', "{{integration}} {{state}}"),
+                (f"max by (integration) (sidecar_queued_call_oldest_due_seconds"
+                 f"{{{INTEGRATION}}})", "{{integration}} oldest due (s)")],
+               "Backlog (queued, running), dead calls to replay, and how long due work has "
+               "waited (SidecarQueuedCallsNotDraining fires past 15 minutes)."),
+        _panel("Queued call attempts and outcomes", "timeseries", "ops",
+               [(_rate("sidecar_queued_call_attempts_total", "integration, outcome",
+                       INTEGRATION), "{{integration}} {{outcome}}"),
+                (_rate("sidecar_queued_calls_finished_total", "integration, state",
+                       INTEGRATION), "{{integration}} finished {{state}}")],
+               "Attempts by status class, error reason or refused (nothing sent); calls "
+               "finishing."),
         {"type": "row", "title": "Real-time", "collapsed": False, "panels": []},
         _panel("WebSocket connections and live subscribers", "timeseries", "short",
                [("sum(sidecar_websocket_connections)", "WebSocket connections"),

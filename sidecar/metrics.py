@@ -219,6 +219,11 @@ class Metrics:
             "the error reason of one that got none, or refused (nothing was sent: breaker "
             "open, bulkhead full).", ["integration", "outcome"], registry=r,
         )
+        self.queued_takeovers = Counter(
+            "sidecar_queued_call_takeovers_total",
+            "Queued calls this replica took over because the replica holding them stopped "
+            "renewing its lease (it died mid-attempt; Redis backend).", registry=r,
+        )
         self.queued_finished = Counter(
             "sidecar_queued_calls_finished_total",
             "Queued calls that finished, by final state (succeeded, failed, dead, "
@@ -390,6 +395,9 @@ class QueueMetrics:
 
     def finished(self, integration: str, state: str) -> None:
         self._m.queued_finished.labels(integration, state).inc()
+
+    def taken_over(self, count: int) -> None:
+        self._m.queued_takeovers.inc(count)
 
     def set_counts(self, counts: dict[tuple[str, str], int],
                    overdue: dict[str, float]) -> None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from aiohttp import web
 
@@ -39,6 +39,8 @@ from sidecar.admin import Readiness, authorised
 from sidecar.clock import Clock
 from sidecar.config import Config
 from sidecar.core.calls.health_window import CallHealth, LastError, WindowTotals, sunset_status
+from sidecar.core.calls.queue.models import QueuedState
+from sidecar.core.calls.queue.store import QueueStore
 from sidecar.core.events.models import DeliveryStatus
 from sidecar.core.events.presence import Presence
 from sidecar.core.resilience import CircuitBreaker
@@ -132,6 +134,7 @@ class StatusPage:
             },
             "integrations": self._integrations(now),
             "webhooks": await self._webhooks_bounded(now),
+            "queued_calls": await self._queued_bounded(now),
             "live": self._live(),
         }
 
@@ -235,6 +238,27 @@ class StatusPage:
                                for g, c in sorted(groups.items())]
             out.append(entry)
         return out
+
+    async def _queued_bounded(self, now: float) -> list[dict[str, Any]]:
+        """Queued calls per integration: by state, and how long due work has waited."""
+        storage = self._src.storage
+        if not hasattr(storage, "queue_counts"):
+            return []
+        store = cast(QueueStore, storage)
+        try:
+            counts, overdue = await asyncio.wait_for(
+                asyncio.gather(store.queue_counts(), store.queue_overdue(now=now)),
+                STORAGE_TIMEOUT)
+        except TimeoutError:
+            return [{"error": f"storage did not answer within {STORAGE_TIMEOUT:g}s"}]
+        except SidecarError as exc:
+            return [{"error": exc.message}]
+        names = sorted({i for i, _ in counts} | set(overdue))
+        return [{"integration": name,
+                 **{state.value: counts.get((name, state.value), 0) for state in QueuedState},
+                 "oldest_due_seconds": (_round(max(0.0, now - overdue[name]), 3)
+                                        if name in overdue else None)}
+                for name in names]
 
     async def _oldest_unacked(self, topic: str, groups: list[str], now: float) -> float | None:
         received = []

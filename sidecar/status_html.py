@@ -215,6 +215,28 @@ def _webhooks(items: list[dict[str, Any]]) -> str:
     return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
 
 
+def _queued(items: list[dict[str, Any]]) -> str:
+    if not items:
+        return '<p class="muted">No queued calls.</p>'
+    if "error" in items[0]:
+        return f'<p>{_badge("bad", "storage error")} {_e(items[0]["error"])}</p>'
+    head = ("<tr><th>Integration</th><th>Queued</th><th>Running</th><th>Succeeded</th>"
+            "<th>Failed</th><th>Dead</th><th>Cancelled</th><th>Oldest due</th></tr>")
+    rows = []
+    for q in items:
+        dead = q["dead"]
+        dead_cell = _badge("bad", f"{dead} dead") if dead else "0"
+        age = q["oldest_due_seconds"]
+        rows.append(
+            f'<tr data-queue="{_e(q["integration"])}"><td><strong>{_e(q["integration"])}'
+            f'</strong></td><td class="num">{q["queued"]}</td>'
+            f'<td class="num">{q["running"]}</td><td class="num">{q["succeeded"]}</td>'
+            f'<td class="num">{q["failed"]}</td><td class="num">{dead_cell}</td>'
+            f'<td class="num">{q["cancelled"]}</td>'
+            f'<td class="num">{NONE if age is None else _e(_span(age))}</td></tr>')
+    return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+
+
 def _live(live: dict[str, Any]) -> str:
     ws = (str(live["websocket_connections"]) if live["websocket_enabled"]
           else '<span class="muted">WebSocket edge off</span>')
@@ -241,6 +263,7 @@ def render_fragment(data: dict[str, Any]) -> str:
             "<h2>Integrations</h2>"
             f'{_integrations(data["integrations"], now, data["window_seconds"])}'
             f"<h2>Webhook sources</h2>{_webhooks(data['webhooks'])}"
+            f"<h2>Queued calls</h2>{_queued(data.get('queued_calls', []))}"
             f"<h2>Live connections</h2>{_live(data['live'])}"
             f"<h2>Sidecar</h2>{_sidecar(data['sidecar'], now)}")
 

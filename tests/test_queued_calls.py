@@ -375,6 +375,7 @@ async def test_replicas_on_redis_never_attempt_a_call_twice_and_take_over_a_dead
         assert (done.id, done.state) == (queued.id, QueuedState.SUCCEEDED)
         assert len(upstream.seen) == 2
         assert getattr(other.storage, "takeovers", 0) == 1
+        assert "sidecar_queued_call_takeovers_total 1.0" in other.metrics.exposition().decode()
     finally:
         for sc in replicas:
             with contextlib.suppress(Exception):
@@ -487,3 +488,23 @@ def test_a_signing_secret_that_is_not_whsec_is_refused_by_name() -> None:
     assert any("integrations.svc.signing.secrets_env[0]: OUT must hold a whsec_ secret"
                in str(p) for p in info.value.problems), info.value.problems
     assert "plain-password" not in str(info.value)
+
+
+async def test_the_status_page_shows_queued_calls(tmp_path: Path, upstream: Upstream) -> None:
+    upstream.then(hang())  # holds the only slot: the next call is due but waits
+    async with _env(tmp_path, upstream, FakeClock(), queue={"concurrency": 1},
+                    timeouts={"attempt": "1h", "total": "1h"}) as env:
+        await env.enqueue("status-1")
+        await asyncio.wait_for(upstream.arrived.wait(), 10)
+        await env.enqueue("status-2")
+        env.clock.advance(600.0)
+        admin = f"http://{env.sc.admin.address}"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{admin}/status.json") as resp:
+                snapshot = await resp.json()
+            async with http.get(f"{admin}/status") as resp:
+                page = await resp.text()
+    [row] = snapshot["queued_calls"]
+    assert (row["integration"], row["queued"], row["running"]) == ("svc", 1, 1)
+    assert row["oldest_due_seconds"] == 600.0
+    assert 'data-queue="svc"' in page and "<h2>Queued calls</h2>" in page

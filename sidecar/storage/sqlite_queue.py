@@ -47,6 +47,9 @@ def _put(db: sqlite_utils.Database, call: QueuedCall, now: float, *,
 class SqliteQueueMixin:
     """Needs ``self.db``, ``self._run`` and ``self._write`` from ``SqliteStorage``."""
 
+    #: One process per file: nothing is ever taken over.
+    takeovers: int = 0
+
     @property
     def db(self) -> sqlite_utils.Database:  # pragma: no cover - provided by the host
         raise NotImplementedError

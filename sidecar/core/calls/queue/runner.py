@@ -75,12 +75,18 @@ class QueueObserver(Protocol):
 
     def finished(self, integration: str, state: str) -> None: ...
 
+    def taken_over(self, count: int) -> None:
+        """Calls of a dead replica made due again (their lease ran out)."""
+
 
 class _Unobserved:
     def attempted(self, integration: str, outcome: str) -> None:
         pass
 
     def finished(self, integration: str, state: str) -> None:
+        pass
+
+    def taken_over(self, count: int) -> None:
         pass
 
 
@@ -260,8 +266,11 @@ class CallQueue:
                  and (free := self._policies(name).concurrency - self._running[name]) > 0}
         if not wants:
             return 0, []
+        before = self._store.takeovers
         calls = await self._store.queue_take(now=now, wants=wants, owner=self._owner,
                                              lease=self._lease)
+        if self._store.takeovers > before:
+            self._observer.taken_over(self._store.takeovers - before)
         for call in calls:
             self._running[call.integration] += 1
             self._leased.add(call.id)

@@ -10,6 +10,10 @@ from sidecar.core.calls.queue.models import QueuedCall, QueuedState
 
 
 class QueueStore(Protocol):
+    #: Calls made due again because their replica's lease ran out, so far (a store
+    #: shared by replicas; always 0 for one that is not).
+    takeovers: int
+
     async def queue_add(self, call: QueuedCall) -> tuple[QueuedCall, bool]:
         """Store ``call`` durably, unless its integration already has a call with its
         idempotency key: then (that call, False)."""
