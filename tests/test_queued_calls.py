@@ -234,15 +234,15 @@ async def test_the_rate_limit_is_the_drain_rate(tmp_path: Path, upstream: Upstre
         return await ok(request)
 
     upstream.default = timed
-    async with _env(tmp_path, upstream, clock, rate_limit={"rate": 20, "burst": 1}) as env:
-        ids = {(await env.enqueue(f"drain-{i}")).id for i in range(30)}
-        finished = {(await env.next_settled()).id for _ in range(30)}
+    async with _env(tmp_path, upstream, clock, rate_limit={"rate": 200, "burst": 1}) as env:
+        ids = {(await env.enqueue(f"drain-{i}")).id for i in range(500)}
+        finished = {(await env.next_settled()).id for _ in range(500)}
         states = {(await env.get(i)).state for i in ids}
     # Every call succeeded: none failed for the limit, the queue waited for tokens ...
     assert finished == ids and states == {pb.QUEUED_CALL_STATE_SUCCEEDED}
-    assert len(arrivals) == 30 and sum(clock.sleeps) > 0
-    # ... so the upstream got at most 20/s (burst 1) on the sidecar's clock.
-    assert arrivals[-1] - arrivals[0] >= 29 / 20 - 0.1
+    assert len(arrivals) == 500 and sum(clock.sleeps) > 0
+    # ... so the upstream got at most 200/s (burst 1) on the sidecar's clock.
+    assert arrivals[-1] - arrivals[0] >= 499 / 200 - 0.1
 
 
 async def test_enqueue_refuses_what_call_would_and_dedupes_by_key(env: Env) -> None:
