@@ -12,7 +12,7 @@ import importlib
 import sys
 from pathlib import Path
 
-BENCHMARKS = ("call", "webhooks", "realtime", "replicas", "fast_paths")
+BENCHMARKS = ("call", "webhooks", "realtime", "replicas", "fast_paths", "queue")
 
 
 def main(argv: list[str] | None = None) -> int:
