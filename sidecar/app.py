@@ -348,8 +348,9 @@ class Sidecar:
         return queue_policy(cfg.queue) if cfg is not None else QueuePolicy()
 
     async def _announce_queued(self, call: QueuedCall) -> None:
-        """A finished queued call's outcome event: at least once (a crash between the
-        append and its record appends it again; consumers key on the call's id)."""
+        """A finished queued call's outcome event: at least once (a crash or power cut
+        between the append and its record appends it again; consumers key on the call's
+        id)."""
         await self.live.publish(call.result_topic, EVENT_TYPES[call.state],
                                 outcome_data(call), "application/json",
                                 {"queued_call_id": call.id})

@@ -508,3 +508,18 @@ async def test_the_status_page_shows_queued_calls(tmp_path: Path, upstream: Upst
     assert (row["integration"], row["queued"], row["running"]) == ("svc", 1, 1)
     assert row["oldest_due_seconds"] == 600.0
     assert 'data-queue="svc"' in page and "<h2>Queued calls</h2>" in page
+
+
+async def test_each_outcome_is_appended_once_without_a_crash(env: Env) -> None:
+    # A race once appended 6-21% of outcomes twice (the attempt's own append, and the
+    # loop's sweep for unappended outcomes reading the call before its mark).
+    ids = {(await env.enqueue(f"once-{i}")).id for i in range(120)}
+    while ids:
+        ids.discard((await env.next_settled()).id)
+    assert env.sc.queue is not None
+    await env.sc.queue.drained()
+    last = await env.enqueue("once-last")  # one more loop turn after all of them
+    assert (await env.next_settled()).id == last.id
+    await env.sc.queue.drained()
+    first, end = await env.sc.storage.topic_bounds("calls.svc")
+    assert end - first + 1 == 121

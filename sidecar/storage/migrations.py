@@ -113,6 +113,31 @@ def _v3_queued_calls(db: sqlite_utils.Database) -> None:
         CREATE INDEX queued_calls_lease ON queued_calls (state, lease_until);
         CREATE INDEX queued_calls_order ON queued_calls (integration, ordering_key, state, seq);
         CREATE INDEX queued_calls_unannounced ON queued_calls (announced, state);
+        -- Calls per integration and state, kept by triggers: the metrics and the status
+        -- page read it at a cost that does not grow with the queue.
+        CREATE TABLE queued_call_counts (
+            integration TEXT NOT NULL,
+            state TEXT NOT NULL,
+            n INTEGER NOT NULL,
+            PRIMARY KEY (integration, state)
+        );
+        CREATE TRIGGER queued_calls_added AFTER INSERT ON queued_calls BEGIN
+            INSERT INTO queued_call_counts (integration, state, n)
+            VALUES (NEW.integration, NEW.state, 1)
+            ON CONFLICT (integration, state) DO UPDATE SET n = n + 1;
+        END;
+        CREATE TRIGGER queued_calls_moved AFTER UPDATE OF state ON queued_calls
+        WHEN OLD.state != NEW.state BEGIN
+            UPDATE queued_call_counts SET n = n - 1
+            WHERE integration = OLD.integration AND state = OLD.state;
+            INSERT INTO queued_call_counts (integration, state, n)
+            VALUES (NEW.integration, NEW.state, 1)
+            ON CONFLICT (integration, state) DO UPDATE SET n = n + 1;
+        END;
+        CREATE TRIGGER queued_calls_removed AFTER DELETE ON queued_calls BEGIN
+            UPDATE queued_call_counts SET n = n - 1
+            WHERE integration = OLD.integration AND state = OLD.state;
+        END;
     """)
 
 

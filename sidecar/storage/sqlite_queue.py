@@ -104,7 +104,9 @@ class SqliteQueueMixin:
                 taken.append(call)
             return taken
 
-        return await self._write(take)
+        # No fsync: a lease lost to a power cut leaves the call queued or running, and a
+        # running call is due again at the next start (at least once either way).
+        return await self._write(take, durable=False)
 
     async def queue_settle(self, call: QueuedCall, *, owner: str,
                            now: float) -> QueuedCall | None:
@@ -138,7 +140,8 @@ class SqliteQueueMixin:
                 self.db.execute("UPDATE queued_calls SET announced = 1, doc = ? WHERE id = ?",
                                 [encode_call(call.moved(announced=True)), call_id])
 
-        await self._write(mark)
+        # No fsync: a mark lost to a power cut appends the outcome once more (at least once).
+        await self._write(mark, durable=False)
 
     async def queue_next_due(self, *, integrations: Collection[str]) -> float | None:
         def next_due() -> float | None:
@@ -228,8 +231,8 @@ class SqliteQueueMixin:
 
     async def queue_counts(self) -> dict[tuple[str, str], int]:
         def counts() -> dict[tuple[str, str], int]:
-            rows = self.db.execute("SELECT integration, state, COUNT(*) FROM queued_calls "
-                                   "GROUP BY integration, state").fetchall()
+            rows = self.db.execute("SELECT integration, state, n FROM queued_call_counts "
+                                   "WHERE n > 0").fetchall()
             return {(r[0], r[1]): int(r[2]) for r in rows}
 
         return await self._run(counts)

@@ -16,6 +16,7 @@ calls queued for later cost nothing while they wait.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import logging
@@ -50,6 +51,8 @@ log = logging.getLogger("sidecar.queue")
 LEASE = 60.0
 #: Seconds before a refused attempt (bulkhead full) is tried again.
 REFUSED_PAUSE = 1.0
+#: Outcomes remembered as appended by this process (a bounded memory).
+ANNOUNCED_MEMORY = 10_000
 #: The loop looks again at least this often, so that calls another process changed in
 #: the store (``integration-sidecar calls replay``) are seen: one query a minute.
 MAX_SLEEP = 60.0
@@ -115,6 +118,11 @@ class CallQueue:
         self._leased: set[str] = set()
         self._renewing: asyncio.Task[None] | None = None
         self._renew_timer: Timer | None = None
+        #: Outcomes this process appended or is appending (the latest ones): the sweep
+        #: must not append one again from a list it read before the attempt's mark.
+        self._announcing: collections.OrderedDict[
+            tuple[str, QueuedState, float | None], None] = (
+            collections.OrderedDict())
 
     # ------------------------------------------------------------------ the API
 
@@ -354,10 +362,20 @@ class CallQueue:
             await self._announce_one(call)
 
     async def _announce_one(self, call: QueuedCall) -> None:
-        if call.announced or call.state not in _ANNOUNCED:
+        # An attempt announces its own outcome; the loop's sweep (for outcomes a crash
+        # or a failed append left) must not append the same one meanwhile.
+        key = (call.id, call.state, call.finished_at)
+        if call.announced or call.state not in _ANNOUNCED or key in self._announcing:
             return
-        await self._announce(call)
-        await self._store.queue_mark_announced(call.id)
+        self._announcing[key] = None
+        try:
+            await self._announce(call)
+            await self._store.queue_mark_announced(call.id)
+        except BaseException:
+            del self._announcing[key]  # not appended: the sweep tries again
+            raise
+        while len(self._announcing) > ANNOUNCED_MEMORY:
+            self._announcing.popitem(last=False)
 
 
 #: Refusals that no later attempt can change (the config no longer allows the call).
