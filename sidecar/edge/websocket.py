@@ -30,7 +30,9 @@ backpressure. Frames are not compressed: one frame for every socket is the point
 Closing: every close (token expiry 4001, slow consumer 4008, shutdown 1001) only
 marks the connection and interrupts its handler's ``receive()``; the handler closes
 the socket itself. aiohttp's ``close()`` from another task while the handler waits in
-``receive()`` cuts the connection without waiting for the client's close reply.
+``receive()`` cuts the connection without waiting for the client's close reply. Nor is
+a feed's sending task cancelled before the close is done: aiohttp keeps one drain
+waiter per connection, and cancelling a send waiting on it cancels the close too.
 """
 
 from __future__ import annotations
