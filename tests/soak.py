@@ -56,6 +56,10 @@ PYTEST_SET = (
     "tests/test_reload_process.py",
     "tests/test_replicas.py",
     "tests/test_replicas_redis_cluster.py",
+    "tests/test_fanout_properties.py",
+    "tests/core/test_feed_*.py",
+    "tests/test_queued_calls*.py",
+    "tests/contract/test_queue_*.py",
     "tests/clients",
 )
 # And the whole Node.js client suite, one `node --test` process per file, so each
