@@ -67,10 +67,10 @@ class QueuedCallsRpc:
     async def EnqueueCall(self, request: pb.EnqueueCallRequest,
                           context: grpc.aio.ServicerContext) -> pb.EnqueueCallResponse:
         metadata = context.invocation_metadata() or ()
-        token = current.set(call_trace(request.call, metadata))
+        trace = call_trace(request.call, metadata)
+        token = current.set(trace)
         try:
-            req = call_request(request.call, context, metadata, self._clock,
-                               call_trace(request.call, metadata))
+            req = call_request(request.call, context, metadata, self._clock, trace)
             not_before = (request.not_before.ToNanoseconds() / 1e9
                           if request.HasField("not_before") else None)
             call, duplicate = await self._queued().enqueue(

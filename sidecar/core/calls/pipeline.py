@@ -157,7 +157,7 @@ class CallPipeline:
     def check(self, req: CallRequest) -> None:
         """Raise what ``call`` would refuse ``req`` for before any attempt (unknown
         integration, invalid fields, a path that leaves the base URL)."""
-        self._prepare(req, self._integration(req))
+        self._target(req, self._integration(req).spec)
 
     async def call(self, req: CallRequest) -> CallResult:
         """``req`` through its route's stack: retries, breaker, rate limit, ..."""
@@ -179,9 +179,9 @@ class CallPipeline:
             raise _nothing_sent(error)
         return integ
 
-    def _prepare(self, req: CallRequest, integ: Integration) -> tuple[Route, CallContext]:
-        start = self._clock.monotonic()
-        spec = integ.spec
+    @staticmethod
+    def _target(req: CallRequest, spec: IntegrationSpec) -> tuple[str, str, str]:
+        """(method, API version, URL) of ``req``, or the refusal naming every problem."""
         method = (req.method or "GET").upper()
         try:
             validate(req, method, spec)
@@ -190,6 +190,12 @@ class CallPipeline:
                             version if spec.api_version.location == "path" else "")
         except SidecarError as exc:
             raise _nothing_sent(exc) from None
+        return method, version, url
+
+    def _prepare(self, req: CallRequest, integ: Integration) -> tuple[Route, CallContext]:
+        start = self._clock.monotonic()
+        spec = integ.spec
+        method, version, url = self._target(req, spec)
         # Routes match the path as it is sent (dot segments resolved), not as written.
         route = integ.match(method, "/" + safe_path(req.path).lstrip("/"))
         trace = req.trace or new_trace()
