@@ -30,6 +30,8 @@ BOUNDARIES: dict[str, list[str]] = {
     "call-headers": [
         "tests/test_call_security.py::test_any_header_value_is_sent_or_refused_naming_it"],
     "grpc-bytes": ["tests/test_rpc_raw_bytes.py"],
+    "enqueue-fields": [
+        "tests/test_queued_calls.py::test_hostile_enqueue_fields_get_a_documented_answer"],
     "jwt": ["tests/test_jwt_tokens.py"],
     "webhook-headers": ["tests/test_webhooks_header_bytes.py"],
     "edge-bytes": ["tests/test_edge_malformed.py"],

@@ -18,6 +18,8 @@ import aiohttp
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from integration_sidecar.v1 import sidecar_pb2 as pb
 from integration_sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 from standardwebhooks import Webhook
@@ -32,6 +34,7 @@ from sidecar.core.calls.queue.runner import LEASE
 from tests.call_support import call, integration
 from tests.clocks import SkippingClock
 from tests.conftest import make_config
+from tests.fuzzing import examples
 from tests.redis_support import delete_prefix, redis_url  # noqa: F401 - a fixture
 from tests.rpc_support import rich_error
 from tests.upstream import Upstream, hang, reply
@@ -266,6 +269,10 @@ async def test_enqueue_refuses_what_call_would_and_dedupes_by_key(env: Env) -> N
     first = await env.enqueue("same", not_before=later)
     again = await env.enqueue("same", not_before=later)
     assert (again.id, again.duplicate, first.duplicate) == (first.id, True, False)
+    too_late = await refused(pb.EnqueueCallRequest(
+        call=call(idempotency_key="late"),
+        not_before=timestamp_pb2.Timestamp(seconds=int(env.clock.time()) + 4 * 86400)))
+    assert "not_before" in dict(too_late.violations)  # past the 3-day max_age
     reused = await refused(pb.EnqueueCallRequest(
         call=call(method="POST", path="/other", idempotency_key="same"), not_before=later))
     assert reused.reason == "IDEMPOTENCY_KEY_REUSED"
@@ -523,3 +530,28 @@ async def test_each_outcome_is_appended_once_without_a_crash(env: Env) -> None:
     await env.sc.queue.drained()
     first, end = await env.sc.storage.topic_bounds("calls.svc")
     assert end - first + 1 == 121
+
+
+@settings(max_examples=examples(40), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.text(max_size=300), topic=st.text(max_size=320), ordering=st.text(max_size=300),
+       path=st.text(max_size=80), seconds=st.integers(-(2 ** 62), 2 ** 62),
+       lookup=st.text(max_size=300))
+async def test_hostile_enqueue_fields_get_a_documented_answer(
+        env: Env, key: str, topic: str, ordering: str, path: str, seconds: int,
+        lookup: str) -> None:
+    """Whatever the fields hold: stored, or refused with a documented reason; never an
+    INTERNAL error, and a lookup of any id is the call or QUEUED_CALL_NOT_FOUND."""
+    request = pb.EnqueueCallRequest(
+        call=call(method="POST", path=path, idempotency_key=key), result_topic=topic,
+        ordering_key=ordering, not_before=timestamp_pb2.Timestamp(seconds=seconds))
+    for rpc, message in ((env.stub.EnqueueCall, request),
+                         (env.stub.GetQueuedCall, pb.GetQueuedCallRequest(id=lookup)),
+                         (env.stub.CancelQueuedCall, pb.CancelQueuedCallRequest(id=lookup))):
+        try:
+            await rpc(message, timeout=5)
+        except grpc.aio.AioRpcError as exc:
+            err = rich_error(exc)
+            assert err.code not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), err
+            assert err.reason in ("INVALID_ARGUMENT", "IDEMPOTENCY_KEY_REUSED",
+                                  "QUEUED_CALL_NOT_FOUND", "MALFORMED_REQUEST"), err

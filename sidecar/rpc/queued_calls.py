@@ -71,8 +71,10 @@ class QueuedCallsRpc:
         token = current.set(trace)
         try:
             req = call_request(request.call, context, metadata, self._clock, trace)
-            not_before = (request.not_before.ToNanoseconds() / 1e9
-                          if request.HasField("not_before") else None)
+            # Read as numbers, not ToNanoseconds(): any int64 the wire carries is a
+            # time core can judge (far past: due now; past max_age: refused).
+            ts = request.not_before
+            not_before = ts.seconds + ts.nanos / 1e9 if request.HasField("not_before") else None
             call, duplicate = await self._queued().enqueue(
                 req, not_before=not_before, result_topic=request.result_topic,
                 ordering_key=request.ordering_key)

@@ -20,6 +20,7 @@ import collections
 import contextlib
 import hashlib
 import logging
+import math
 import random
 import re
 import secrets
@@ -140,11 +141,17 @@ class CallQueue:
         if ordering_key and not _ORDERING_KEY.match(ordering_key):
             problems.append(FieldViolation("ordering_key",
                                            "must be 1-255 printable ASCII characters"))
+        now = self._clock.time()
+        max_age = self._policies(req.integration).max_age
+        if not_before is not None and not (math.isfinite(not_before)
+                                           and not_before <= now + max_age):
+            problems.append(FieldViolation(
+                "not_before", f"is later than the integration's queue max_age "
+                              f"({max_age:g} s from now) allows"))
         if problems:
             raise InvalidArgument("; ".join(f"{p.field}: {p.description}" for p in problems),
                                   violations=problems)
         self._target.check(req)  # what Call would refuse, refused now
-        now = self._clock.time()
         due = max(now, not_before or now)
         call = QueuedCall(id=f"qc_{secrets.token_hex(12)}", request=_stored(req),
                           fingerprint=_fingerprint(req, not_before, topic, ordering_key),
