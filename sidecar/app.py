@@ -32,7 +32,6 @@ from sidecar.core.calls.pipeline import CallPipeline, TransportFactory
 from sidecar.core.calls.policy import IntegrationSpec
 from sidecar.core.calls.queue.models import EVENT_TYPES, QueuedCall, QueuePolicy
 from sidecar.core.calls.queue.runner import CallQueue
-from sidecar.core.calls.queue.store import QueueStore
 from sidecar.core.events.groups import ConsumerGroups
 from sidecar.core.events.live import LiveBus, LivePolicy
 from sidecar.core.events.models import DeliveryStatus
@@ -185,13 +184,10 @@ class Sidecar:
                                      self.notifier, self.event_metrics,
                                      interest=self.live.ensure_following)
         self.presence = Presence()
-        #: Queued calls (EnqueueCall), where the store keeps them (SQLite in this build).
-        self.queue: CallQueue | None = None
+        #: Queued calls (EnqueueCall).
         self.queue_metrics = QueueMetrics(self.metrics)
-        if hasattr(self.storage, "queue_add"):
-            self.queue = CallQueue(cast(QueueStore, self.storage), self.calls, self.clock,
-                                   self._queue_policy, self._announce_queued,
-                                   observer=self.queue_metrics)
+        self.queue = CallQueue(self.storage, self.calls, self.clock, self._queue_policy,
+                               self._announce_queued, observer=self.queue_metrics)
         self.websocket: WebSocketEdge | None = None
         if rt.websocket.enabled:
             # Imported only when on: PyJWT and cryptography cost memory otherwise.
@@ -218,8 +214,7 @@ class Sidecar:
         token = config.server.grpc.api_token
         event_routes(admin_app, self.storage, self.clock, token.value if token else None,
                      self.presence if self.websocket else None)
-        if self.queue is not None:
-            queue_routes(admin_app, self.queue, token.value if token else None, queued_call_json)
+        queue_routes(admin_app, self.queue, token.value if token else None, queued_call_json)
         status_routes(admin_app, self, self.call_health)
         self.admin = HttpListener(admin_app,
                                   config.server.admin.host, config.server.admin.port,
@@ -252,8 +247,7 @@ class Sidecar:
         self._started = True
         await self._refresh_readiness()
         await self.live.start()
-        if self.queue is not None:
-            await self.queue.start()
+        await self.queue.start()
         self._watch = asyncio.create_task(self._watch_readiness(), name="readiness")
         self._pruner = asyncio.create_task(self._prune_forever(), name="prune")
         self.metrics.config_last_reload_success.set(self.clock.time())
@@ -311,10 +305,9 @@ class Sidecar:
         await within(self.live.stop_following(), left(at_least=TASK_STOP_MIN),
                      "the event follower")
         await self.groups.close()
-        if self.queue is not None:
-            # No new attempt starts; those in flight get the grace (one cut short is
-            # attempted again after the restart: at least once upstream).
-            await within(self.queue.stop(), left(at_least=TASK_STOP_MIN), "queued calls")
+        # No new attempt starts; those in flight get the grace (one cut short is
+        # attempted again after the restart: at least once upstream).
+        await within(self.queue.stop(), left(at_least=TASK_STOP_MIN), "queued calls")
         if self.websocket is not None:
             await within(self.websocket.close_all(), left(at_least=TASK_STOP_MIN),
                          "closing WebSocket connections")
@@ -487,13 +480,11 @@ class Sidecar:
                 counts = await self.storage.count_deliveries()
                 self.event_metrics.set_group_counts(counts)
                 self.event_metrics.set_oldest_unacked(await self._oldest_unacked(counts))
-                if self.queue is not None:
-                    store = cast(QueueStore, self.storage)
-                    now = self.clock.time()
-                    self.queue_metrics.set_counts(
-                        await store.queue_counts(),
-                        {i: max(0.0, now - t)
-                         for i, t in (await store.queue_overdue(now=now)).items()})
+                now = self.clock.time()
+                self.queue_metrics.set_counts(
+                    await self.storage.queue_counts(),
+                    {i: max(0.0, now - t)
+                     for i, t in (await self.storage.queue_overdue(now=now)).items()})
         if not self._stopping:
             await self.grpc.set_ready(ready)
 
@@ -508,9 +499,8 @@ class Sidecar:
                 durable_topics={s.topic_name: now - self.config.webhooks.retention
                                 for s in self.config.webhooks.sources.values()},
                 max_per_topic=self.config.realtime.max_events_per_topic)
-            if self.queue is not None:
-                n += await cast(QueueStore, self.storage).queue_prune(
-                    before=now - QUEUED_CALL_RETENTION, limit=PRUNE_BATCH)
+            n += await self.storage.queue_prune(before=now - QUEUED_CALL_RETENTION,
+                                                limit=PRUNE_BATCH)
             removed += n
             if n < PRUNE_BATCH:
                 break

@@ -137,10 +137,6 @@ def _cmd_calls(args: argparse.Namespace) -> int:
     config = _load(args)
 
     async def run(storage: Any) -> int:
-        if not hasattr(storage, "queue_list"):
-            print(f"the {storage.backend} backend keeps no queued calls in this build",
-                  file=sys.stderr)
-            return 1
         if args.calls_command == "list":
             state = QueuedState(args.state) if args.state else None
             calls = await storage.queue_list(state=state, integration=args.integration,

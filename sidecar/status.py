@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Mapping
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -40,7 +40,6 @@ from sidecar.clock import Clock
 from sidecar.config import Config
 from sidecar.core.calls.health_window import CallHealth, LastError, WindowTotals, sunset_status
 from sidecar.core.calls.queue.models import QueuedState
-from sidecar.core.calls.queue.store import QueueStore
 from sidecar.core.events.models import DeliveryStatus
 from sidecar.core.events.presence import Presence
 from sidecar.core.resilience import CircuitBreaker
@@ -241,10 +240,7 @@ class StatusPage:
 
     async def _queued_bounded(self, now: float) -> list[dict[str, Any]]:
         """Queued calls per integration: by state, and how long due work has waited."""
-        storage = self._src.storage
-        if not hasattr(storage, "queue_counts"):
-            return []
-        store = cast(QueueStore, storage)
+        store = self._src.storage
         try:
             counts, overdue = await asyncio.wait_for(
                 asyncio.gather(store.queue_counts(), store.queue_overdue(now=now)),

@@ -1,5 +1,6 @@
 """The storage interface every backend implements (SQLite and Redis): the ports core
-declares (idempotency records, the event log, durable groups, webhook records) plus
+declares (idempotency records, the event log, durable groups, webhook records, queued
+calls) plus
 what operators and the process need.
 
 Times are Unix seconds passed in by the caller, so backends never read a clock of
@@ -11,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from sidecar.core.calls.queue.store import QueueStore
 from sidecar.core.events.groups import GroupStore
 from sidecar.core.events.models import DeliveryRecord, DeliveryStatus, NewEvent, StoredEvent
 from sidecar.core.idempotency import ClaimStatus, IdempotencyClaim, IdempotencyStore
 from sidecar.core.webhooks.ingest import EventStore
 
 
-class Storage(EventStore, GroupStore, IdempotencyStore, Protocol):
+class Storage(EventStore, GroupStore, IdempotencyStore, QueueStore, Protocol):
     """Durable state shared by the sidecar's features."""
 
     #: Short name for logs and metrics, e.g. ``sqlite``.
